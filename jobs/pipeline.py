@@ -1,0 +1,63 @@
+"""The nightly flow as an ordered list of stages, shared by the Airflow DAG (one task per stage)
+and the ``recsys run`` command (all stages in one process).
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from typing import Any, Mapping
+
+from recsys_lib.settings import Settings, load_settings
+
+log = logging.getLogger(__name__)
+
+STAGES = ("ingest", "features", "train", "embed_items", "build_index", "recommend", "evaluate", "publish")
+# Stages after train take the model version train registered.
+MODEL_STAGES = ("embed_items", "build_index", "recommend", "evaluate", "publish")
+
+# Run parameters (Airflow params, CLI flags) and the settings they override.
+PARAM_SETTINGS = {
+    "full_retrain": "train.full_retrain",
+    "top_n": "recommend.top_n",
+    "similar_n": "recommend.similar_n",
+    "force_publish": "publish.force",
+    "max_train_steps": "train.max_steps",
+}
+
+
+def settings_for_run(params: Mapping[str, Any] | None = None, base: Settings | None = None) -> Settings:
+    """Settings with the run's parameters applied; unset (None) parameters keep the settings."""
+    overrides = {PARAM_SETTINGS[k]: v for k, v in (params or {}).items() if k in PARAM_SETTINGS and v is not None}
+    if base is not None:
+        return base.with_overrides(overrides)
+    return load_settings(overrides=overrides)
+
+
+def run_stage(
+    stage: str,
+    ds: str,
+    params: Mapping[str, Any] | None = None,
+    model_version: str | None = None,
+    settings: Settings | None = None,
+) -> dict[str, Any]:
+    """Run one stage for ``ds`` and return its summary (URIs and counts, never data)."""
+    if stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
+    settings = settings_for_run(params, settings)
+    module = importlib.import_module(f"jobs.{stage}")
+    if stage in MODEL_STAGES:
+        return module.run(settings, ds, model_version=model_version)
+    return module.run(settings, ds)
+
+
+def run_all(settings: Settings, ds: str, params: Mapping[str, Any] | None = None) -> dict[str, dict[str, Any]]:
+    """Every stage in order, in this process."""
+    results: dict[str, dict[str, Any]] = {}
+    model_version = None
+    for stage in STAGES:
+        log.info("stage %s for %s", stage, ds)
+        results[stage] = run_stage(stage, ds, params, model_version, settings)
+        if stage == "train":
+            model_version = results[stage]["model_version"]
+    return results

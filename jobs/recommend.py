@@ -1,0 +1,93 @@
+"""Recommend (FAISS + numpy): user top-N and item-to-item tables, staged for publish.
+
+Reads user histories up to ds, the model's user tower, the item vectors and the index; writes
+``runs/ds=<ds>/{user_topn, item_similar}``. Seen items are excluded; users without a usable
+history get the most popular items they have not seen.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from recsys_lib.settings import Settings
+from recsys_lib.storage import Storage
+
+log = logging.getLogger(__name__)
+
+
+def popularity_vector(item_index, stats):
+    """Distinct users per catalogue item (0 for items nobody touched yet)."""
+    import numpy as np
+
+    from recsys_lib.schema import ITEM_COL
+
+    pos = item_index.get_indexer(stats[ITEM_COL])
+    out = np.zeros(len(item_index), dtype=np.float64)
+    out[pos[pos >= 0]] = stats["n_users"].to_numpy()[pos >= 0]
+    return out
+
+
+def index_searcher(index):
+    from recsys_lib.index import search
+
+    return lambda queries, k: search(index, queries, k)
+
+
+def run(settings: Settings, ds: str, model_version: str | None = None) -> dict[str, Any]:
+    import torch
+
+    from jobs._common import load_model, open_stage, read_features, read_item_vectors, to_indices
+    from jobs.build_index import load_item_index
+    from recsys_lib import recommend as rec
+    from recsys_lib.models.two_tower import embed_users, history_matrix
+    from recsys_lib.schema import HISTORY_COL, SEEN_COL, USER_COL
+
+    storage, tracker, mv = open_stage(settings, model_version)
+    cfg = settings.recommend
+    item_index, item_vectors = read_item_vectors(storage, ds, mv)
+    index = load_item_index(storage, ds, mv.version)
+    searcher = index_searcher(index)
+    model, _ = load_model(tracker, mv, "cpu")
+    histories = read_features(storage, "user_histories", ds).sort_values(USER_COL, kind="stable")
+    popularity = popularity_vector(item_index, read_features(storage, "item_stats", ds))
+
+    history_idx = to_indices(item_index, histories[HISTORY_COL])
+    seen_idx = to_indices(item_index, histories[SEEN_COL])
+    matrix = history_matrix(history_idx, model.config.history_length)
+    user_vectors = embed_users(model, torch.from_numpy(item_vectors), matrix, cfg.user_batch_size).numpy()
+    scores, ids, fallback = rec.rank_users(searcher, user_vectors, seen_idx, popularity, cfg.top_n, cfg.user_batch_size)
+    users = histories[USER_COL].to_numpy()
+    u, r, i, s = rec.ranked_rows(users, ids, scores)
+    topn = rec.user_topn_table(u, r, item_index.to_numpy()[i], s, mv.label, ds)
+
+    sim_scores, sim_ids = rec.similar_items(searcher, item_vectors, cfg.similar_n)
+    items = item_index.to_numpy()
+    a, r2, b, s2 = rec.ranked_rows(items, sim_ids, sim_scores)
+    similar = rec.item_similar_table(a, r2, items[b], s2, mv.label, ds)
+
+    outputs = {}
+    for name, table in (("user_topn", topn), ("item_similar", similar)):
+        key = Storage.run_output(name, ds)
+        storage.work.replace_table(key, table)
+        outputs[name] = storage.work.uri(key)
+    summary = {
+        "users": len(users),
+        "fallback_users": int(fallback.sum()),
+        "user_rows": topn.num_rows,
+        "items": len(items),
+        "item_rows": similar.num_rows,
+    }
+    log.info("recommend %s", summary)
+    tracker.log_metrics(mv.run_id, {f"recommend.{k}": v for k, v in summary.items()})
+    return {"ds": ds, "model_version": mv.version, **outputs, **summary}
+
+
+def main(argv: list[str] | None = None) -> None:
+    from jobs._cli import run_job
+
+    run_job(__doc__.splitlines()[0], run, argv)
+
+
+if __name__ == "__main__":
+    main()

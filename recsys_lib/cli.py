@@ -1,0 +1,188 @@
+"""The ``recsys`` command.
+
+recsys run --interactions FILE --items FILE --output DIR_OR_URI [--ds DATE] [--config FILE]
+recsys land-sample --ds DATE          stage the bundled MovieLens sample as that day's raw drop
+recsys show [--users N]               the published tables, and a few users' history and top-10
+recsys movielens --release 1m --dest DIR    download another MovieLens release (needs internet)
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import hashlib
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from recsys_lib.settings import default_data_root, load_settings
+
+
+def _date(value: str) -> str:
+    try:
+        return dt.date.fromisoformat(value).isoformat()
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a YYYY-MM-DD date: {value!r}") from None
+
+
+def cmd_land_sample(args: argparse.Namespace) -> None:
+    from recsys_lib.data import land_raw_drop, movielens
+    from recsys_lib.storage import Storage
+
+    settings = load_settings(config_file=args.config)
+    interactions, items = movielens.load(args.source or movielens.BUNDLED_SAMPLE)
+    written = land_raw_drop(Storage(settings), args.ds, interactions, items)
+    print(f"Landed {len(interactions):,} interactions and {len(items):,} items as the raw drop of {args.ds}:")
+    for entity, uri in written.items():
+        print(f"  {entity}: {uri}")
+
+
+def _project_root(output: str) -> str:
+    """A data root of its own for each output location, so datasets never mix in one lake."""
+    slug = hashlib.sha256(output.encode()).hexdigest()[:10]
+    return str(Path(default_data_root()) / "projects" / slug)
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    from jobs.pipeline import run_all
+    from recsys_lib.storage import Storage
+
+    output = args.output if "://" in args.output else str(Path(args.output).expanduser().resolve())
+    data_root = args.data_root or _project_root(output)
+    env = {**os.environ, "RECSYS_DATA_ROOT": data_root}
+    settings = load_settings(config_file=args.config, overrides={"storage.publish_root": output}, env=env)
+    storage = Storage(settings)
+    for entity, path in (("interactions", args.interactions), ("items", args.items)):
+        source = Path(path).expanduser()
+        if not source.is_file():
+            raise SystemExit(f"recsys run: --{entity} {path}: no such file")
+        prefix = Storage.raw(entity, args.ds)
+        storage.work.delete_prefix(prefix + "/")
+        storage.work.upload(source, f"{prefix}/{source.name}")
+    params = {"full_retrain": True} if args.full_retrain else None
+    results = run_all(settings, args.ds, params)
+    published = results["publish"]
+    print(json.dumps({stage: _brief(r) for stage, r in results.items()}, indent=2, default=str))
+    print(f"\nPublished version {published['version']} at {published['location']}")
+    print(f"Latest pointer: {published['latest']}   (work data, MLflow store: {data_root})")
+
+
+def _brief(result: dict) -> dict:
+    return {k: v for k, v in result.items() if not k.startswith(("model.", "popularity.", "model_warm"))}
+
+
+def cmd_show(args: argparse.Namespace) -> None:
+    import numpy as np
+
+    from recsys_lib.reader import PublishedTables
+    from recsys_lib.schema import HISTORY_COL, ITEM_COL, RANK_COL, SCORE_COL, TITLE_COL, USER_COL
+    from recsys_lib.storage import Storage
+
+    settings = load_settings(config_file=args.config)
+    tables = PublishedTables.from_settings(settings)
+    manifest = tables.manifest()
+    ds = manifest["ds"]
+    print(f"Published tables (version {manifest['version']}, model {manifest['model_version']}, ds {ds}):")
+    for name, entry in manifest["tables"].items():
+        print(f"  {name:<13} {entry['rows']:>9,} rows  {tables.store.uri(entry['files'][0]['key'])}")
+    print(f"  latest pointer: {tables.store.uri('latest.json')}")
+    metrics = manifest.get("metrics", {})
+    if metrics:
+        print(
+            "  holdout NDCG@10: model {:.4f}, popularity {:.4f}".format(
+                metrics.get("model.ndcg_at_10", float("nan")), metrics.get("popularity.ndcg_at_10", float("nan"))
+            )
+        )
+
+    storage = Storage(settings)
+    documents = storage.work.read_table(
+        Storage.features("item_documents", ds), columns=[ITEM_COL, TITLE_COL]
+    ).to_pandas()
+    titles = dict(zip(documents[ITEM_COL], documents[TITLE_COL]))
+    histories = storage.work.read_table(
+        Storage.features("user_histories", ds), columns=[USER_COL, HISTORY_COL]
+    ).to_pandas()
+    users = args.user or sorted(
+        np.random.default_rng(args.seed)
+        .choice(histories[USER_COL].to_numpy(), size=min(args.users, len(histories)), replace=False)
+        .tolist(),
+        key=_natural,
+    )
+    by_user = dict(zip(histories[USER_COL], histories[HISTORY_COL]))
+    for user in users:
+        history = list(by_user.get(user, []))
+        print(f"\nUser {user}: {len(history)} items in history; most recent:")
+        for item in reversed(history[-5:]):
+            print(f"    - {titles.get(item, item)}")
+        recs = tables.recommendations_for(user)
+        print(f"  Top {min(10, len(recs))} recommendations:")
+        for row in recs.head(10).itertuples():
+            print(
+                f"    {getattr(row, RANK_COL):>2}. {titles.get(getattr(row, ITEM_COL), getattr(row, ITEM_COL))}"
+                f"  ({getattr(row, SCORE_COL):.3f})"
+            )
+
+
+def _natural(value: str):
+    return (0, int(value), "") if value.isdigit() else (1, 0, value)
+
+
+def cmd_movielens(args: argparse.Namespace) -> None:
+    from recsys_lib.data import movielens
+
+    folder = movielens.download(args.release, args.dest)
+    print(f"MovieLens {args.release} is in {folder}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="recsys", description="Batch recommendation pipeline.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="run the whole pipeline on your own files")
+    p.add_argument("--interactions", required=True, help="CSV / Parquet / JSON-lines file")
+    p.add_argument("--items", required=True, help="CSV / Parquet / JSON-lines file")
+    p.add_argument("--output", required=True, help="where to publish: a directory or s3://bucket/prefix")
+    p.add_argument(
+        "--ds",
+        type=_date,
+        default=dt.datetime.now(dt.timezone.utc).date().isoformat(),
+        help="logical date (default: today, UTC); events after it are rejected",
+    )
+    p.add_argument("--config", help="settings TOML file (see recsys_lib/conf/base.toml)")
+    p.add_argument("--data-root", help="work data and MLflow store (default: one per output under RECSYS_DATA_ROOT)")
+    p.add_argument("--full-retrain", action="store_true", help="train from the pretrained encoder")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("land-sample", help="stage the bundled MovieLens sample as a raw drop")
+    p.add_argument("--ds", type=_date, required=True)
+    p.add_argument("--source", help="another MovieLens folder (default: the bundled latest-small)")
+    p.add_argument("--config")
+    p.set_defaults(func=cmd_land_sample)
+
+    p = sub.add_parser("show", help="print the published tables and a few users' recommendations")
+    p.add_argument("--users", type=int, default=3)
+    p.add_argument("--user", action="append", help="a user id to show (repeatable)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--config")
+    p.set_defaults(func=cmd_show)
+
+    p = sub.add_parser("movielens", help="download a MovieLens release")
+    p.add_argument("--release", required=True)
+    p.add_argument("--dest", required=True)
+    p.set_defaults(func=cmd_movielens)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from recsys_lib.logs import quiet_library_logs
+
+    quiet_library_logs()
+    args = build_parser().parse_args(argv)
+    args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,40 @@
+"""Data sources mapped onto the input contract (see recsys_lib.schema): the bundled MovieLens
+sample and its larger siblings (movielens.py), and a seeded synthetic generator for tests and
+scale benchmarks (synthetic.py). Landing a source as a raw drop is ``land_raw_drop``.
+Tests: tests/unit/test_data_sources.py.
+"""
+
+from __future__ import annotations
+
+import io
+
+import pandas as pd
+
+from recsys_lib.storage import Storage
+
+FORMATS = ("csv", "parquet", "jsonl")
+
+
+def land_raw_drop(
+    storage: Storage, ds: str, interactions: pd.DataFrame, items: pd.DataFrame | None, fmt: str = "csv"
+) -> dict[str, str]:
+    """Write contract-shaped frames as the raw drop of ``ds``, replacing any earlier drop of ds."""
+    if fmt not in FORMATS:
+        raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
+    written = {}
+    for entity, frame in (("interactions", interactions), ("items", items)):
+        prefix = Storage.raw(entity, ds)
+        storage.work.delete_prefix(prefix + "/")
+        if frame is None:
+            continue
+        buf = io.BytesIO()
+        if fmt == "csv":
+            frame.to_csv(buf, index=False)
+        elif fmt == "parquet":
+            frame.to_parquet(buf, index=False)
+        else:
+            frame.to_json(buf, orient="records", lines=True)
+        key = f"{prefix}/{entity}.{fmt}"
+        storage.work.write_bytes(key, buf.getvalue())
+        written[entity] = storage.work.uri(key)
+    return written

@@ -1,0 +1,147 @@
+"""Feature engineering (Spark): item documents, item stats, user histories, the holdout split.
+
+Pure DataFrame -> DataFrame transforms; the features job reads the lake and writes the results.
+Tests: tests/unit/test_features.py (Spark on hand-written rows).
+"""
+
+from __future__ import annotations
+
+from pyspark.sql import Column, DataFrame, Window
+from pyspark.sql import functions as F
+
+from recsys_lib.schema import (
+    CATEGORIES_COL,
+    CONTENT_HASH_COL,
+    DESCRIPTION_COL,
+    DOCUMENT_COL,
+    DS_COL,
+    EVENT_TYPE_COL,
+    HISTORY_COL,
+    HISTORY_TS_COL,
+    ITEM_COL,
+    RATING_COL,
+    SEEN_COL,
+    TAGS_COL,
+    TIMESTAMP_COL,
+    TITLE_COL,
+    UPDATED_AT_COL,
+    USER_COL,
+    WEIGHT_COL,
+)
+
+HOLDOUT_COL = "is_holdout"
+SPLITS = ("user_chrono", "global_time")
+
+
+def latest_items(items: DataFrame) -> DataFrame:
+    """One row per item: the latest version by (updated_at, ds) across catalogue drops."""
+    w = Window.partitionBy(ITEM_COL).orderBy(F.col(UPDATED_AT_COL).desc_nulls_last(), F.col(DS_COL).desc())
+    return items.withColumn("_n", F.row_number().over(w)).where("_n = 1").drop("_n", DS_COL)
+
+
+def item_documents(items: DataFrame, max_tags: int = 10) -> DataFrame:
+    """The text the item tower reads, and its hash (embeddings are reused while it is unchanged).
+
+    Document: ``"<title>. <categories>. Tags: <tags>. <description>"`` with empty parts left out.
+    """
+    categories = F.array_join(F.col(CATEGORIES_COL), ", ")
+    tags = F.array_join(F.slice(F.col(TAGS_COL), 1, max_tags), ", ")
+    parts = [
+        F.col(TITLE_COL),
+        F.when(F.size(CATEGORIES_COL) > 0, categories),
+        F.when(F.size(TAGS_COL) > 0, F.concat(F.lit("Tags: "), tags)),
+        F.col(DESCRIPTION_COL),
+    ]
+    document = F.concat_ws(". ", *[F.when(F.trim(p) != "", F.trim(p)) for p in parts])
+    return items.select(
+        ITEM_COL,
+        TITLE_COL,
+        CATEGORIES_COL,
+        document.alias(DOCUMENT_COL),
+        F.sha2(document, 256).alias(CONTENT_HASH_COL),
+    )
+
+
+def dedupe_interactions(interactions: DataFrame) -> DataFrame:
+    """Drop events repeated across drops (a re-sent file must not count twice)."""
+    return interactions.dropDuplicates([USER_COL, ITEM_COL, TIMESTAMP_COL, EVENT_TYPE_COL])
+
+
+def epoch_seconds(col: str = TIMESTAMP_COL) -> Column:
+    return F.unix_timestamp(F.col(col)).alias(col)
+
+
+def positives(interactions: DataFrame, min_rating: float | None) -> DataFrame:
+    """Interactions that count as positive feedback (unrated events always do)."""
+    if min_rating is None:
+        return interactions
+    return interactions.where(F.col(RATING_COL).isNull() | (F.col(RATING_COL) >= min_rating))
+
+
+def split_holdout(
+    interactions: DataFrame, strategy: str, holdout_fraction: float, min_user_interactions: int
+) -> DataFrame:
+    """Mark the time-based holdout with a boolean ``is_holdout`` column.
+
+    Args:
+        interactions: user_id, item_id, timestamp (epoch seconds) rows.
+        strategy: "user_chrono" holds out each user's latest ``floor(n * fraction)`` events
+            (at least one) when the user has ``min_user_interactions`` or more; "global_time"
+            holds out every event after the ``1 - fraction`` quantile of time.
+    """
+    if strategy not in SPLITS:
+        raise ValueError(f"features.split must be one of {SPLITS}, got {strategy!r}")
+    if not 0 < holdout_fraction < 1:
+        raise ValueError(f"features.holdout_fraction must be in (0, 1), got {holdout_fraction}")
+    if strategy == "global_time":
+        (cutoff,) = interactions.approxQuantile(TIMESTAMP_COL, [1 - holdout_fraction], 0.0)
+        return interactions.withColumn(HOLDOUT_COL, F.col(TIMESTAMP_COL) > F.lit(cutoff))
+    by_user = Window.partitionBy(USER_COL)
+    newest_first = by_user.orderBy(F.col(TIMESTAMP_COL).desc(), F.col(ITEM_COL).desc())
+    n = F.count(F.lit(1)).over(by_user)
+    n_holdout = F.greatest(F.lit(1), F.floor(n * F.lit(holdout_fraction)))
+    return interactions.withColumn(
+        HOLDOUT_COL, (n >= min_user_interactions) & (F.row_number().over(newest_first) <= n_holdout)
+    )
+
+
+def user_histories(positives: DataFrame, seen_from: DataFrame, max_history: int) -> DataFrame:
+    """Per user: the latest ``max_history`` positive items oldest-first, their times, and every
+    item the user has seen (positive or not, sorted).
+
+    An item interacted with more than once appears once, at its latest time. Users whose events
+    are all non-positive get an empty history (they are served the popularity fallback).
+    """
+    latest = positives.groupBy(USER_COL, ITEM_COL).agg(F.max(TIMESTAMP_COL).alias(TIMESTAMP_COL))
+    events = F.array_sort(F.collect_list(F.struct(F.col(TIMESTAMP_COL), F.col(ITEM_COL))))
+    start = F.greatest(F.lit(1), F.size("_events") - F.lit(max_history - 1))
+    recent = F.slice(F.col("_events"), start, F.lit(max_history))
+    history = (
+        latest.groupBy(USER_COL)
+        .agg(events.alias("_events"))
+        .select(
+            USER_COL,
+            F.transform(recent, lambda e: e[ITEM_COL]).alias(HISTORY_COL),
+            F.transform(recent, lambda e: e[TIMESTAMP_COL]).alias(HISTORY_TS_COL),
+        )
+    )
+    seen = seen_from.groupBy(USER_COL).agg(F.array_sort(F.collect_set(ITEM_COL)).alias(SEEN_COL))
+    return seen.join(history, USER_COL, "left").select(
+        USER_COL,
+        F.coalesce(HISTORY_COL, F.array().cast("array<string>")).alias(HISTORY_COL),
+        F.coalesce(HISTORY_TS_COL, F.array().cast("array<bigint>")).alias(HISTORY_TS_COL),
+        SEEN_COL,
+    )
+
+
+def item_stats(interactions: DataFrame) -> DataFrame:
+    """Per item: interaction count, distinct users, last event time. Popularity = n_users."""
+    return interactions.groupBy(ITEM_COL).agg(
+        F.count(F.lit(1)).alias("n_interactions"),
+        F.countDistinct(USER_COL).alias("n_users"),
+        F.max(TIMESTAMP_COL).alias("last_ts"),
+    )
+
+
+def training_interactions(interactions: DataFrame) -> DataFrame:
+    return interactions.select(USER_COL, ITEM_COL, TIMESTAMP_COL, WEIGHT_COL)

@@ -1,0 +1,117 @@
+"""FAISS behind one small module: choose, build, save, load, search, and measure recall.
+
+Vectors are unit length and scored by inner product (= cosine). The index kind follows the
+catalogue size unless set: exact (flat) up to 200k items, HNSW up to 5M, IVF-PQ beyond, and
+``recall_at_k`` measures what the approximation costs against exact search.
+Tests: tests/unit/test_index.py (seeded synthetic vectors vs brute force).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+KINDS = ("flat", "hnsw", "ivfpq")
+FLAT_MAX_ITEMS = 200_000
+HNSW_MAX_ITEMS = 5_000_000
+
+
+def choose_kind(n_items: int, kind: str = "auto") -> str:
+    if kind != "auto":
+        if kind not in KINDS:
+            raise ValueError(f"index.kind must be auto or one of {KINDS}, got {kind!r}")
+        return kind
+    if n_items <= FLAT_MAX_ITEMS:
+        return "flat"
+    return "hnsw" if n_items <= HNSW_MAX_ITEMS else "ivfpq"
+
+
+def build_index(
+    vectors: np.ndarray,
+    kind: str = "auto",
+    hnsw_m: int = 32,
+    hnsw_ef_search: int = 128,
+    ivf_nprobe: int = 32,
+    seed: int = 0,
+):
+    """An inner-product index over ``vectors`` [n, d] float32; row i is id i."""
+    import faiss
+
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    n, d = vectors.shape
+    kind = choose_kind(n, kind)
+    if kind == "flat":
+        index = faiss.IndexFlatIP(d)
+    elif kind == "hnsw":
+        index = faiss.IndexHNSWFlat(d, hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = max(40, 2 * hnsw_m)
+        index.hnsw.efSearch = hnsw_ef_search
+    else:
+        nlist = max(1, min(int(4 * math.sqrt(n)), n // 39))
+        sub = next(m for m in (d // 4, d // 8, d // 2, d, 1) if m >= 1 and d % m == 0)
+        quantizer = faiss.IndexFlatIP(d)
+        index = faiss.IndexIVFPQ(quantizer, d, nlist, sub, 8, faiss.METRIC_INNER_PRODUCT)
+        rng = np.random.default_rng(seed)
+        sample = vectors[rng.choice(n, size=min(n, max(nlist * 39, 10_000)), replace=False)]
+        index.train(sample)
+        index.nprobe = min(ivf_nprobe, nlist)
+    index.add(vectors)
+    return index
+
+
+def index_kind(index) -> str:
+    import faiss
+
+    if isinstance(index, faiss.IndexHNSWFlat):
+        return "hnsw"
+    if isinstance(index, faiss.IndexIVFPQ):
+        return "ivfpq"
+    return "flat"
+
+
+def search(index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(scores [q, k], ids [q, k]); ids are -1 where fewer than k items exist."""
+    k = max(1, min(k, index.ntotal))
+    return index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+
+
+def exact_search(vectors: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Brute-force top-k by inner product, the reference the indexes are measured against."""
+    import faiss
+
+    flat = faiss.IndexFlatIP(vectors.shape[1])
+    flat.add(np.ascontiguousarray(vectors, dtype=np.float32))
+    return search(flat, queries, k)
+
+
+def recall_at_k(approx_ids: np.ndarray, exact_ids: np.ndarray) -> float:
+    """Share of the exact top-k neighbours the approximate search also returned."""
+    if exact_ids.size == 0:
+        return 1.0
+    hits = sum(len(set(a[a >= 0]) & set(e[e >= 0])) for a, e in zip(approx_ids, exact_ids))
+    total = int((exact_ids >= 0).sum())
+    return hits / total if total else 1.0
+
+
+def measure_recall(index, vectors: np.ndarray, k: int, n_queries: int, seed: int = 0) -> float:
+    """recall@k of ``index`` against exact search, on sampled catalogue items as queries."""
+    if len(vectors) == 0:
+        return 1.0
+    rng = np.random.default_rng(seed)
+    queries = vectors[rng.choice(len(vectors), size=min(n_queries, len(vectors)), replace=False)]
+    _, approx = search(index, queries, k)
+    _, exact = exact_search(vectors, queries, k)
+    return recall_at_k(approx, exact)
+
+
+def save_index(index, path: str) -> None:
+    import faiss
+
+    faiss.write_index(index, path)
+
+
+def load_index(path: str):
+    import faiss
+
+    return faiss.read_index(path)

@@ -1,0 +1,66 @@
+"""Reading the published tables, for downstream systems that want more than plain Parquet.
+
+    tables = PublishedTables.from_settings(load_settings())
+    tables.recommendations_for("42")      # one user's ranked rows, as pandas
+    tables.similar_items("318")
+    tables.table("user_topn")             # the whole table as Arrow
+
+Every read resolves ``latest.json`` once per call, so a call sees one version, never a mix.
+Tests: tests/unit/test_publish.py, tests/integration.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from recsys_lib.publish import manifest_key, read_latest
+from recsys_lib.schema import ITEM_COL, RANK_COL, USER_COL
+from recsys_lib.settings import Settings
+from recsys_lib.storage import ObjectStore, open_store
+
+
+class NothingPublished(LookupError):
+    """The store has no published version yet."""
+
+
+class PublishedTables:
+    def __init__(self, store: ObjectStore):
+        self.store = store
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "PublishedTables":
+        return cls(open_store(settings.storage.publish_root, settings.storage))
+
+    def manifest(self, version: str | None = None) -> dict[str, Any]:
+        if version is not None:
+            import json
+
+            return json.loads(self.store.read_bytes(manifest_key(version)))
+        manifest = read_latest(self.store)
+        if manifest is None:
+            raise NothingPublished(f"nothing published yet at {self.store.uri('')}")
+        return manifest
+
+    def files(self, name: str, version: str | None = None) -> list[str]:
+        """URIs of a table's Parquet files in the live (or given) version."""
+        return [self.store.uri(f["key"]) for f in self.manifest(version)["tables"][name]["files"]]
+
+    def table(self, name: str, version: str | None = None, filters=None) -> pa.Table:
+        manifest = self.manifest(version)
+        parts = []
+        for f in manifest["tables"][name]["files"]:
+            source = pa.BufferReader(self.store.read_bytes(f["key"]))
+            parts.append(pq.read_table(source, filters=filters))
+        return pa.concat_tables(parts) if len(parts) > 1 else parts[0]
+
+    def recommendations_for(self, user_id: str, version: str | None = None) -> pd.DataFrame:
+        rows = self.table("user_topn", version, filters=[(USER_COL, "=", str(user_id))]).to_pandas()
+        return rows.sort_values(RANK_COL).reset_index(drop=True)
+
+    def similar_items(self, item_id: str, version: str | None = None) -> pd.DataFrame:
+        rows = self.table("item_similar", version, filters=[(ITEM_COL, "=", str(item_id))]).to_pandas()
+        return rows.sort_values(RANK_COL).reset_index(drop=True)

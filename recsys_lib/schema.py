@@ -1,0 +1,96 @@
+"""Column names, input contracts and output table schemas: the one place they are spelled.
+
+Input contract (any of CSV with a header, Parquet, JSON lines):
+  interactions: user_id, item_id, timestamp [, event_type] [, weight | rating]
+  items:        item_id, title [, description] [, categories] [, tags] [, updated_at]
+``timestamp``/``updated_at`` are epoch seconds or ISO-8601; ``categories``/``tags`` are lists or
+strings separated by ``|`` (``,`` and ``;`` are accepted too).
+Tests: tests/unit/test_validate.py, tests/unit/test_publish.py.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+USER_COL = "user_id"
+ITEM_COL = "item_id"
+TIMESTAMP_COL = "timestamp"
+EVENT_TYPE_COL = "event_type"
+WEIGHT_COL = "weight"
+RATING_COL = "rating"
+
+TITLE_COL = "title"
+DESCRIPTION_COL = "description"
+CATEGORIES_COL = "categories"
+TAGS_COL = "tags"
+UPDATED_AT_COL = "updated_at"
+
+DS_COL = "ds"
+REASON_COL = "reason"
+SOURCE_FILE_COL = "source_file"
+
+DOCUMENT_COL = "document"
+CONTENT_HASH_COL = "content_hash"
+VECTOR_COL = "vector"
+MODEL_VERSION_COL = "model_version"
+RANK_COL = "rank"
+SCORE_COL = "score"
+SIMILAR_ITEM_COL = "similar_item_id"
+HISTORY_COL = "history"  # item ids, oldest first
+HISTORY_TS_COL = "history_ts"  # epoch seconds, aligned with HISTORY_COL
+SEEN_COL = "seen"  # every item the user interacted with up to ds
+
+DEFAULT_EVENT_TYPE = "interaction"
+LIST_SEPARATORS = "|,;"
+
+
+class Entity:
+    """An input entity: its required and optional columns."""
+
+    def __init__(self, name: str, required: tuple[str, ...], optional: tuple[str, ...]):
+        self.name = name
+        self.required = required
+        self.optional = optional
+
+
+INTERACTIONS = Entity(
+    "interactions",
+    required=(USER_COL, ITEM_COL, TIMESTAMP_COL),
+    optional=(EVENT_TYPE_COL, WEIGHT_COL, RATING_COL),
+)
+ITEMS = Entity(
+    "items",
+    required=(ITEM_COL, TITLE_COL),
+    optional=(DESCRIPTION_COL, CATEGORIES_COL, TAGS_COL, UPDATED_AT_COL),
+)
+ENTITIES = {e.name: e for e in (INTERACTIONS, ITEMS)}
+
+# Output tables: the product downstream systems read.
+USER_TOPN_SCHEMA = pa.schema(
+    [
+        pa.field(USER_COL, pa.string(), nullable=False),
+        pa.field(RANK_COL, pa.int32(), nullable=False),
+        pa.field(ITEM_COL, pa.string(), nullable=False),
+        pa.field(SCORE_COL, pa.float32(), nullable=False),
+        pa.field(MODEL_VERSION_COL, pa.string(), nullable=False),
+        pa.field(DS_COL, pa.string(), nullable=False),
+    ]
+)
+ITEM_SIMILAR_SCHEMA = pa.schema(
+    [
+        pa.field(ITEM_COL, pa.string(), nullable=False),
+        pa.field(RANK_COL, pa.int32(), nullable=False),
+        pa.field(SIMILAR_ITEM_COL, pa.string(), nullable=False),
+        pa.field(SCORE_COL, pa.float32(), nullable=False),
+        pa.field(MODEL_VERSION_COL, pa.string(), nullable=False),
+        pa.field(DS_COL, pa.string(), nullable=False),
+    ]
+)
+ITEM_EMBEDDINGS_SCHEMA = pa.schema(
+    [
+        pa.field(ITEM_COL, pa.string(), nullable=False),
+        pa.field(VECTOR_COL, pa.list_(pa.float32()), nullable=False),
+        pa.field(CONTENT_HASH_COL, pa.string(), nullable=False),
+        pa.field(MODEL_VERSION_COL, pa.string(), nullable=False),
+    ]
+)

@@ -1,0 +1,295 @@
+"""One typed settings object for the whole pipeline.
+
+Layers, later wins:
+  1. ``recsys_lib/conf/base.toml`` (committed defaults),
+  2. ``recsys_lib/conf/<profile>.toml`` for ``RECSYS_PROFILE`` (``local`` by default, or ``cluster``),
+  3. a TOML file named by ``RECSYS_CONFIG`` (or passed as ``config_file``),
+  4. environment variables ``RECSYS__<SECTION>__<KEY>`` (e.g. ``RECSYS__TRAIN__MAX_STEPS=50``),
+  5. explicit ``overrides`` (Airflow params, CLI flags).
+
+``RECSYS_DATA_ROOT`` sets the one folder that holds all local state; strings may refer to it as
+``{data_root}``. Secrets never live here: S3 and MLflow credentials come from the standard
+environment variables (``AWS_ACCESS_KEY_ID``...) or Airflow connections.
+Tests: tests/unit/test_settings.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+from recsys_lib.errors import NotRetryable
+
+CONF_DIR = Path(__file__).resolve().parent / "conf"
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+ENV_PREFIX = "RECSYS__"
+
+
+# Field meanings and defaults live in conf/base.toml, the one place that sets every key.
+
+
+@dataclass(frozen=True)
+class StorageSettings:
+    """Where data lives. Roots are local directories or ``s3://bucket/prefix`` URIs."""
+
+    work_root: str
+    publish_root: str
+    s3_endpoint_url: str | None
+    s3_region: str
+
+
+@dataclass(frozen=True)
+class SparkSettings:
+    master: str
+    driver_memory: str
+    shuffle_partitions: int
+    conf: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class IngestSettings:
+    max_reject_fraction: float
+    require_known_items: bool
+
+
+@dataclass(frozen=True)
+class FeatureSettings:
+    split: str
+    holdout_fraction: float
+    min_user_interactions: int
+    max_history: int
+    min_positive_rating: float | None
+    min_tag_count: int
+    max_tags_per_item: int
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    encoder: str
+    max_length: int
+    history_length: int
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    device: str
+    seed: int
+    batch_size: int
+    max_steps: int
+    learning_rate: float
+    head_learning_rate: float
+    weight_decay: float
+    warmup_fraction: float
+    temperature: float
+    trainable_layers: int
+    refresh_every: int
+    full_retrain: bool
+
+
+@dataclass(frozen=True)
+class EmbedSettings:
+    batch_size: int
+    device: str
+
+
+@dataclass(frozen=True)
+class IndexSettings:
+    kind: str
+    recall_queries: int
+    recall_k: int
+    hnsw_m: int
+    hnsw_ef_search: int
+    ivf_nprobe: int
+
+
+@dataclass(frozen=True)
+class RecommendSettings:
+    top_n: int
+    similar_n: int
+    user_batch_size: int
+
+
+@dataclass(frozen=True)
+class EvaluateSettings:
+    k: tuple[int, ...]
+    seed: int
+
+
+@dataclass(frozen=True)
+class TrackingSettings:
+    tracking_uri: str
+    artifact_root: str | None
+    experiment: str
+    registered_model: str
+
+
+@dataclass(frozen=True)
+class PublishSettings:
+    max_ndcg_drop: float
+    force: bool
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_root: str
+    profile: str
+    storage: StorageSettings
+    spark: SparkSettings
+    ingest: IngestSettings
+    features: FeatureSettings
+    model: ModelSettings
+    train: TrainSettings
+    embed: EmbedSettings
+    index: IndexSettings
+    recommend: RecommendSettings
+    evaluate: EvaluateSettings
+    tracking: TrackingSettings
+    publish: PublishSettings
+
+    def with_overrides(self, overrides: Mapping[str, Any]) -> "Settings":
+        """Return a copy with dotted-key overrides applied, e.g. ``{"recommend.top_n": 10}``."""
+        tree = dataclasses.asdict(self)
+        for dotted, value in overrides.items():
+            _set_dotted(tree, dotted, value)
+        return _build(Settings, tree, "settings")
+
+
+class SettingsError(NotRetryable, ValueError):
+    """A settings file or override names an unknown key or holds a value of the wrong type."""
+
+
+def default_data_root() -> str:
+    return os.environ.get("RECSYS_DATA_ROOT") or str(PROJECT_ROOT / "var")
+
+
+def load_settings(
+    profile: str | None = None,
+    config_file: str | os.PathLike | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Settings:
+    """Load settings from the layers described in the module docstring."""
+    env = os.environ if env is None else env
+    profile = profile or env.get("RECSYS_PROFILE") or "local"
+    tree: dict[str, Any] = {}
+    _merge(tree, _read_toml(CONF_DIR / "base.toml"))
+    profile_file = CONF_DIR / f"{profile}.toml"
+    if not profile_file.exists():
+        known = sorted(p.stem for p in CONF_DIR.glob("*.toml") if p.stem != "base")
+        raise SettingsError(f"unknown profile {profile!r}; known profiles: {', '.join(known)}")
+    _merge(tree, _read_toml(profile_file))
+    config_file = config_file or env.get("RECSYS_CONFIG")
+    if config_file:
+        _merge(tree, _read_toml(Path(config_file)))
+    for key, value in env.items():
+        if key.startswith(ENV_PREFIX):
+            _set_dotted(tree, key[len(ENV_PREFIX) :].lower().replace("__", "."), value)
+    for dotted, value in (overrides or {}).items():
+        _set_dotted(tree, dotted, value)
+    tree["profile"] = profile
+    data_root = env.get("RECSYS_DATA_ROOT") or tree.get("data_root") or str(PROJECT_ROOT / "var")
+    tree["data_root"] = str(Path(data_root).expanduser().resolve())
+    _interpolate(tree, {"data_root": tree["data_root"]})
+    return _build(Settings, tree, "settings")
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise SettingsError(f"settings file not found: {path}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise SettingsError(f"{path}: {e}") from None
+
+
+def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> None:
+    for key, value in extra.items():
+        if isinstance(value, Mapping) and isinstance(base.get(key), dict):
+            _merge(base[key], value)
+        else:
+            base[key] = dict(value) if isinstance(value, Mapping) else value
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    node = tree
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise SettingsError(f"{dotted}: {part} is not a section")
+    node[leaf] = value
+
+
+def _interpolate(node: Any, values: Mapping[str, str]) -> Any:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            node[key] = _interpolate(value, values)
+    elif isinstance(node, str):
+        return node.replace("{data_root}", values["data_root"])
+    elif isinstance(node, list):
+        return [_interpolate(v, values) for v in node]
+    return node
+
+
+def _build(cls: type, tree: Mapping[str, Any], where: str):
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(tree) - names)
+    if unknown:
+        raise SettingsError(f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+    missing = sorted(names - set(tree))
+    if missing:
+        raise SettingsError(f"{where}: missing key(s) {', '.join(missing)} (base.toml must set every key)")
+    kwargs = {}
+    for name, value in tree.items():
+        kwargs[name] = _coerce(hints[name], value, f"{where}.{name}")
+    return cls(**kwargs)
+
+
+def _coerce(tp: Any, value: Any, where: str) -> Any:
+    """Coerce TOML values and environment strings to the annotated field type."""
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, Mapping):
+            raise SettingsError(f"{where}: expected a section, got {value!r}")
+        return _build(tp, value, where)
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None or value == "" or (isinstance(value, str) and value.lower() in ("none", "null")):
+            if type(None) in args:
+                return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(inner[0], value, where)
+    if origin is tuple:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise SettingsError(f"{where}: expected a list, got {value!r}")
+        return tuple(_coerce(args[0], v, where) for v in value)
+    try:
+        if tp is bool:
+            if isinstance(value, str):
+                if value.lower() in ("1", "true", "yes", "on"):
+                    return True
+                if value.lower() in ("0", "false", "no", "off"):
+                    return False
+                raise ValueError(value)
+            return bool(value)
+        if tp is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            return int(value)
+        if tp is float:
+            return float(value)
+        if tp is str:
+            return str(value)
+    except (TypeError, ValueError):
+        raise SettingsError(f"{where}: expected {tp.__name__}, got {value!r}") from None
+    raise SettingsError(f"{where}: unsupported type {tp}")

@@ -1,0 +1,344 @@
+"""Where every dataset lives: the one module that builds keys, URIs and paths.
+
+Two object stores, each a local directory or an ``s3://bucket/prefix`` (MinIO or AWS, endpoint
+from settings, credentials from the environment):
+  * ``work``: raw drops, the lake, features, embeddings, indexes, staged run outputs;
+  * ``published``: the versioned recommendation tables downstream systems read.
+Writes of single objects are atomic on both (rename on local disk, one PUT on S3), which is what
+publish builds its pointer switch on. Spark reaches the work store through ``spark_path`` (a local
+path or ``s3a://``). Tests: tests/unit/test_storage.py (local and a moto S3 server on loopback).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import tempfile
+import uuid
+from abc import ABC, abstractmethod
+from functools import cached_property
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from recsys_lib.settings import Settings, StorageSettings
+
+PARQUET_SUFFIX = ".parquet"
+
+
+class StorageError(RuntimeError):
+    """A key that should exist does not, or a store cannot be reached."""
+
+
+class ObjectStore(ABC):
+    """A flat key space under a root URI; keys use '/' separators and never start with '/'."""
+
+    root: str
+
+    def uri(self, key: str) -> str:
+        return f"{self.root.rstrip('/')}/{key}" if key else self.root
+
+    @abstractmethod
+    def exists(self, key: str) -> bool: ...
+
+    @abstractmethod
+    def list(self, prefix: str) -> list[str]:
+        """Keys of all objects under ``prefix`` (recursive), sorted."""
+
+    @abstractmethod
+    def read_bytes(self, key: str) -> bytes: ...
+
+    @abstractmethod
+    def write_bytes(self, key: str, data: bytes) -> None:
+        """Write one object atomically: readers see the old object or the new one."""
+
+    @abstractmethod
+    def upload(self, local_path: str | Path, key: str) -> None: ...
+
+    @abstractmethod
+    def download(self, key: str, local_path: str | Path) -> None: ...
+
+    @abstractmethod
+    def delete_prefix(self, prefix: str) -> int:
+        """Delete every object under ``prefix``; returns how many were deleted."""
+
+    @abstractmethod
+    def spark_path(self, key: str) -> str:
+        """The same location as Spark's Hadoop filesystem layer names it."""
+
+    def list_dirs(self, prefix: str) -> list[str]:
+        """Immediate sub-folder names under ``prefix``."""
+        prefix = prefix.rstrip("/") + "/"
+        names = {k[len(prefix) :].split("/", 1)[0] for k in self.list(prefix) if "/" in k[len(prefix) :]}
+        return sorted(names)
+
+    # Parquet: tables are folders of part files, as Spark writes them.
+    def write_table(self, key: str, table: pa.Table, part: int = 0, **parquet_options) -> str:
+        buf = io.BytesIO()
+        pq.write_table(table, buf, **parquet_options)
+        part_key = f"{key.rstrip('/')}/part-{part:05d}{PARQUET_SUFFIX}"
+        self.write_bytes(part_key, buf.getvalue())
+        return part_key
+
+    def parquet_parts(self, key: str) -> list[str]:
+        return [
+            k
+            for k in self.list(key.rstrip("/") + "/")
+            if k.endswith(PARQUET_SUFFIX) and not os.path.basename(k).startswith(("_", "."))
+        ]
+
+    def read_table(self, key: str, columns: list[str] | None = None) -> pa.Table:
+        """Read every Parquet part under ``key`` into one table."""
+        parts = self.parquet_parts(key)
+        if not parts:
+            raise StorageError(f"no Parquet table at {self.uri(key)}")
+        tables = [pq.read_table(self._parquet_source(p), columns=columns) for p in parts]
+        return pa.concat_tables(tables, promote_options="default") if len(tables) > 1 else tables[0]
+
+    def replace_table(self, key: str, table: pa.Table, **parquet_options) -> str:
+        """Write ``table`` as the only part under ``key`` (reruns leave no stale parts)."""
+        written = self.write_table(key, table, **parquet_options)
+        for stale in self.parquet_parts(key):
+            if stale != written:
+                self.delete_prefix(stale)
+        return written
+
+    def table_exists(self, key: str) -> bool:
+        return bool(self.parquet_parts(key))
+
+    def _parquet_source(self, key: str):
+        return pa.BufferReader(self.read_bytes(key))
+
+
+class LocalStore(ObjectStore):
+    def __init__(self, root: str | Path):
+        self.root = str(Path(root).expanduser().resolve())
+
+    def path(self, key: str) -> Path:
+        return Path(self.root, key) if key else Path(self.root)
+
+    def exists(self, key: str) -> bool:
+        return self.path(key).is_file()
+
+    def list(self, prefix: str) -> list[str]:
+        base = Path(self.root)
+        # A prefix may end mid-name ("versions/2016-"), as on S3: walk its folder and filter.
+        folder = base / prefix if prefix.endswith("/") or not prefix else (base / prefix).parent
+        if not folder.is_dir():
+            return []
+        keys = []
+        for dirpath, _, files in os.walk(folder):
+            for name in files:
+                if ".tmp-" in name:
+                    continue
+                key = Path(dirpath, name).relative_to(base).as_posix()
+                if key.startswith(prefix):
+                    keys.append(key)
+        return sorted(keys)
+
+    def read_bytes(self, key: str) -> bytes:
+        try:
+            return self.path(key).read_bytes()
+        except FileNotFoundError:
+            raise StorageError(f"not found: {self.uri(key)}") from None
+
+    def write_bytes(self, key: str, data: bytes) -> None:
+        target = self.path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f"{target.name}.tmp-{uuid.uuid4().hex}")
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+
+    def upload(self, local_path: str | Path, key: str) -> None:
+        target = self.path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f"{target.name}.tmp-{uuid.uuid4().hex}")
+        shutil.copyfile(local_path, tmp)
+        os.replace(tmp, target)
+
+    def download(self, key: str, local_path: str | Path) -> None:
+        if not self.exists(key):
+            raise StorageError(f"not found: {self.uri(key)}")
+        Path(local_path).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(self.path(key), local_path)
+
+    def delete_prefix(self, prefix: str) -> int:
+        keys = self.list(prefix)
+        for key in keys:
+            self.path(key).unlink(missing_ok=True)
+        # Remove folders left empty, deepest first.
+        start = self.path(prefix)
+        if start.is_dir():
+            for dirpath, _, _ in sorted(os.walk(start), key=lambda t: -len(t[0])):
+                try:
+                    os.rmdir(dirpath)
+                except OSError:
+                    pass
+        return len(keys)
+
+    def spark_path(self, key: str) -> str:
+        return str(self.path(key))
+
+    def _parquet_source(self, key: str):
+        return str(self.path(key))
+
+
+class S3Store(ObjectStore):
+    def __init__(self, root: str, endpoint_url: str | None = None, region: str = "us-east-1"):
+        if not root.startswith("s3://"):
+            raise ValueError(f"not an s3:// URI: {root}")
+        self.root = root.rstrip("/")
+        bucket_and_prefix = self.root[len("s3://") :]
+        self.bucket, _, prefix = bucket_and_prefix.partition("/")
+        self.prefix = prefix.strip("/")
+        self.endpoint_url = endpoint_url
+        self.region = region
+
+    @cached_property
+    def client(self):
+        import boto3
+        from botocore.config import Config
+
+        config = Config(
+            s3={"addressing_style": "path"} if self.endpoint_url else {},
+            retries={"max_attempts": 5, "mode": "standard"},
+        )
+        return boto3.client("s3", endpoint_url=self.endpoint_url, region_name=self.region, config=config)
+
+    def _key(self, key: str) -> str:
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def _rel(self, full_key: str) -> str:
+        return full_key[len(self.prefix) + 1 :] if self.prefix else full_key
+
+    def exists(self, key: str) -> bool:
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+            return True
+        except ClientError as e:
+            if e.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise
+
+    def list(self, prefix: str) -> list[str]:
+        paginator = self.client.get_paginator("list_objects_v2")
+        keys = []
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=self._key(prefix)):
+            keys.extend(self._rel(obj["Key"]) for obj in page.get("Contents", []))
+        return sorted(keys)
+
+    def read_bytes(self, key: str) -> bytes:
+        from botocore.exceptions import ClientError
+
+        try:
+            return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
+        except ClientError as e:
+            if e.response.get("Error", {}).get("Code") in ("404", "NoSuchKey"):
+                raise StorageError(f"not found: {self.uri(key)}") from None
+            raise
+
+    def write_bytes(self, key: str, data: bytes) -> None:
+        self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
+
+    def upload(self, local_path: str | Path, key: str) -> None:
+        self.client.upload_file(str(local_path), self.bucket, self._key(key))
+
+    def download(self, key: str, local_path: str | Path) -> None:
+        if not self.exists(key):
+            raise StorageError(f"not found: {self.uri(key)}")
+        Path(local_path).parent.mkdir(parents=True, exist_ok=True)
+        self.client.download_file(self.bucket, self._key(key), str(local_path))
+
+    def delete_prefix(self, prefix: str) -> int:
+        keys = self.list(prefix)
+        for start in range(0, len(keys), 1000):
+            batch = [{"Key": self._key(k)} for k in keys[start : start + 1000]]
+            self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
+        return len(keys)
+
+    def spark_path(self, key: str) -> str:
+        return "s3a://" + self.uri(key)[len("s3://") :]
+
+    def ensure_bucket(self) -> None:
+        """Create the bucket if it does not exist (for local S3 servers and first deployments)."""
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+        except ClientError:
+            self.client.create_bucket(Bucket=self.bucket)
+
+
+def open_store(root: str, settings: StorageSettings) -> ObjectStore:
+    if root.startswith("s3://"):
+        return S3Store(root, endpoint_url=settings.s3_endpoint_url, region=settings.s3_region)
+    if "://" in root and not root.startswith("file://"):
+        raise ValueError(f"unsupported storage root {root!r}: use a local path or s3://bucket/prefix")
+    return LocalStore(root.removeprefix("file://"))
+
+
+class Storage:
+    """Keys for every dataset of the pipeline, and the stores they live in."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.work = open_store(settings.storage.work_root, settings.storage)
+        self.published = open_store(settings.storage.publish_root, settings.storage)
+        self.local_root = Path(settings.data_root)
+
+    # Work store keys. Every stage output is keyed by ds, so a rerun overwrites its own outputs.
+    @staticmethod
+    def raw(entity: str, ds: str) -> str:
+        return f"raw/{entity}/ds={ds}"
+
+    @staticmethod
+    def lake(entity: str) -> str:
+        return f"lake/{entity}"
+
+    @staticmethod
+    def lake_partition(entity: str, ds: str) -> str:
+        return f"lake/{entity}/ds={ds}"
+
+    @staticmethod
+    def quarantine(entity: str, ds: str) -> str:
+        return f"quarantine/{entity}/ds={ds}"
+
+    @staticmethod
+    def features(name: str, ds: str) -> str:
+        return f"features/ds={ds}/{name}"
+
+    @staticmethod
+    def item_embeddings(ds: str, model_version: str) -> str:
+        return f"embeddings/ds={ds}/model_version={model_version}"
+
+    @staticmethod
+    def index(ds: str, model_version: str, name: str = "") -> str:
+        return f"index/ds={ds}/model_version={model_version}/{name}".rstrip("/")
+
+    @staticmethod
+    def run_output(name: str, ds: str) -> str:
+        """Staged outputs of one run (top-N tables, metrics) before publish."""
+        return f"runs/ds={ds}/{name}"
+
+    def partitions(self, prefix: str) -> list[str]:
+        """The ds values of ``prefix/ds=YYYY-MM-DD`` folders in the work store, sorted."""
+        return sorted(d[len("ds=") :] for d in self.work.list_dirs(prefix) if d.startswith("ds="))
+
+    def spark_path(self, key: str) -> str:
+        return self.work.spark_path(key)
+
+    # Local scratch: torch and FAISS need real files; caches are safe to delete.
+    def scratch(self, *parts: str) -> Path:
+        path = self.local_root.joinpath("scratch", *parts)
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def temp_dir(self) -> tempfile.TemporaryDirectory:
+        return tempfile.TemporaryDirectory(dir=self.scratch("tmp"))

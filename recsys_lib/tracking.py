@@ -1,0 +1,188 @@
+"""MLflow: runs, the model registry (one registered model, aliases ``champion``/``candidate``)
+and model checkpoints as plain artifacts (safetensors + Hugging Face files; nothing pickled).
+
+Tests: tests/unit/test_tracking.py (a real SQLite-backed store), tests/integration.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from recsys_lib.settings import PROJECT_ROOT, Settings
+
+log = logging.getLogger(__name__)
+
+CHAMPION = "champion"
+CANDIDATE = "candidate"
+MODEL_ARTIFACT = "model"
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    name: str
+    version: str
+    run_id: str
+    tags: dict[str, str]
+
+    @property
+    def label(self) -> str:
+        """How tables and manifests name the model: ``<registered name>/<version>``."""
+        return f"{self.name}/{self.version}"
+
+
+def code_version() -> str:
+    """The git commit of the code that runs, or the package version outside a checkout."""
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(PROJECT_ROOT), "rev-parse", "--short=12", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        )
+        dirty = subprocess.run(
+            ["git", "-C", str(PROJECT_ROOT), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
+        return out.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            return version("recsys-pipeline")
+        except PackageNotFoundError:
+            return "unknown"
+
+
+class Tracker:
+    """The pipeline's view of MLflow."""
+
+    def __init__(self, settings: Settings):
+        import mlflow
+        from mlflow import MlflowClient
+
+        cfg = settings.tracking
+        if cfg.tracking_uri.startswith("sqlite:///"):
+            Path(cfg.tracking_uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+        mlflow.set_tracking_uri(cfg.tracking_uri)
+        self.tracking_uri = cfg.tracking_uri
+        self.mlflow = mlflow
+        self.client = MlflowClient(tracking_uri=cfg.tracking_uri)
+        self.model_name = cfg.registered_model
+        self.cache_root = Path(settings.data_root) / "scratch" / "models"
+        experiment = self.client.get_experiment_by_name(cfg.experiment)
+        if experiment is None:
+            self.experiment_id = self.client.create_experiment(
+                cfg.experiment, artifact_location=cfg.artifact_root or None
+            )
+        else:
+            self.experiment_id = experiment.experiment_id
+
+    # Runs
+    def start_run(self, run_name: str, tags: dict[str, str]) -> str:
+        run = self.client.create_run(
+            self.experiment_id, run_name=run_name, tags={"code_version": code_version(), **tags}
+        )
+        return run.info.run_id
+
+    def finish_run(self, run_id: str, status: str = "FINISHED") -> None:
+        self.client.set_terminated(run_id, status=status)
+
+    def log_params(self, run_id: str, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        self.client.log_batch(run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
+
+    def log_metrics(self, run_id: str, metrics: dict[str, float], step: int | None = None) -> None:
+        import time
+
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self.client.log_batch(run_id, metrics=[Metric(k, float(v), now, step or 0) for k, v in metrics.items()])
+
+    def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
+        for key, value in tags.items():
+            self.client.set_tag(run_id, key, str(value))
+
+    def log_artifacts(self, run_id: str, local_dir: str | Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifacts(run_id, str(local_dir), artifact_path)
+
+    def log_dict(self, run_id: str, data: dict, artifact_file: str) -> None:
+        self.client.log_dict(run_id, data, artifact_file)
+
+    def run_metrics(self, run_id: str) -> dict[str, float]:
+        return dict(self.client.get_run(run_id).data.metrics)
+
+    def find_finished_run(self, tags: dict[str, str]) -> str | None:
+        """The newest finished run carrying all ``tags`` (for idempotent reruns)."""
+        clauses = [f"tags.{k} = '{v}'" for k, v in tags.items()] + ["attributes.status = 'FINISHED'"]
+        runs = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=" and ".join(clauses),
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )
+        return runs[0].info.run_id if runs else None
+
+    # Registry
+    def register_model(self, run_id: str, tags: dict[str, str]) -> ModelVersion:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.get_registered_model(self.model_name)
+        except MlflowException:
+            self.client.create_registered_model(
+                self.model_name, description="Two-tower recommender (text encoder item tower)"
+            )
+        mv = self.client.create_model_version(
+            self.model_name, source=f"runs:/{run_id}/{MODEL_ARTIFACT}", run_id=run_id, tags=tags
+        )
+        return ModelVersion(self.model_name, str(mv.version), run_id, dict(tags))
+
+    def model_version(self, version: str) -> ModelVersion:
+        mv = self.client.get_model_version(self.model_name, str(version))
+        return ModelVersion(self.model_name, str(mv.version), mv.run_id, dict(mv.tags))
+
+    def version_for_run(self, run_id: str) -> ModelVersion | None:
+        versions = self.client.search_model_versions(f"name = '{self.model_name}' and run_id = '{run_id}'")
+        if not versions:
+            return None
+        mv = max(versions, key=lambda v: int(v.version))
+        return ModelVersion(self.model_name, str(mv.version), mv.run_id, dict(mv.tags))
+
+    def alias(self, alias: str) -> ModelVersion | None:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            mv = self.client.get_model_version_by_alias(self.model_name, alias)
+        except MlflowException:
+            return None
+        return ModelVersion(self.model_name, str(mv.version), mv.run_id, dict(mv.tags))
+
+    def set_alias(self, alias: str, version: str) -> None:
+        self.client.set_registered_model_alias(self.model_name, alias, str(version))
+
+    def set_version_tag(self, version: str, key: str, value: str) -> None:
+        self.client.set_model_version_tag(self.model_name, str(version), key, value)
+
+    def download_model(self, version: str) -> Path:
+        """The checkpoint folder of a model version, downloaded once into the local cache."""
+        target = self.cache_root / self.model_name / str(version)
+        if (target / ".complete").exists():
+            return target
+        if target.exists():
+            shutil.rmtree(target)
+        target.mkdir(parents=True)
+        self.mlflow.artifacts.download_artifacts(
+            artifact_uri=f"models:/{self.model_name}/{version}", dst_path=str(target), tracking_uri=self.tracking_uri
+        )
+        (target / ".complete").touch()
+        return target

@@ -1,0 +1,70 @@
+"""The DAG parses through Airflow, has the expected graph and settings, and stays wiring only."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+DAGS = Path(__file__).resolve().parents[2] / "dags"
+EXPECTED_EDGES = {
+    ("ingest", "features"),
+    ("features", "train"),
+    ("train", "embed_items"),
+    ("embed_items", "build_index"),
+    ("build_index", "recommend"),
+    ("build_index", "evaluate"),
+    ("recommend", "publish"),
+    ("evaluate", "publish"),
+}
+
+
+@pytest.fixture(scope="module")
+def dagbag():
+    from airflow.dag_processing.dagbag import DagBag
+
+    return DagBag(dag_folder=str(DAGS))
+
+
+def test_dags_import_cleanly(dagbag):
+    assert dagbag.import_errors == {}
+    assert "recsys_nightly" in dagbag.dags
+
+
+def test_task_graph(dagbag):
+    dag = dagbag.dags["recsys_nightly"]
+    edges = {(t.task_id, d) for t in dag.tasks for d in t.downstream_task_ids}
+    assert edges == EXPECTED_EDGES
+
+
+def test_schedule_retries_and_params(dagbag):
+    dag = dagbag.dags["recsys_nightly"]
+    assert dag.catchup is False and dag.max_active_runs == 1
+    assert dag.schedule == "@daily" and dag.timetable.expression == "0 0 * * *"
+    for task in dag.tasks:
+        assert task.retries == 2 and task.retry_exponential_backoff
+        assert task.retry_policy is not None
+    assert {"full_retrain", "top_n", "force_publish"} <= set(dag.params)
+    publish = dag.get_task("publish")
+    assert {o.name for o in publish.outlets} == {"recsys_user_topn", "recsys_item_similar"}
+
+
+def test_bad_input_is_not_retried(dagbag):
+    from recsys_lib.errors import DataValidationError
+
+    policy = dagbag.dags["recsys_nightly"].get_task("ingest").retry_policy
+    decision = policy.evaluate(DataValidationError("12% rejected"), try_number=1, max_tries=3)
+    assert decision.action.value == "fail"
+    assert policy.evaluate(ConnectionError("S3 timeout"), try_number=1, max_tries=3).action.value == "default"
+
+
+def test_parsing_the_dag_imports_no_heavy_library():
+    code = (
+        "import runpy, sys; runpy.run_path(sys.argv[1]);"
+        "heavy = {'pyspark', 'torch', 'faiss', 'transformers', 'mlflow', 'pandas'};"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & heavy))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(DAGS / "recsys_nightly.py")], capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip().splitlines()[-1] == "[]"

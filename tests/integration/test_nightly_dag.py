@@ -1,0 +1,124 @@
+"""The whole nightly DAG through Airflow itself (`airflow dags test`, SQLite metadata), on a
+tiny synthetic dataset and a tiny random encoder, with real Spark, MLflow and FAISS.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from recsys_lib.data import land_raw_drop, synthetic
+from recsys_lib.reader import PublishedTables
+from recsys_lib.schema import ITEM_COL, SEEN_COL, USER_COL, USER_TOPN_SCHEMA
+from recsys_lib.storage import Storage
+from recsys_lib.tracking import CHAMPION, Tracker
+from tests.conftest import TINY_TRAIN, make_settings, settings_toml
+
+pytestmark = [pytest.mark.slow, pytest.mark.spark]
+ROOT = Path(__file__).resolve().parents[2]
+STAGES = ["ingest", "features", "train", "embed_items", "build_index", "recommend", "evaluate", "publish"]
+
+
+def airflow(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+    exe = str(Path(sys.executable).with_name("airflow"))
+    return subprocess.run([exe, *args], env=env, capture_output=True, text=True, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def nightly(tmp_path_factory, tiny_encoder):
+    """Land a synthetic drop, run the DAG twice for the same ds; yields what the test needs."""
+    base = tmp_path_factory.mktemp("nightly")
+    overrides = {**TINY_TRAIN, "model.encoder": str(tiny_encoder)}
+    config = base / "settings.toml"
+    config.write_text(settings_toml(overrides))
+    settings = make_settings(base / "data", **{"model.encoder": str(tiny_encoder)})
+    interactions, items = synthetic.generate(n_users=60, n_items=50, interactions_per_user=8, seed=11)
+    ds = synthetic.last_day(interactions)
+    land_raw_drop(Storage(settings), ds, interactions, items)
+    env = {
+        **os.environ,
+        "AIRFLOW_HOME": str(base / "airflow"),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "RECSYS_DATA_ROOT": str(base / "data"),
+        "RECSYS_CONFIG": str(config),
+    }
+    migrate = airflow(["db", "migrate"], env)
+    assert migrate.returncode == 0, migrate.stdout[-3000:] + migrate.stderr[-3000:]
+    runs = [airflow(["dags", "test", "recsys_nightly", ds], env) for _ in range(2)]
+    return {"settings": settings, "ds": ds, "runs": runs, "interactions": interactions}
+
+
+def test_every_task_ran_and_succeeded(nightly):
+    for run in nightly["runs"]:
+        log = run.stdout + run.stderr
+        assert run.returncode == 0, log[-5000:]
+        for stage in STAGES:
+            assert f"[DAG TEST] end task task_id={stage}" in log, f"{stage} did not run"
+        assert "state=success" in log
+
+
+def test_published_user_topn_honours_the_contract(nightly):
+    settings, ds = nightly["settings"], nightly["ds"]
+    tables = PublishedTables.from_settings(settings)
+    manifest = tables.manifest()
+    assert manifest["ds"] == ds and manifest["tables"]["user_topn"]["rows"] > 0
+    topn = tables.table("user_topn")
+    assert topn.schema.equals(USER_TOPN_SCHEMA)
+    df = topn.to_pandas()
+    # One row per (user, rank); ranks run 1..N with N = top_n for every user here (50 items).
+    assert not df.duplicated([USER_COL, "rank"]).any()
+    assert (df.groupby(USER_COL)["rank"].apply(lambda r: sorted(r) == list(range(1, 6)))).all()
+    # No item the user has already interacted with (the raw input is the ground truth here).
+    raw = nightly["interactions"]
+    seen = set(zip(raw[USER_COL], raw[ITEM_COL]))
+    assert not any((u, i) in seen for u, i in zip(df[USER_COL], df[ITEM_COL]))
+    # Every user with history is covered.
+    assert set(df[USER_COL]) == set(raw[USER_COL])
+    assert np.isfinite(df["score"]).all() and (df["ds"] == ds).all()
+    assert set(df["model_version"]) == {manifest["model_version"]}
+
+
+def test_published_item_to_item_table(nightly):
+    df = PublishedTables.from_settings(nightly["settings"]).table("item_similar").to_pandas()
+    assert df["item_id"].nunique() == 50
+    assert (df["item_id"] != df["similar_item_id"]).all()
+    assert (df.groupby("item_id")["rank"].max() == 4).all()
+
+
+def test_mlflow_holds_the_run_metrics_and_champion(nightly):
+    settings = nightly["settings"]
+    tracker = Tracker(settings)
+    champion = tracker.alias(CHAMPION)
+    assert champion is not None and champion.tags["ds"] == nightly["ds"]
+    metrics = tracker.run_metrics(champion.run_id)
+    for name in (
+        "model.recall_at_10",
+        "model.ndcg_at_10",
+        "model.coverage_at_10",
+        "popularity.recall_at_10",
+        "popularity.ndcg_at_10",
+        "index.recall_at_10",
+        "train_loss",
+    ):
+        assert name in metrics, name
+    assert metrics["index.recall_at_10"] == 1.0  # a flat index is exact
+    assert 0 <= metrics["model.ndcg_at_10"] <= 1
+
+
+def test_rerunning_the_same_day_is_idempotent(nightly):
+    settings = nightly["settings"]
+    storage = Storage(settings)
+    # The second run reused the trained model and republished identical tables.
+    assert "reusing run" in nightly["runs"][1].stdout + nightly["runs"][1].stderr
+    assert storage.published.list_dirs("versions") == [PublishedTables.from_settings(settings).manifest()["version"]]
+    assert Tracker(settings).alias(CHAMPION).version == "1"
+    histories = storage.work.read_table(Storage.features("user_histories", nightly["ds"])).to_pandas()
+    assert histories[USER_COL].is_unique and len(histories[SEEN_COL]) == 60
+    lake = storage.partitions(Storage.lake("interactions"))
+    assert lake == [nightly["ds"]]

@@ -1,0 +1,71 @@
+import pandas as pd
+import pytest
+
+from recsys_lib.data import land_raw_drop, movielens, synthetic
+from recsys_lib.schema import INTERACTIONS, ITEMS
+from recsys_lib.storage import Storage
+
+
+def test_bundled_movielens_sample_maps_onto_the_contract():
+    interactions, items = movielens.load(movielens.BUNDLED_SAMPLE)
+    assert len(interactions) == 100_004 and interactions["user_id"].nunique() == 671
+    assert len(items) == 9_125
+    assert set(INTERACTIONS.required) <= set(interactions.columns)
+    assert set(ITEMS.required) <= set(items.columns)
+    toy = items.set_index("item_id").loc["1"]
+    assert toy["title"] == "Toy Story (1995)"
+    assert toy["categories"] == "Adventure|Animation|Children|Comedy|Fantasy"
+    assert "pixar" in toy["tags"].split("|")
+
+
+def test_dat_release(tmp_path):
+    (tmp_path / "ratings.dat").write_text("1::10::5::978300760\n2::10::3::978302109\n")
+    (tmp_path / "movies.dat").write_text("10::GoldenEye (1995)::Action|Adventure|Thriller\n", encoding="latin-1")
+    interactions, items = movielens.load(tmp_path)
+    assert interactions.to_dict("list") == {
+        "user_id": ["1", "2"],
+        "item_id": ["10", "10"],
+        "timestamp": [978300760, 978302109],
+        "event_type": ["rating", "rating"],
+        "rating": [5.0, 3.0],
+    }
+    assert items[["item_id", "title", "categories"]].values.tolist() == [
+        ["10", "GoldenEye (1995)", "Action|Adventure|Thriller"]
+    ]
+
+
+def test_100k_release(tmp_path):
+    (tmp_path / "u.data").write_text("196\t242\t3\t881250949\n")
+    flags = "|".join(["0"] * 5 + ["1"] + ["0"] * 13)  # unknown, Action, Adventure, Animation, Children's, Comedy
+    (tmp_path / "u.item").write_text(f"242|Kolya (1996)|24-Jan-1997||http://x|{flags}\n", encoding="latin-1")
+    _, items = movielens.load(tmp_path)
+    assert items.loc[0, "categories"] == "Comedy"
+
+
+def test_not_a_movielens_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a MovieLens folder"):
+        movielens.load(tmp_path)
+
+
+def test_synthetic_is_seeded_and_in_the_contract():
+    a = synthetic.generate(n_users=30, n_items=20, seed=3)
+    b = synthetic.generate(n_users=30, n_items=20, seed=3)
+    c = synthetic.generate(n_users=30, n_items=20, seed=4)
+    pd.testing.assert_frame_equal(a[0], b[0])
+    assert not a[0].equals(c[0])
+    interactions, items = a
+    assert interactions["user_id"].nunique() == 30 and len(items) == 20
+    assert not interactions.duplicated(["user_id", "item_id"]).any()
+    assert set(interactions["item_id"]) <= set(items["item_id"])
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet", "jsonl"])
+def test_land_raw_drop_replaces_the_days_files(settings, fmt):
+    storage = Storage(settings)
+    interactions, items = synthetic.generate(10, 5, seed=0)
+    land_raw_drop(storage, "2026-01-01", interactions, items, fmt="csv")
+    written = land_raw_drop(storage, "2026-01-01", interactions, items, fmt=fmt)
+    assert storage.work.list("raw/interactions/ds=2026-01-01/") == [
+        f"raw/interactions/ds=2026-01-01/interactions.{fmt}"
+    ]
+    assert written["items"].endswith(f"items.{fmt}")

@@ -1,0 +1,115 @@
+import pytest
+
+from recsys_lib.errors import DataValidationError, SchemaError
+from recsys_lib.validate import (
+    RejectSummary,
+    as_strings,
+    check_columns,
+    enforce_reject_limit,
+    summarize_rejects,
+    validate_interactions,
+    validate_items,
+)
+
+pytestmark = pytest.mark.spark
+DS = "2026-01-02"
+
+
+def strings(spark, rows, columns, entity, source="drop.csv"):
+    return as_strings(spark.createDataFrame(rows, columns), entity, source)
+
+
+def test_missing_required_column_names_file_and_column():
+    with pytest.raises(
+        SchemaError, match=r"raw/x.csv: missing required interactions column\(s\) timestamp \(found: user_id, item_id\)"
+    ):
+        check_columns(["user_id", "item_id"], "interactions", "raw/x.csv")
+
+
+def test_interaction_rules(spark):
+    rows = [
+        ("u1", "i1", "1767225600", "click", None),  # valid, epoch seconds (2026-01-01)
+        ("u1", "i2", "2026-01-02T10:00:00Z", None, "4.5"),  # valid, ISO-8601, default event type
+        ("u2", "i1", "1767225600000", None, None),  # valid, epoch milliseconds
+        (None, "i1", "1767225600", None, None),
+        ("u3", " ", "1767225600", None, None),
+        ("u3", "i1", "yesterday", None, None),
+        ("u3", "i1", "2026-01-03T00:00:00Z", None, None),  # after the logical date
+        ("u3", "i1", "1767225600", None, "great"),
+        ("u3", "i9", "1767225600", None, None),  # not in the catalogue
+        ("u1", "i1", "1767225600", "click", None),  # exact repeat of the first row
+    ]
+    raw = strings(spark, rows, ["user_id", "item_id", "timestamp", "event_type", "rating"], "interactions")
+    known = spark.createDataFrame([("i1",), ("i2",)], ["item_id"])
+    valid, rejected = validate_interactions(raw, DS, known)
+    got = sorted(
+        (r.user_id, r.item_id, r.timestamp.isoformat(), r.event_type, r.rating, r.weight) for r in valid.collect()
+    )
+    assert got == [
+        ("u1", "i1", "2026-01-01T00:00:00", "click", None, 1.0),
+        ("u1", "i2", "2026-01-02T10:00:00", "interaction", 4.5, 1.0),
+        ("u2", "i1", "2026-01-01T00:00:00", "interaction", None, 1.0),
+    ]
+    reasons = sorted(r.reason for r in rejected.collect())
+    assert reasons == sorted(
+        [
+            "user_id: missing",
+            "item_id: missing",
+            "timestamp: not epoch seconds or ISO-8601",
+            f"timestamp: after the logical date {DS}",
+            "rating: not a number",
+            "item_id: not in the item catalogue",
+            "timestamp: duplicate event (same user, item, time, type)",
+        ]
+    )
+    assert {r.source_file for r in rejected.collect()} == {"drop.csv"} and {r.ds for r in rejected.collect()} == {DS}
+
+
+def test_item_rules_and_latest_row_wins(spark):
+    rows = [
+        ("i1", "Old title", "1767225600", "Drama|Comedy", None),
+        ("i1", "New title", "1767312000", "Drama", "fun; dark"),
+        ("i2", None, None, None, None),
+        ("i3", "Later", "2027-01-01", None, None),
+        ("i4", "Plain", None, "", None),
+    ]
+    raw = strings(spark, rows, ["item_id", "title", "updated_at", "categories", "tags"], "items")
+    valid, rejected = validate_items(raw, DS)
+    got = {r.item_id: (r.title, r.categories, r.tags) for r in valid.collect()}
+    assert got == {"i1": ("New title", ["Drama"], ["fun", "dark"]), "i4": ("Plain", [], [])}
+    assert sorted(r.reason for r in rejected.collect()) == [
+        "item_id: superseded by a later row for the same item",
+        "title: missing",
+        f"updated_at: after the logical date {DS}",
+    ]
+
+
+def test_list_columns_from_parquet_arrays(spark):
+    df = spark.createDataFrame(
+        [("i1", "T", ["A", "B"], ["x"])], "item_id string, title string, categories array<string>, tags array<string>"
+    )
+    valid, _ = validate_items(as_strings(df, "items", "items.parquet"), DS)
+    (row,) = valid.collect()
+    assert (row.categories, row.tags) == (["A", "B"], ["x"])
+
+
+def test_reject_limit_message_names_file_column_and_counts(spark):
+    rows = [("u1", "i1", "bad")] * 3 + [("u1", "i1", "1767225600")] + [(None, "i1", "1767225600")]
+    raw = strings(spark, rows, ["user_id", "item_id", "timestamp"], "interactions", "raw/interactions/ds=x/day.csv")
+    _, rejected = validate_interactions(raw, DS)
+    summaries = summarize_rejects(raw, rejected)
+    assert summaries == [
+        RejectSummary(
+            "raw/interactions/ds=x/day.csv",
+            5,
+            4,
+            {"timestamp: not epoch seconds or ISO-8601": 3, "user_id: missing": 1},
+        )
+    ]
+    with pytest.raises(DataValidationError) as err:
+        enforce_reject_limit(summaries, 0.05, "interactions", "quarantine/interactions/ds=x")
+    message = str(err.value)
+    assert "raw/interactions/ds=x/day.csv: 4 of 5 interactions rows rejected (80.0%, limit 5.0%)" in message
+    assert "timestamp: not epoch seconds or ISO-8601: 3 rows" in message and "user_id: missing: 1 rows" in message
+    assert "quarantine/interactions/ds=x" in message
+    enforce_reject_limit(summaries, 0.9, "interactions", "q")  # under the limit: no error
