@@ -66,7 +66,7 @@ lock:
 	  /tmp/recsys-lock/bin/pip freeze | sed -E 's/^torch==([0-9.]+)\+cpu$$/torch==\1/'; } > constraints.txt
 
 bench: install
-	@$(PY) -m bench.run_bench
+	@$(PY) -m bench.run_bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(RECSYS_DATA_ROOT) .pytest_cache

@@ -39,16 +39,17 @@ def load_model(tracker: Tracker, mv: ModelVersion, device):
     return TwoTowerModel.load(tracker.download_model(mv.version), device=device)
 
 
-def read_item_vectors(storage: Storage, ds: str, mv: ModelVersion) -> tuple[pd.Index, np.ndarray]:
-    """(catalogue item ids in row order, [n, d] unit vectors) of the embed stage's output."""
+def read_item_vectors(storage: Storage, ds: str, mv: ModelVersion) -> tuple[pd.Index, np.ndarray, np.ndarray]:
+    """(catalogue item ids in row order, [n, d] unit vectors, [n] item biases) of the embed stage."""
     from recsys_lib.embedding import vectors_of
-    from recsys_lib.schema import ITEM_COL
+    from recsys_lib.schema import BIAS_COL, ITEM_COL
 
     key = Storage.item_embeddings(ds, mv.version)
     if not storage.work.table_exists(key):
         raise FileNotFoundError(f"no item embeddings at {storage.work.uri(key)}: run embed_items first")
     table = storage.work.read_table(key)
-    return pd.Index(table.column(ITEM_COL).to_pylist()), vectors_of(table)
+    bias = table.column(BIAS_COL).to_numpy().astype(np.float32)
+    return pd.Index(table.column(ITEM_COL).to_pylist()), vectors_of(table), bias
 
 
 def to_indices(item_index: pd.Index, lists) -> list[np.ndarray]:
@@ -58,3 +59,22 @@ def to_indices(item_index: pd.Index, lists) -> list[np.ndarray]:
     flat = np.concatenate([np.asarray(x, dtype=object) for x in lists]) if lengths.sum() else np.empty(0, object)
     idx = item_index.get_indexer(flat).astype(np.int64) if len(flat) else np.empty(0, np.int64)
     return [part[part >= 0] for part in np.split(idx, np.cumsum(lengths)[:-1])] if lists else []
+
+
+def business_rules(settings: Settings, storage: Storage, ds: str, item_index: pd.Index):
+    """The ``[rules]`` settings resolved against the catalogue of ``ds``."""
+    from recsys_lib.rules import load_rules
+    from recsys_lib.schema import CATEGORIES_COL, ITEM_COL
+    from recsys_lib.storage import open_store
+
+    def read_text(location: str) -> str:
+        parent, _, name = location.rstrip("/").rpartition("/")
+        return open_store(parent or ".", settings.storage).read_bytes(name).decode()
+
+    return load_rules(
+        settings,
+        item_index,
+        read_features(storage, "item_stats", ds, columns=[ITEM_COL]),
+        read_features(storage, "item_documents", ds, columns=[ITEM_COL, CATEGORIES_COL]),
+        read_text,
+    )

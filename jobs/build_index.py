@@ -1,5 +1,8 @@
 """Build index (FAISS): item vectors -> index file + id map + manifest with recall@k.
 
+Index rows are [vector, bias], so one index serves both user queries (scores = the model's
+logits) and item-to-item queries (scores = cosine similarity).
+
 Writes ``index/ds=<ds>/model_version=<v>/{items.faiss, id_map, manifest.json}``; recall@k of the
 index against exact search on sampled catalogue queries goes to the manifest and to MLflow.
 """
@@ -24,21 +27,30 @@ def run(settings: Settings, ds: str, model_version: str | None = None) -> dict[s
 
     from jobs._common import open_stage, read_item_vectors
     from recsys_lib.index import build_index, index_kind, measure_recall, save_index
+    from recsys_lib.models.two_tower import retrieval_items, retrieval_neighbours
     from recsys_lib.schema import ITEM_COL
 
     storage, tracker, mv = open_stage(settings, model_version)
-    item_ids, vectors = read_item_vectors(storage, ds, mv)
+    item_ids, vectors, bias = read_item_vectors(storage, ds, mv)
+    rows = retrieval_items(vectors, bias)
     cfg = settings.index
     started = time.perf_counter()
-    index = build_index(vectors, cfg.kind, cfg.hnsw_m, cfg.hnsw_ef_search, cfg.ivf_nprobe)
+    index = build_index(rows, cfg.kind, cfg.hnsw_m, cfg.hnsw_ef_search, cfg.ivf_nprobe)
     build_seconds = time.perf_counter() - started
-    recall = measure_recall(index, vectors, cfg.recall_k, cfg.recall_queries, seed=settings.evaluate.seed)
+    recall = measure_recall(
+        index,
+        rows,
+        cfg.recall_k,
+        cfg.recall_queries,
+        seed=settings.evaluate.seed,
+        queries=retrieval_neighbours(vectors),
+    )
     manifest = {
         "ds": ds,
         "model_version": mv.version,
         "kind": index_kind(index),
         "items": len(item_ids),
-        "dim": int(vectors.shape[1]),
+        "dim": int(rows.shape[1]),
         f"recall_at_{cfg.recall_k}": recall,
         "build_seconds": build_seconds,
     }

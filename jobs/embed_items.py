@@ -25,13 +25,13 @@ def previous_embeddings(storage: Storage, ds: str, model_version: str):
     return None
 
 
-def run(settings: Settings, ds: str, model_version: str | None = None) -> dict[str, Any]:
-    from jobs._common import load_model, open_stage, read_features
+def embed_version(settings: Settings, storage: Storage, tracker, mv, ds: str) -> dict[str, Any]:
+    """Embed the catalogue of ``ds`` with model version ``mv`` into the work store."""
+    from jobs._common import load_model, read_features
     from recsys_lib.embedding import embed_catalogue
     from recsys_lib.models.two_tower import resolve_device
     from recsys_lib.schema import ITEM_COL
 
-    storage, tracker, mv = open_stage(settings, model_version)
     documents = read_features(storage, "item_documents", ds).sort_values(ITEM_COL, kind="stable")
     device = resolve_device(settings.embed.device)
     model, tokenizer = load_model(tracker, mv, device)
@@ -48,25 +48,33 @@ def run(settings: Settings, ds: str, model_version: str | None = None) -> dict[s
     seconds = time.perf_counter() - started
     key = Storage.item_embeddings(ds, mv.version)
     storage.work.replace_table(key, table)
-    log.info("embedded %d items, reused %d, in %.1fs on %s", counts["embedded"], counts["reused"], seconds, device)
-    tracker.log_metrics(
-        mv.run_id,
-        {
-            "embed.items": len(documents),
-            "embed.embedded": counts["embedded"],
-            "embed.reused": counts["reused"],
-            "embed.seconds": seconds,
-        },
+    log.info(
+        "%s: embedded %d items, reused %d, in %.1fs on %s",
+        mv.label,
+        counts["embedded"],
+        counts["reused"],
+        seconds,
+        device,
     )
     return {
-        "ds": ds,
-        "model_version": mv.version,
         "embeddings": storage.work.uri(key),
         "items": len(documents),
         **counts,
         "seconds": seconds,
         "device": device.type,
     }
+
+
+def run(settings: Settings, ds: str, model_version: str | None = None) -> dict[str, Any]:
+    from jobs._common import open_stage
+
+    storage, tracker, mv = open_stage(settings, model_version)
+    result = embed_version(settings, storage, tracker, mv, ds)
+    tracker.log_metrics(
+        mv.run_id,
+        {f"embed.{k}": result[k] for k in ("items", "embedded", "reused", "seconds")},
+    )
+    return {"ds": ds, "model_version": mv.version, **result}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,12 +1,16 @@
-"""Features (Spark): lake tables up to ds -> item documents, stats, user histories, the split.
+"""Features (Spark): lake tables up to ds -> item documents, stats, user histories, the splits.
 
 Writes under ``features/ds=<ds>/``:
   item_documents        item_id, title, categories, document, content_hash
   item_stats            item_id, n_interactions, n_users, last_ts (positives up to ds)
-  interactions_train    user_id, item_id, timestamp, weight (positives before the holdout)
-  interactions_holdout  same columns, the time-based holdout
   user_histories        user_id, history, history_ts, seen (everything up to ds: for serving)
-  train_user_histories  the same from the training side of the split (for evaluation)
+  interactions_train    user_id, item_id, timestamp, weight, is_validation: positives before the
+                        time-based holdout, cold items excluded; is_validation marks each user's
+                        last training event (early stopping, baseline tuning)
+  interactions_holdout  the time-based holdout (positives), cold items excluded
+  train_user_histories  histories from the training side (for scoring the holdout)
+  cold_items            item_id: the seeded share of items whose every interaction is held out
+  interactions_cold     every positive interaction with a cold item (the cold-item evaluation)
 """
 
 from __future__ import annotations
@@ -15,15 +19,6 @@ from typing import Any
 
 from recsys_lib.settings import Settings
 from recsys_lib.storage import Storage
-
-OUTPUTS = (
-    "item_documents",
-    "item_stats",
-    "interactions_train",
-    "interactions_holdout",
-    "user_histories",
-    "train_user_histories",
-)
 
 
 def read_lake(spark, storage: Storage, entity: str, ds: str):
@@ -53,19 +48,25 @@ def run(settings: Settings, ds: str) -> dict[str, Any]:
 
     events = fx.dedupe_interactions(read_lake(spark, storage, "interactions", ds))
     events = events.withColumn(fx.TIMESTAMP_COL, fx.epoch_seconds()).persist()
-    split = fx.split_holdout(events, cfg.split, cfg.holdout_fraction, cfg.min_user_interactions).persist()
+    cold = fx.cold_items(events, cfg.cold_item_fraction, cfg.cold_item_seed).persist()
+    warm_events = events.join(cold, fx.ITEM_COL, "left_anti")
+    cold_events = events.join(cold, fx.ITEM_COL, "left_semi")
+    split = fx.split_holdout(warm_events, cfg.split, cfg.holdout_fraction, cfg.min_user_interactions).persist()
     train_all = split.where(~F.col(fx.HOLDOUT_COL))
-    holdout_all = split.where(F.col(fx.HOLDOUT_COL))
-    positives = fx.positives(events, cfg.min_positive_rating)
     train_pos = fx.positives(train_all, cfg.min_positive_rating)
+    positives = fx.positives(events, cfg.min_positive_rating)
 
     tables = {
         "item_documents": documents.orderBy(fx.ITEM_COL),
         "item_stats": fx.item_stats(positives),
-        "interactions_train": fx.training_interactions(train_pos),
-        "interactions_holdout": fx.training_interactions(fx.positives(holdout_all, cfg.min_positive_rating)),
         "user_histories": fx.user_histories(positives, events, cfg.max_history),
+        "interactions_train": fx.mark_validation(fx.training_interactions(train_pos), cfg.min_user_interactions),
+        "interactions_holdout": fx.training_interactions(
+            fx.positives(split.where(F.col(fx.HOLDOUT_COL)), cfg.min_positive_rating)
+        ),
         "train_user_histories": fx.user_histories(train_pos, train_all, cfg.max_history),
+        "cold_items": cold.orderBy(fx.ITEM_COL),
+        "interactions_cold": fx.training_interactions(fx.positives(cold_events, cfg.min_positive_rating)),
     }
     summary: dict[str, Any] = {"ds": ds}
     for name, df in tables.items():
@@ -75,8 +76,10 @@ def run(settings: Settings, ds: str) -> dict[str, Any]:
     counts = split.groupBy(fx.HOLDOUT_COL).count().collect()
     summary["events"] = {("holdout" if r[fx.HOLDOUT_COL] else "train"): r["count"] for r in counts}
     summary["items"] = spark.read.parquet(storage.spark_path(Storage.features("item_documents", ds))).count()
-    split.unpersist()
-    events.unpersist()
+    summary["events"]["cold"] = cold_events.count()
+    summary["cold_items"] = cold.count()
+    for df in (split, cold, events):
+        df.unpersist()
     return summary
 
 

@@ -2,7 +2,8 @@
 
 Reads user histories up to ds, the model's user tower, the item vectors and the index; writes
 ``runs/ds=<ds>/{user_topn, item_similar}``. Seen items are excluded; users without a usable
-history get the most popular items they have not seen.
+history get the most popular items they have not seen. Business rules (``[rules]``: blocked
+items, new-item boost, minimum score, category cap) apply before the lists are cut to N.
 """
 
 from __future__ import annotations
@@ -28,6 +29,22 @@ def popularity_vector(item_index, stats):
     return out
 
 
+def user_queries(model, item_vectors, history_idx, batch_size: int):
+    """(index queries [u, d + 1], fallback [u] bool) for users with these histories.
+
+    A user whose history holds no catalogue item has no vector and falls back to popularity.
+    """
+    import numpy as np
+    import torch
+
+    from recsys_lib.models.two_tower import embed_users, history_matrix, retrieval_users
+
+    matrix = history_matrix(history_idx, model.config.history_length)
+    vectors = embed_users(model, torch.from_numpy(item_vectors), matrix, batch_size).numpy()
+    fallback = np.array([len(h) == 0 for h in history_idx], dtype=bool)
+    return retrieval_users(vectors, model.temperature.item()), fallback
+
+
 def index_searcher(index):
     from recsys_lib.index import search
 
@@ -35,17 +52,17 @@ def index_searcher(index):
 
 
 def run(settings: Settings, ds: str, model_version: str | None = None) -> dict[str, Any]:
-    import torch
+    import numpy as np
 
-    from jobs._common import load_model, open_stage, read_features, read_item_vectors, to_indices
+    from jobs._common import business_rules, load_model, open_stage, read_features, read_item_vectors, to_indices
     from jobs.build_index import load_item_index
     from recsys_lib import recommend as rec
-    from recsys_lib.models.two_tower import embed_users, history_matrix
+    from recsys_lib.models.two_tower import retrieval_neighbours
     from recsys_lib.schema import HISTORY_COL, SEEN_COL, USER_COL
 
     storage, tracker, mv = open_stage(settings, model_version)
     cfg = settings.recommend
-    item_index, item_vectors = read_item_vectors(storage, ds, mv)
+    item_index, item_vectors, _ = read_item_vectors(storage, ds, mv)
     index = load_item_index(storage, ds, mv.version)
     searcher = index_searcher(index)
     model, _ = load_model(tracker, mv, "cpu")
@@ -54,15 +71,19 @@ def run(settings: Settings, ds: str, model_version: str | None = None) -> dict[s
 
     history_idx = to_indices(item_index, histories[HISTORY_COL])
     seen_idx = to_indices(item_index, histories[SEEN_COL])
-    matrix = history_matrix(history_idx, model.config.history_length)
-    user_vectors = embed_users(model, torch.from_numpy(item_vectors), matrix, cfg.user_batch_size).numpy()
-    scores, ids, fallback = rec.rank_users(searcher, user_vectors, seen_idx, popularity, cfg.top_n, cfg.user_batch_size)
+    queries, fallback = user_queries(model, item_vectors, history_idx, cfg.user_batch_size)
+    rules = business_rules(settings, storage, ds, item_index)
+    scores, ids = rec.rank_users(
+        searcher, queries, seen_idx, popularity, cfg.top_n, cfg.user_batch_size, fallback, rules
+    )
+    reasons = rec.explain(item_vectors, history_idx, ids)
     users = histories[USER_COL].to_numpy()
-    u, r, i, s = rec.ranked_rows(users, ids, scores)
-    topn = rec.user_topn_table(u, r, item_index.to_numpy()[i], s, mv.label, ds)
-
-    sim_scores, sim_ids = rec.similar_items(searcher, item_vectors, cfg.similar_n)
     items = item_index.to_numpy()
+    u, r, i, s, why = rec.ranked_rows(users, ids, scores, reasons)
+    reason_ids = np.where(why >= 0, items[why.clip(min=0)], None)
+    topn = rec.user_topn_table(u, r, items[i], s, mv.label, ds, reason_ids)
+
+    sim_scores, sim_ids = rec.similar_items(searcher, retrieval_neighbours(item_vectors), cfg.similar_n, rules.blocked)
     a, r2, b, s2 = rec.ranked_rows(items, sim_ids, sim_scores)
     similar = rec.item_similar_table(a, r2, items[b], s2, mv.label, ds)
 
@@ -77,6 +98,7 @@ def run(settings: Settings, ds: str, model_version: str | None = None) -> dict[s
         "user_rows": topn.num_rows,
         "items": len(items),
         "item_rows": similar.num_rows,
+        "blocked_items": int(rules.blocked.sum()),
     }
     log.info("recommend %s", summary)
     tracker.log_metrics(mv.run_id, {f"recommend.{k}": v for k, v in summary.items()})

@@ -42,9 +42,9 @@ def run(settings: Settings, ds: str) -> dict[str, Any]:
     import pandas as pd
 
     from recsys_lib.logs import quiet_library_logs
-    from recsys_lib.models.training import build_examples, train_two_tower
+    from recsys_lib.models.training import build_examples, build_validation, train_two_tower
     from recsys_lib.models.two_tower import TokenizedDocuments, TwoTowerModel, resolve_device
-    from recsys_lib.schema import CONTENT_HASH_COL, DOCUMENT_COL, ITEM_COL, TIMESTAMP_COL, USER_COL
+    from recsys_lib.schema import CONTENT_HASH_COL, DOCUMENT_COL, ITEM_COL, TIMESTAMP_COL, USER_COL, VALIDATION_COL
     from recsys_lib.tracking import CANDIDATE, CHAMPION, MODEL_ARTIFACT, Tracker
 
     quiet_library_logs()
@@ -54,7 +54,9 @@ def run(settings: Settings, ds: str) -> dict[str, Any]:
     documents = documents.sort_values(ITEM_COL, kind="stable").reset_index(drop=True)
     interactions = storage.work.read_table(Storage.features("interactions_train", ds)).to_pandas()
     fingerprint = training_fingerprint(
-        documents[[ITEM_COL, CONTENT_HASH_COL]], interactions[[USER_COL, ITEM_COL, TIMESTAMP_COL]], settings
+        documents[[ITEM_COL, CONTENT_HASH_COL]],
+        interactions[[USER_COL, ITEM_COL, TIMESTAMP_COL, VALIDATION_COL]],
+        settings,
     )
     tags = {"ds": ds, "stage": "train", "fingerprint": fingerprint}
     previous = tracker.find_finished_run(tags)
@@ -65,26 +67,41 @@ def run(settings: Settings, ds: str) -> dict[str, Any]:
 
     cfg = settings.train
     device = resolve_device(cfg.device)
+    item_ids = pd.Index(documents[ITEM_COL])
+    train_events, validation_events = build_validation(interactions, item_ids, settings.model.history_length)
+    # Warm items get an ID embedding; the rest (cold, new) are known by their text alone.
+    id_vocab = pd.Index(sorted(set(train_events[ITEM_COL]) & set(item_ids)), dtype=object)
     champion = None if cfg.full_retrain else tracker.alias(CHAMPION)
     model = tokenizer = None
     warm_start = "none"
     if champion is not None:
-        model, tokenizer = TwoTowerModel.load(tracker.download_model(champion.version))
-        if (model.config.base_encoder, model.config.history_length) != (
-            settings.model.encoder,
-            settings.model.history_length,
-        ):
+        try:
+            model, tokenizer = TwoTowerModel.load(tracker.download_model(champion.version))
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            log.warning(
+                "cannot warm-start from champion %s (%s); training from the pretrained encoder", champion.label, e
+            )
+            champion = None
+    if champion is not None:
+        wanted = (settings.model.encoder, settings.model.history_length, settings.model.user_layers)
+        if (model.config.base_encoder, model.config.history_length, model.config.user_layers) != wanted:
             log.info("champion %s has another architecture; training from the pretrained encoder", champion.label)
             model = tokenizer = None
         else:
+            model = model.with_id_vocab(id_vocab)
             warm_start = champion.label
     if model is None:
         model, tokenizer = TwoTowerModel.from_encoder(
-            settings.model.encoder, settings.model.history_length, settings.model.max_length, cfg.temperature
+            settings.model.encoder,
+            settings.model.history_length,
+            settings.model.max_length,
+            cfg.temperature,
+            id_vocab=id_vocab,
+            user_layers=settings.model.user_layers,
+            seed=cfg.seed,
         )
-    item_ids = pd.Index(documents[ITEM_COL])
     docs = TokenizedDocuments.from_texts(tokenizer, documents[DOCUMENT_COL].tolist(), model.config.max_length)
-    examples = build_examples(interactions, item_ids, model.config.history_length)
+    examples = build_examples(train_events, item_ids, model.config.history_length)
 
     run_id = tracker.start_run(f"train {ds}", {**tags, "warm_start": warm_start, "device": device.type})
     try:
@@ -97,10 +114,19 @@ def run(settings: Settings, ds: str) -> dict[str, Any]:
                 "data.items": len(documents),
                 "data.train_interactions": len(interactions),
                 "data.examples": len(examples),
+                "data.validation_users": len(validation_events),
+                "data.id_vocab": len(id_vocab),
             },
         )
         report = train_two_tower(
-            model, docs, examples, cfg, device, on_step=lambda step, m: tracker.log_metrics(run_id, m, step)
+            model,
+            docs,
+            model.id_rows(item_ids),
+            examples,
+            cfg,
+            device,
+            validation=validation_events,
+            on_step=lambda step, m: tracker.log_metrics(run_id, m, step),
         )
         tracker.log_metrics(run_id, report)
         with storage.temp_dir() as tmp:

@@ -3,7 +3,10 @@
 recsys run --interactions FILE --items FILE --output DIR_OR_URI [--ds DATE] [--config FILE]
 recsys land-sample --ds DATE          stage the bundled MovieLens sample as that day's raw drop
 recsys show [--users N]               the published tables, and a few users' history and top-10
-recsys movielens --release 1m --dest DIR    download another MovieLens release (needs internet)
+recsys versions                       the published versions kept, the live one marked
+recsys rollback [--to VERSION]        make an earlier published version live again
+recsys movielens (--release 1m | --source DIR) --dest DIR    MovieLens as files in the input contract
+recsys synthetic --users N --items M --dest DIR [--format parquet]   a seeded synthetic dataset
 """
 
 from __future__ import annotations
@@ -88,15 +91,10 @@ def cmd_show(args: argparse.Namespace) -> None:
     for name, entry in manifest["tables"].items():
         print(f"  {name:<13} {entry['rows']:>9,} rows  {tables.store.uri(entry['files'][0]['key'])}")
     print(f"  latest pointer: {tables.store.uri('latest.json')}")
-    metrics = manifest.get("metrics", {})
-    if metrics:
-        print(
-            "  holdout NDCG@10: model {:.4f}, popularity {:.4f}".format(
-                metrics.get("model.ndcg_at_10", float("nan")), metrics.get("popularity.ndcg_at_10", float("nan"))
-            )
-        )
-
     storage = Storage(settings)
+    report = Storage.run_output("evaluation.txt", ds)
+    if storage.work.exists(report):
+        print("\nEvaluation on the holdout of " + storage.work.read_bytes(report).decode())
     documents = storage.work.read_table(
         Storage.features("item_documents", ds), columns=[ITEM_COL, TITLE_COL]
     ).to_pandas()
@@ -125,15 +123,71 @@ def cmd_show(args: argparse.Namespace) -> None:
             )
 
 
+def cmd_versions(args: argparse.Namespace) -> None:
+    from recsys_lib import publish as pub
+    from recsys_lib.storage import open_store
+
+    settings = load_settings(config_file=args.config)
+    store = open_store(settings.storage.publish_root, settings.storage)
+    live = pub.read_latest(store)
+    for m in pub.list_versions(store):
+        mark = "*" if live and m["version"] == live["version"] else " "
+        rows = m["tables"]["user_topn"]["rows"]
+        ndcg = m.get("metrics", {}).get("model.ndcg_at_10", float("nan"))
+        print(
+            f"{mark} {m['version']}  {m['created_at']}  {m['model_version']:<24} {rows:>10,} rows  ndcg@10 {ndcg:.4f}"
+        )
+
+
+def cmd_rollback(args: argparse.Namespace) -> None:
+    from recsys_lib import publish as pub
+    from recsys_lib.storage import open_store
+    from recsys_lib.tracking import CHAMPION, Tracker
+
+    settings = load_settings(config_file=args.config)
+    store = open_store(settings.storage.publish_root, settings.storage)
+    before, restored = pub.rollback(store, args.to)
+    print(f"latest: {before['version']} -> {restored['version']} (model {restored['model_version']})")
+    name, _, version = restored["model_version"].rpartition("/")
+    if args.keep_champion or name != settings.tracking.registered_model:
+        return
+    Tracker(settings).set_alias(CHAMPION, version)
+    print(f"MLflow alias '{CHAMPION}' -> {restored['model_version']}")
+
+
 def _natural(value: str):
     return (0, int(value), "") if value.isdigit() else (1, 0, value)
 
 
 def cmd_movielens(args: argparse.Namespace) -> None:
-    from recsys_lib.data import movielens
+    from recsys_lib.data import movielens, to_bytes
 
-    folder = movielens.download(args.release, args.dest)
-    print(f"MovieLens {args.release} is in {folder}")
+    folder = Path(args.source) if args.source else movielens.download(args.release, args.dest)
+    interactions, items = movielens.load(folder)
+    dest = Path(args.dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    for name, frame in (("interactions", interactions), ("items", items)):
+        (dest / f"{name}.{args.format}").write_bytes(to_bytes(frame, args.format))
+    print(
+        f"MovieLens from {folder} in the input contract: {dest}/interactions.{args.format} "
+        f"({len(interactions):,} rows), {dest}/items.{args.format} ({len(items):,} rows)"
+    )
+
+
+def cmd_synthetic(args: argparse.Namespace) -> None:
+    from recsys_lib.data import synthetic, to_bytes
+
+    interactions, items = synthetic.generate(
+        n_users=args.users, n_items=args.items, interactions_per_user=args.per_user, seed=args.seed
+    )
+    dest = Path(args.dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    for name, frame in (("interactions", interactions), ("items", items)):
+        (dest / f"{name}.{args.format}").write_bytes(to_bytes(frame, args.format))
+    print(
+        f"{len(interactions):,} interactions and {len(items):,} items in {dest} ({args.format}); "
+        f"latest event on {synthetic.last_day(interactions)} (use it as --ds)"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -168,10 +222,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config")
     p.set_defaults(func=cmd_show)
 
-    p = sub.add_parser("movielens", help="download a MovieLens release")
-    p.add_argument("--release", required=True)
+    p = sub.add_parser("versions", help="list the published versions")
+    p.add_argument("--config")
+    p.set_defaults(func=cmd_versions)
+
+    p = sub.add_parser("rollback", help="make an earlier published version live again")
+    p.add_argument("--to", help="version id (default: the one published before the live one)")
+    p.add_argument("--keep-champion", action="store_true", help="leave the MLflow champion alias where it is")
+    p.add_argument("--config")
+    p.set_defaults(func=cmd_rollback)
+
+    p = sub.add_parser("movielens", help="MovieLens as files in the input contract (downloads a release)")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--release", help="download this release first (needs internet): 100k, 1m, 10m, 20m, 25m, ...")
+    source.add_argument("--source", help="an unpacked MovieLens folder, e.g. data/movielens-latest-small")
     p.add_argument("--dest", required=True)
+    p.add_argument("--format", choices=("csv", "parquet", "jsonl"), default="parquet")
     p.set_defaults(func=cmd_movielens)
+
+    p = sub.add_parser("synthetic", help="write a seeded synthetic dataset in the input contract")
+    p.add_argument("--users", type=int, default=2000)
+    p.add_argument("--items", type=int, default=1000)
+    p.add_argument("--per-user", type=float, default=20.0, help="mean interactions per user")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--format", choices=("csv", "parquet", "jsonl"), default="parquet")
+    p.add_argument("--dest", required=True)
+    p.set_defaults(func=cmd_synthetic)
     return parser
 
 

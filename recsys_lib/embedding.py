@@ -12,6 +12,7 @@ import pyarrow as pa
 
 from recsys_lib.models.two_tower import TokenizedDocuments, TwoTowerModel, embed_documents
 from recsys_lib.schema import (
+    BIAS_COL,
     CONTENT_HASH_COL,
     DOCUMENT_COL,
     ITEM_COL,
@@ -34,38 +35,47 @@ def embed_catalogue(
 
     Args:
         documents: item_id, document, content_hash.
-        previous: an earlier embeddings table (item_id, vector, content_hash, model_version).
+        previous: an earlier embeddings table (item_id, vector, bias, content_hash, model_version).
     Returns:
         (embeddings table in ITEM_EMBEDDINGS_SCHEMA ordered like ``documents``,
          {"embedded": n, "reused": m}).
     """
-    reuse: dict[tuple[str, str], np.ndarray] = {}
+    reuse: dict[tuple[str, str], tuple[np.ndarray, float]] = {}
     if previous is not None and len(previous):
-        same_model = previous[previous[MODEL_VERSION_COL] == model_version]
+        same = previous[previous[MODEL_VERSION_COL] == model_version]
         reuse = {
-            (i, h): v for i, h, v in zip(same_model[ITEM_COL], same_model[CONTENT_HASH_COL], same_model[VECTOR_COL])
+            (i, h): (v, b)
+            for i, h, v, b in zip(same[ITEM_COL], same[CONTENT_HASH_COL], same[VECTOR_COL], same[BIAS_COL])
         }
     keys = list(zip(documents[ITEM_COL], documents[CONTENT_HASH_COL]))
     todo = [n for n, key in enumerate(keys) if key not in reuse]
     vectors = np.zeros((len(documents), model.config.dim), dtype=np.float32)
+    bias = np.zeros(len(documents), dtype=np.float32)
     if todo:
         texts = documents[DOCUMENT_COL].iloc[todo].tolist()
         docs = TokenizedDocuments.from_texts(tokenizer, texts, model.config.max_length)
-        vectors[todo] = embed_documents(model, docs, batch_size, device).cpu().numpy()
+        id_rows = model.id_rows(documents[ITEM_COL].iloc[todo])
+        v, b = embed_documents(model, docs, batch_size, device, id_rows)
+        vectors[todo], bias[todo] = v.cpu().numpy(), b.cpu().numpy()
     for n, key in enumerate(keys):
         if key in reuse:
-            vectors[n] = reuse[key]
-    table = embeddings_table(documents[ITEM_COL].tolist(), vectors, documents[CONTENT_HASH_COL].tolist(), model_version)
+            vectors[n], bias[n] = reuse[key]
+    table = embeddings_table(
+        documents[ITEM_COL].tolist(), vectors, bias, documents[CONTENT_HASH_COL].tolist(), model_version
+    )
     return table, {"embedded": len(todo), "reused": len(documents) - len(todo)}
 
 
-def embeddings_table(item_ids: list[str], vectors: np.ndarray, hashes: list[str], model_version: str) -> pa.Table:
+def embeddings_table(
+    item_ids: list[str], vectors: np.ndarray, bias: np.ndarray, hashes: list[str], model_version: str
+) -> pa.Table:
     flat = pa.array(vectors.astype(np.float32, copy=False).ravel())
     lists = pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1]).cast(pa.list_(pa.float32()))
     return pa.table(
         [
             pa.array(item_ids, pa.string()),
             lists,
+            pa.array(bias, pa.float32()),
             pa.array(hashes, pa.string()),
             pa.array([model_version] * len(item_ids), pa.string()),
         ],

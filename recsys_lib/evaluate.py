@@ -85,3 +85,45 @@ def ranking_metrics(recommended, relevant, n_items: int, ks: Sequence[int]) -> d
         out[f"coverage_at_{k}"] = catalogue_coverage(recommended, n_items, k)
     out["users"] = float(sum(1 for rel in relevant if len(set(rel))))
     return out
+
+
+def segment(lists, relevant, mask) -> tuple[list, list]:
+    """The rows of ``lists``/``relevant`` where ``mask`` is true."""
+    return [lst for lst, m in zip(lists, mask) if m], [r for r, m in zip(relevant, mask) if m]
+
+
+def cold_item_slice(user_scores: np.ndarray, cold_relevant: Sequence[Iterable[int]], k: int) -> dict[str, float]:
+    """Recall@k and NDCG@k when each user ranks only the cold items.
+
+    Args:
+        user_scores: [u, n_cold] scores of each user against every cold item.
+        cold_relevant: per user, positions (0..n_cold-1) of the cold items they interacted with.
+    """
+    order = np.argsort(-user_scores, axis=1, kind="stable")[:, :k]
+    return {f"recall_at_{k}": recall_at_k(order, cold_relevant, k), f"ndcg_at_{k}": ndcg_at_k(order, cold_relevant, k)}
+
+
+def share_of(lists: np.ndarray, items: set[int]) -> float:
+    """Share of the (non-padding) entries of ranked lists that fall in ``items``."""
+    flat = np.asarray(lists).ravel()
+    flat = flat[flat != PAD]
+    return float(np.isin(flat, list(items)).mean()) if len(flat) else 0.0
+
+
+def format_table(rows: dict[str, dict[str, float]], columns: Sequence[str], title: str) -> str:
+    """A fixed-width text table: one row per ranker, one column per metric (counts as integers)."""
+    width = max([len(title)] + [len(r) for r in rows]) + 2
+    cell = max([10] + [len(c) + 2 for c in columns])
+    lines = [f"{title:<{width}}" + "".join(f"{c:>{cell}}" for c in columns)]
+    for name, metrics in rows.items():
+        cells = "".join(_cell(metrics.get(c), cell) for c in columns)
+        lines.append(f"{name:<{width}}" + cells)
+    return "\n".join(lines)
+
+
+def _cell(value: float | None, width: int) -> str:
+    if value is None:
+        return f"{'-':>{width}}"
+    if float(value).is_integer() and abs(value) >= 1:
+        return f"{int(value):>{width}d}"
+    return f"{value:>{width}.4f}"

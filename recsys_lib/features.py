@@ -26,10 +26,12 @@ from recsys_lib.schema import (
     TITLE_COL,
     UPDATED_AT_COL,
     USER_COL,
+    VALIDATION_COL,
     WEIGHT_COL,
 )
 
 HOLDOUT_COL = "is_holdout"
+HASH_BUCKETS = 10_000
 SPLITS = ("user_chrono", "global_time")
 
 
@@ -102,6 +104,28 @@ def split_holdout(
     n_holdout = F.greatest(F.lit(1), F.floor(n * F.lit(holdout_fraction)))
     return interactions.withColumn(
         HOLDOUT_COL, (n >= min_user_interactions) & (F.row_number().over(newest_first) <= n_holdout)
+    )
+
+
+def cold_items(item_ids: DataFrame, fraction: float, seed: int) -> DataFrame:
+    """A stable, seeded share of items for the cold-item evaluation: every interaction with them
+    is held out, so the model knows them by their text alone.
+
+    Chosen by a hash of the item id, so the choice does not depend on partitioning or on the
+    other items, and an item stays cold (or warm) from one night to the next.
+    """
+    bucket = F.pmod(F.xxhash64(F.lit(seed), F.col(ITEM_COL)), F.lit(HASH_BUCKETS))
+    return item_ids.select(ITEM_COL).distinct().where(bucket < F.lit(int(round(fraction * HASH_BUCKETS))))
+
+
+def mark_validation(interactions: DataFrame, min_user_interactions: int) -> DataFrame:
+    """Flag each user's latest training event (users with at least ``min_user_interactions``)
+    as ``is_validation``: the events early stopping and baseline tuning are scored on."""
+    by_user = Window.partitionBy(USER_COL)
+    newest_first = by_user.orderBy(F.col(TIMESTAMP_COL).desc(), F.col(ITEM_COL).desc())
+    n = F.count(F.lit(1)).over(by_user)
+    return interactions.withColumn(
+        VALIDATION_COL, (n >= min_user_interactions) & (F.row_number().over(newest_first) == 1)
     )
 
 

@@ -1,6 +1,7 @@
 """FAISS behind one small module: choose, build, save, load, search, and measure recall.
 
-Vectors are unit length and scored by inner product (= cosine). The index kind follows the
+Rows are scored by inner product (the recommender's rows are [unit vector, item bias], see
+``recsys_lib.models.two_tower.retrieval_items``). The index kind follows the
 catalogue size unless set: exact (flat) up to 200k items, HNSW up to 5M, IVF-PQ beyond, and
 ``recall_at_k`` measures what the approximation costs against exact search.
 Tests: tests/unit/test_index.py (seeded synthetic vectors vs brute force).
@@ -94,12 +95,18 @@ def recall_at_k(approx_ids: np.ndarray, exact_ids: np.ndarray) -> float:
     return hits / total if total else 1.0
 
 
-def measure_recall(index, vectors: np.ndarray, k: int, n_queries: int, seed: int = 0) -> float:
-    """recall@k of ``index`` against exact search, on sampled catalogue items as queries."""
+def measure_recall(
+    index, vectors: np.ndarray, k: int, n_queries: int, seed: int = 0, queries: np.ndarray | None = None
+) -> float:
+    """recall@k of ``index`` (over ``vectors``) against exact search, on sampled query rows.
+
+    ``queries`` defaults to the indexed rows themselves (item-to-item lookups).
+    """
     if len(vectors) == 0:
         return 1.0
+    queries = vectors if queries is None else queries
     rng = np.random.default_rng(seed)
-    queries = vectors[rng.choice(len(vectors), size=min(n_queries, len(vectors)), replace=False)]
+    queries = queries[rng.choice(len(queries), size=min(n_queries, len(queries)), replace=False)]
     _, approx = search(index, queries, k)
     _, exact = exact_search(vectors, queries, k)
     return recall_at_k(approx, exact)

@@ -49,18 +49,26 @@ class PublishedTables:
         """URIs of a table's Parquet files in the live (or given) version."""
         return [self.store.uri(f["key"]) for f in self.manifest(version)["tables"][name]["files"]]
 
-    def table(self, name: str, version: str | None = None, filters=None) -> pa.Table:
+    def table(self, name: str, version: str | None = None, filters=None, columns=None, key=None) -> pa.Table:
+        """A table of the live (or given) version. ``key`` reads only the file whose key range
+        holds it; ``filters`` skip row groups by their statistics, so one key's rows cost a
+        footer and a row group, not the whole table."""
         manifest = self.manifest(version)
+        files = manifest["tables"][name]["files"]
+        if key is not None:
+            files = [f for f in files if f.get("min_key") is None or f["min_key"] <= key <= f["max_key"]] or files[:1]
         parts = []
-        for f in manifest["tables"][name]["files"]:
-            source = pa.BufferReader(self.store.read_bytes(f["key"]))
-            parts.append(pq.read_table(source, filters=filters))
+        for f in files:
+            filesystem, path = self.store.arrow_file(f["key"])
+            parts.append(pq.read_table(path, filesystem=filesystem, filters=filters, columns=columns))
         return pa.concat_tables(parts) if len(parts) > 1 else parts[0]
 
     def recommendations_for(self, user_id: str, version: str | None = None) -> pd.DataFrame:
-        rows = self.table("user_topn", version, filters=[(USER_COL, "=", str(user_id))]).to_pandas()
+        user_id = str(user_id)
+        rows = self.table("user_topn", version, filters=[(USER_COL, "=", user_id)], key=user_id).to_pandas()
         return rows.sort_values(RANK_COL).reset_index(drop=True)
 
     def similar_items(self, item_id: str, version: str | None = None) -> pd.DataFrame:
-        rows = self.table("item_similar", version, filters=[(ITEM_COL, "=", str(item_id))]).to_pandas()
+        item_id = str(item_id)
+        rows = self.table("item_similar", version, filters=[(ITEM_COL, "=", item_id)], key=item_id).to_pandas()
         return rows.sort_values(RANK_COL).reset_index(drop=True)

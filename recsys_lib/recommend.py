@@ -12,12 +12,14 @@ from typing import Callable
 import numpy as np
 import pyarrow as pa
 
+from recsys_lib.rules import BusinessRules
 from recsys_lib.schema import (
     DS_COL,
     ITEM_COL,
     ITEM_SIMILAR_SCHEMA,
     MODEL_VERSION_COL,
     RANK_COL,
+    REASON_ITEM_COL,
     SCORE_COL,
     SIMILAR_ITEM_COL,
     USER_COL,
@@ -58,41 +60,83 @@ def exclude_and_truncate(
 
 
 def top_n(
-    searcher: Searcher, user_vectors: np.ndarray, seen: list[np.ndarray], n: int, n_items: int
+    searcher: Searcher,
+    user_vectors: np.ndarray,
+    seen: list[np.ndarray],
+    n: int,
+    n_items: int,
+    rules: BusinessRules | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Top-``n`` unseen items per user: ask the index for n + |seen| and filter.
+    """Top-``n`` unseen items per user: ask the index for n (or more, when business rules may
+    drop candidates) + |seen|, filter, apply the rules, cut.
 
     Callers batch users with similar |seen| together (see ``batches_by_seen``) so one heavy user
     does not widen the search for everyone.
     """
     if len(user_vectors) == 0:
         return np.empty((0, n), np.float32), np.empty((0, n), np.int64)
-    k = min(n_items, n + max(len(s) for s in seen))
+    depth = n if rules is None else rules.depth(n)
+    k = min(n_items, depth + max(len(s) for s in seen))
     scores, ids = searcher(user_vectors, k)
-    return exclude_and_truncate(scores, ids, seen, n)
+    return _finish(scores, ids, seen, n, rules)
 
 
-def popular_unseen(popularity: np.ndarray, seen: list[np.ndarray], n: int) -> tuple[np.ndarray, np.ndarray]:
+def _finish(scores, ids, seen, n, rules):
+    if rules is None:
+        return exclude_and_truncate(scores, ids, seen, n)
+    scores, ids = exclude_and_truncate(scores, ids, seen, ids.shape[1])
+    scores, ids = rules.apply(scores, ids)
+    return exclude_and_truncate(scores, ids, [np.empty(0, np.int64)] * len(ids), n)
+
+
+def popular_unseen(
+    popularity: np.ndarray, seen: list[np.ndarray], n: int, rules: BusinessRules | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """The fallback: most popular items each user has not seen, scored popularity / max.
 
     Args:
         popularity: [n_items] counts (e.g. distinct users per item).
     """
     order = np.argsort(-popularity, kind="stable")
-    k = min(len(order), n + max((len(s) for s in seen), default=0))
+    depth = n if rules is None else rules.depth(n)
+    k = min(len(order), depth + max((len(s) for s in seen), default=0))
     top = np.broadcast_to(order[:k], (len(seen), k))
     peak = popularity.max() if len(popularity) and popularity.max() > 0 else 1.0
     scores = np.broadcast_to((popularity[order[:k]] / peak).astype(np.float32), (len(seen), k))
-    return exclude_and_truncate(np.array(scores), np.array(top), seen, n)
+    return _finish(np.array(scores), np.array(top), seen, n, rules)
 
 
-def similar_items(searcher: Searcher, item_vectors: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Top-``n`` neighbours of every item, itself excluded."""
-    if len(item_vectors) == 0:
+def top_up(
+    scores: np.ndarray, ids: np.ndarray, popularity: np.ndarray, seen: list[np.ndarray], rules: BusinessRules | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Fill rows that rules left short of N with popular items not already in the row or seen."""
+    n = ids.shape[1]
+    short = np.flatnonzero((ids >= 0).sum(axis=1) < n)
+    if len(short) == 0:
+        return scores, ids
+    exclude = [np.concatenate([seen[r], ids[r][ids[r] >= 0]]).astype(np.int64) for r in short]
+    fill_scores, fill_ids = popular_unseen(popularity, exclude, n, rules)
+    merged_scores = np.concatenate([scores[short], fill_scores], axis=1)
+    merged_ids = np.concatenate([ids[short], fill_ids], axis=1)
+    scores, ids = scores.copy(), ids.copy()
+    scores[short], ids[short] = exclude_and_truncate(merged_scores, merged_ids, [np.empty(0, np.int64)] * len(short), n)
+    return scores, ids
+
+
+def similar_items(
+    searcher: Searcher, item_queries: np.ndarray, n: int, blocked: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``n`` neighbours of every item (row i queries for item i), itself and blocked items
+    excluded."""
+    if len(item_queries) == 0:
         return np.empty((0, n), np.float32), np.empty((0, n), np.int64)
-    scores, ids = searcher(item_vectors, min(len(item_vectors), n + 1))
-    itself = [np.array([i]) for i in range(len(item_vectors))]
-    return exclude_and_truncate(scores, ids, itself, n)
+    n_blocked = 0 if blocked is None else int(blocked.sum())
+    scores, ids = searcher(item_queries, min(len(item_queries), n + 1 + n_blocked))
+    exclude = [np.array([i]) for i in range(len(item_queries))]
+    if n_blocked:
+        banned = np.flatnonzero(blocked)
+        exclude = [np.concatenate([e, banned]) for e in exclude]
+    return exclude_and_truncate(scores, ids, exclude, n)
 
 
 def batches_by_seen(seen_counts: np.ndarray, batch_size: int) -> list[np.ndarray]:
@@ -101,17 +145,49 @@ def batches_by_seen(seen_counts: np.ndarray, batch_size: int) -> list[np.ndarray
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
-def ranked_rows(
-    keys: np.ndarray, ids: np.ndarray, scores: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Flatten [q, n] results to long rows (key, rank 1.., id, score), dropping padding."""
+def ranked_rows(keys: np.ndarray, ids: np.ndarray, scores: np.ndarray, *aligned: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Flatten [q, n] results to long rows (key, rank 1.., id, score, *aligned), dropping padding.
+
+    ``aligned``: more [q, n] arrays (e.g. reasons) flattened the same way.
+    """
     mask = ids >= 0
     ranks = np.cumsum(mask, axis=1)
     rows, _ = np.nonzero(mask)
-    return keys[rows], ranks[mask].astype(np.int32), ids[mask], scores[mask].astype(np.float32)
+    extra = tuple(a[mask] for a in aligned)
+    return (keys[rows], ranks[mask].astype(np.int32), ids[mask], scores[mask].astype(np.float32), *extra)
 
 
-def user_topn_table(user_ids, ranks, item_ids, scores, model_version: str, ds: str) -> pa.Table:
+def explain(
+    item_vectors: np.ndarray, histories: list[np.ndarray], ids: np.ndarray, batch_size: int = 1024
+) -> np.ndarray:
+    """For each recommended item, the history item most similar to it (cosine), as a catalogue
+    index [u, n]; -1 for padding and for users without history (popularity fallback rows).
+
+    Args:
+        item_vectors: [n_items, d] unit vectors.
+        histories: per user, catalogue indices of the items that may explain (their history).
+        ids: [u, n] recommended catalogue indices, -1 padded.
+    """
+    reasons = np.full(ids.shape, -1, dtype=np.int64)
+    for start in range(0, len(ids), batch_size):
+        rows = histories[start : start + batch_size]
+        width = max((len(h) for h in rows), default=0)
+        if width == 0:
+            continue
+        hist = np.full((len(rows), width), -1, dtype=np.int64)
+        for r, h in enumerate(rows):
+            hist[r, : len(h)] = h
+        recs = ids[start : start + batch_size]
+        sims = np.einsum("bnd,bld->bnl", item_vectors[recs.clip(min=0)], item_vectors[hist.clip(min=0)])
+        sims = np.where((hist >= 0)[:, None, :], sims, -np.inf)
+        best = np.take_along_axis(hist[:, None, :], sims.argmax(axis=2)[..., None], axis=2)[..., 0]
+        usable = (recs >= 0) & (hist >= 0).any(axis=1)[:, None]
+        reasons[start : start + batch_size] = np.where(usable, best, -1)
+    return reasons
+
+
+def user_topn_table(user_ids, ranks, item_ids, scores, model_version: str, ds: str, reason_ids=None) -> pa.Table:
+    """The published user top-N table; ``reason_ids`` holds item ids or None (fallback rows)."""
     n = len(user_ids)
     return pa.table(
         {
@@ -121,6 +197,7 @@ def user_topn_table(user_ids, ranks, item_ids, scores, model_version: str, ds: s
             SCORE_COL: pa.array(scores, pa.float32()),
             MODEL_VERSION_COL: pa.array([model_version] * n, pa.string()),
             DS_COL: pa.array([ds] * n, pa.string()),
+            REASON_ITEM_COL: pa.array([None] * n if reason_ids is None else reason_ids, pa.string()),
         },
         schema=USER_TOPN_SCHEMA,
     )
@@ -143,34 +220,41 @@ def item_similar_table(item_ids, ranks, similar_ids, scores, model_version: str,
 
 def rank_users(
     searcher: Searcher,
-    user_vectors: np.ndarray,
+    user_queries: np.ndarray,
     seen: list[np.ndarray],
     popularity: np.ndarray,
     n: int,
     batch_size: int,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Top-``n`` per user: the model for users with a vector, popularity for the rest.
+    fallback: np.ndarray,
+    rules: BusinessRules | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``n`` per user: the model for most users, popularity for the ``fallback`` ones.
 
     Args:
-        user_vectors: [u, d]; an all-zero row means "no usable history" (fallback).
+        user_queries: [u, d] index queries.
         seen: per user, catalogue indices to exclude.
-        popularity: [n_items] counts for the fallback.
+        popularity: [n_items] counts for the fallback (and for topping up rows that business
+            rules left short).
+        fallback: [u] bool, True for users without a usable history.
+        rules: business rules applied to every list before it is cut to ``n``.
     Returns:
-        (scores [u, n], ids [u, n], fallback [u] bool).
+        (scores [u, n], ids [u, n]).
     """
-    n_users = len(user_vectors)
+    n_users = len(user_queries)
     scores = np.full((n_users, n), -np.inf, dtype=np.float32)
     ids = np.full((n_users, n), -1, dtype=np.int64)
-    fallback = ~(np.abs(user_vectors) > 0).any(axis=1) if n_users else np.zeros(0, bool)
     seen_counts = np.fromiter((len(s) for s in seen), dtype=np.int64, count=n_users)
     warm = np.flatnonzero(~fallback)
     for batch in batches_by_seen(seen_counts[warm], batch_size):
         rows = warm[batch]
-        s, i = top_n(searcher, user_vectors[rows], [seen[r] for r in rows], n, len(popularity))
+        batch_seen = [seen[r] for r in rows]
+        s, i = top_n(searcher, user_queries[rows], batch_seen, n, len(popularity), rules)
+        if rules is not None and rules.drops_candidates:
+            s, i = top_up(s, i, popularity, batch_seen, rules)
         scores[rows], ids[rows] = s, i
     cold = np.flatnonzero(fallback)
     for start in range(0, len(cold), batch_size):
         rows = cold[start : start + batch_size]
-        s, i = popular_unseen(popularity, [seen[r] for r in rows], n)
+        s, i = popular_unseen(popularity, [seen[r] for r in rows], n, rules)
         scores[rows], ids[rows] = s, i
-    return scores, ids, fallback
+    return scores, ids

@@ -32,13 +32,16 @@ SOURCE_FILE_COL = "source_file"
 DOCUMENT_COL = "document"
 CONTENT_HASH_COL = "content_hash"
 VECTOR_COL = "vector"
+BIAS_COL = "bias"  # the model's item bias (a popularity prior), added to user-item logits
 MODEL_VERSION_COL = "model_version"
 RANK_COL = "rank"
 SCORE_COL = "score"
 SIMILAR_ITEM_COL = "similar_item_id"
+REASON_ITEM_COL = "reason_item_id"  # the history item that best explains a recommendation
 HISTORY_COL = "history"  # item ids, oldest first
 HISTORY_TS_COL = "history_ts"  # epoch seconds, aligned with HISTORY_COL
 SEEN_COL = "seen"  # every item the user interacted with up to ds
+VALIDATION_COL = "is_validation"  # each user's latest training event, held out for early stopping
 
 DEFAULT_EVENT_TYPE = "interaction"
 LIST_SEPARATORS = "|,;"
@@ -74,6 +77,7 @@ USER_TOPN_SCHEMA = pa.schema(
         pa.field(SCORE_COL, pa.float32(), nullable=False),
         pa.field(MODEL_VERSION_COL, pa.string(), nullable=False),
         pa.field(DS_COL, pa.string(), nullable=False),
+        pa.field(REASON_ITEM_COL, pa.string(), nullable=True),
     ]
 )
 ITEM_SIMILAR_SCHEMA = pa.schema(
@@ -90,6 +94,7 @@ ITEM_EMBEDDINGS_SCHEMA = pa.schema(
     [
         pa.field(ITEM_COL, pa.string(), nullable=False),
         pa.field(VECTOR_COL, pa.list_(pa.float32()), nullable=False),
+        pa.field(BIAS_COL, pa.float32(), nullable=False),
         pa.field(CONTENT_HASH_COL, pa.string(), nullable=False),
         pa.field(MODEL_VERSION_COL, pa.string(), nullable=False),
     ]

@@ -65,8 +65,9 @@ class FeatureSettings:
     min_user_interactions: int
     max_history: int
     min_positive_rating: float | None
-    min_tag_count: int
     max_tags_per_item: int
+    cold_item_fraction: float
+    cold_item_seed: int
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,7 @@ class ModelSettings:
     encoder: str
     max_length: int
     history_length: int
+    user_layers: int
 
 
 @dataclass(frozen=True)
@@ -81,14 +83,22 @@ class TrainSettings:
     device: str
     seed: int
     batch_size: int
+    encoder_batch_size: int
+    extra_negatives: int
     max_steps: int
+    refresh_every: int
+    patience: int
     learning_rate: float
     head_learning_rate: float
+    id_learning_rate: float
     weight_decay: float
     warmup_fraction: float
     temperature: float
+    logq_correction: bool
+    id_dropout: float
+    text_loss_weight: float
     trainable_layers: int
-    refresh_every: int
+    lora_rank: int
     full_retrain: bool
 
 
@@ -130,9 +140,22 @@ class TrackingSettings:
 
 
 @dataclass(frozen=True)
+class RulesSettings:
+    blocked_items: tuple[str, ...]
+    blocked_items_file: str | None
+    new_item_boost: float
+    min_score: float | None
+    max_per_category: int
+
+
+@dataclass(frozen=True)
 class PublishSettings:
     max_ndcg_drop: float
     force: bool
+    keep_versions: int
+    min_coverage: float
+    max_coverage_drop: float
+    min_overlap: float
 
 
 @dataclass(frozen=True)
@@ -148,6 +171,7 @@ class Settings:
     embed: EmbedSettings
     index: IndexSettings
     recommend: RecommendSettings
+    rules: RulesSettings
     evaluate: EvaluateSettings
     tracking: TrackingSettings
     publish: PublishSettings

@@ -68,6 +68,11 @@ class ObjectStore(ABC):
     def spark_path(self, key: str) -> str:
         """The same location as Spark's Hadoop filesystem layer names it."""
 
+    @abstractmethod
+    def arrow_file(self, key: str):
+        """(pyarrow filesystem, path) of ``key``, for readers that fetch only the byte ranges
+        they need (Parquet footers and the row groups a filter selects)."""
+
     def list_dirs(self, prefix: str) -> list[str]:
         """Immediate sub-folder names under ``prefix``."""
         prefix = prefix.rstrip("/") + "/"
@@ -184,6 +189,11 @@ class LocalStore(ObjectStore):
     def spark_path(self, key: str) -> str:
         return str(self.path(key))
 
+    def arrow_file(self, key: str):
+        from pyarrow import fs
+
+        return fs.LocalFileSystem(), str(self.path(key))
+
     def _parquet_source(self, key: str):
         return str(self.path(key))
 
@@ -265,6 +275,21 @@ class S3Store(ObjectStore):
 
     def spark_path(self, key: str) -> str:
         return "s3a://" + self.uri(key)[len("s3://") :]
+
+    @cached_property
+    def _arrow_fs(self):
+        from urllib.parse import urlparse
+
+        from pyarrow import fs
+
+        options = {"region": self.region}
+        if self.endpoint_url:
+            url = urlparse(self.endpoint_url)
+            options |= {"endpoint_override": url.netloc, "scheme": url.scheme or "https"}
+        return fs.S3FileSystem(**options)
+
+    def arrow_file(self, key: str):
+        return self._arrow_fs, f"{self.bucket}/{self._key(key)}"
 
     def ensure_bucket(self) -> None:
         """Create the bucket if it does not exist (for local S3 servers and first deployments)."""

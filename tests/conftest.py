@@ -31,6 +31,7 @@ TINY_TRAIN = {
     "model.max_length": 24,
     "model.history_length": 5,
     "train.batch_size": 16,
+    "train.extra_negatives": 32,
     "train.max_steps": 12,
     "train.refresh_every": 6,
     "train.head_learning_rate": 0.01,
@@ -76,25 +77,9 @@ def spark(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_encoder(tmp_path_factory) -> Path:
     """A 2-layer, 32-wide BERT with random weights and the bundled MiniLM tokenizer."""
-    import torch
-    from transformers import AutoTokenizer, BertConfig, BertModel
+    from recsys_lib.models.encoder import save_random_encoder
 
-    from recsys_lib.models.encoder import resolve_encoder
-
-    path = tmp_path_factory.mktemp("tiny-encoder")
-    tokenizer = AutoTokenizer.from_pretrained(resolve_encoder("bundled:all-MiniLM-L6-v2"))
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-    )
-    BertModel(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
+    return save_random_encoder(tmp_path_factory.mktemp("tiny-encoder"), hidden_size=32, layers=2)
 
 
 def _free_port() -> int:

@@ -27,14 +27,21 @@ def land_raw_drop(
         storage.work.delete_prefix(prefix + "/")
         if frame is None:
             continue
-        buf = io.BytesIO()
-        if fmt == "csv":
-            frame.to_csv(buf, index=False)
-        elif fmt == "parquet":
-            frame.to_parquet(buf, index=False)
-        else:
-            frame.to_json(buf, orient="records", lines=True)
         key = f"{prefix}/{entity}.{fmt}"
-        storage.work.write_bytes(key, buf.getvalue())
+        storage.work.write_bytes(key, to_bytes(frame, fmt))
         written[entity] = storage.work.uri(key)
     return written
+
+
+def to_bytes(frame: pd.DataFrame, fmt: str) -> bytes:
+    """A contract-shaped frame as a file in one of FORMATS."""
+    if fmt not in FORMATS:
+        raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
+    buf = io.BytesIO()
+    if fmt == "csv":
+        frame.to_csv(buf, index=False)
+    elif fmt == "parquet":
+        frame.to_parquet(buf, index=False)
+    else:
+        frame.to_json(buf, orient="records", lines=True)
+    return buf.getvalue()

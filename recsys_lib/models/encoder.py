@@ -34,3 +34,26 @@ def load_encoder(name: str):
     tokenizer = AutoTokenizer.from_pretrained(location)
     model = AutoModel.from_pretrained(location)
     return tokenizer, model
+
+
+def save_random_encoder(folder: str | Path, hidden_size: int = 32, layers: int = 2, seed: int = 0) -> Path:
+    """A small BERT with random (seeded) weights and the bundled MiniLM tokenizer, saved as a
+    loadable encoder folder: real code paths at a fraction of the cost, for tests and benchmarks."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    folder = Path(folder)
+    tokenizer = AutoTokenizer.from_pretrained(resolve_encoder("bundled:all-MiniLM-L6-v2"))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        config = BertConfig(
+            vocab_size=tokenizer.vocab_size,
+            hidden_size=hidden_size,
+            num_hidden_layers=layers,
+            num_attention_heads=2,
+            intermediate_size=2 * hidden_size,
+            max_position_embeddings=64,
+        )
+        BertModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder

@@ -1,13 +1,20 @@
 """Fine-tuning the two-tower model on (user history -> next item) examples.
 
-Each step encodes the batch's target items with gradients (the item tower learns from the text)
-and reads history items from a cache of item vectors that is refreshed every
-``refresh_every`` steps, which keeps a step's cost at one encoder pass over B documents.
+A step scores a batch of users against the batch's own next items plus uniformly drawn extra
+negatives. Only ``encoder_batch_size`` of the batch's items go through the transformer with
+gradients (all of them on a GPU); every other item vector (history items, the rest of the
+targets, the extra negatives) comes from a cache of text vectors, refreshed every
+``refresh_every`` steps, plus the item's ID embedding, which always gets its gradient. That keeps
+a CPU step at a few dozen encoder passes while the ID table and the user tower see large batches.
+Each refresh also scores the validation users (every user's last training event, held out from
+the examples); training stops early when NDCG@10 there stops improving, and the best state wins.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
+import math
 import random
 import time
 from dataclasses import dataclass
@@ -18,15 +25,16 @@ import pandas as pd
 import torch
 
 from recsys_lib.models.two_tower import (
+    NO_ID,
     PAD,
     TokenizedDocuments,
     TwoTowerModel,
     autocast,
-    embed_documents,
-    gather_history,
-    in_batch_softmax_loss,
+    embed_text,
+    embed_users,
+    sampled_softmax_loss,
 )
-from recsys_lib.schema import ITEM_COL, TIMESTAMP_COL, USER_COL
+from recsys_lib.schema import ITEM_COL, TIMESTAMP_COL, USER_COL, VALIDATION_COL
 from recsys_lib.settings import TrainSettings
 
 log = logging.getLogger(__name__)
@@ -41,6 +49,22 @@ class TrainingExamples:
         return len(self.target)
 
 
+@dataclass(frozen=True)
+class ValidationSet:
+    history: np.ndarray  # [u, L] each validation user's history before the held-out event
+    target: np.ndarray  # [u] the held-out item
+    exclude: list[np.ndarray]  # per user, the other items seen in training (not ranked)
+
+    def __len__(self) -> int:
+        return len(self.target)
+
+
+def _sequences(interactions: pd.DataFrame, item_ids: pd.Index) -> pd.DataFrame:
+    df = interactions.copy()
+    df["_item"] = item_ids.get_indexer(df[ITEM_COL])
+    return df[df["_item"] >= 0].sort_values([USER_COL, TIMESTAMP_COL, ITEM_COL], kind="stable")
+
+
 def build_examples(interactions: pd.DataFrame, item_ids: pd.Index, history_length: int) -> TrainingExamples:
     """One example per event that has at least one earlier event of the same user.
 
@@ -49,9 +73,7 @@ def build_examples(interactions: pd.DataFrame, item_ids: pd.Index, history_lengt
         item_ids: the catalogue; position in it is the item's index. Unknown items are dropped.
         history_length: how many preceding items each example keeps (latest last).
     """
-    df = interactions[[USER_COL, ITEM_COL, TIMESTAMP_COL]].copy()
-    df["_item"] = item_ids.get_indexer(df[ITEM_COL])
-    df = df[df["_item"] >= 0].sort_values([USER_COL, TIMESTAMP_COL, ITEM_COL], kind="stable")
+    df = _sequences(interactions[[USER_COL, ITEM_COL, TIMESTAMP_COL]], item_ids)
     items = df["_item"].to_numpy(np.int64)
     users = df[USER_COL].to_numpy()
     n = len(items)
@@ -69,27 +91,106 @@ def build_examples(interactions: pd.DataFrame, item_ids: pd.Index, history_lengt
     return TrainingExamples(history, items[rows])
 
 
+def build_validation(
+    interactions: pd.DataFrame, item_ids: pd.Index, history_length: int
+) -> tuple[pd.DataFrame, ValidationSet]:
+    """Split training interactions into (events to train on, the validation set).
+
+    Args:
+        interactions: training interactions with a boolean ``is_validation`` column marking
+            each user's held-out validation event (see features.mark_validation).
+    """
+    flag = interactions[VALIDATION_COL].to_numpy(bool)
+    train, held = interactions[~flag], interactions[flag]
+    seq = _sequences(train[[USER_COL, ITEM_COL, TIMESTAMP_COL]], item_ids)
+    grouped = seq.groupby(USER_COL, sort=False)["_item"].agg(list)
+    held = held[held[ITEM_COL].isin(item_ids)]
+    histories = [np.asarray(grouped.get(u, []), dtype=np.int64) for u in held[USER_COL]]
+    history = np.full((len(held), history_length), PAD, dtype=np.int64)
+    for row, h in enumerate(histories):
+        h = h[-history_length:]
+        if len(h):
+            history[row, -len(h) :] = h
+    keep = (history != PAD).any(axis=1)
+    target = item_ids.get_indexer(held[ITEM_COL]).astype(np.int64)
+    exclude = [np.unique(h) for h, k in zip(histories, keep) if k]
+    return train, ValidationSet(history[keep], target[keep], exclude)
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
 
 
+def _add_lora(model: TwoTowerModel, rank: int) -> None:
+    """Fine-tune the encoder through low-rank adapters on its attention (peft's defaults per
+    architecture); the base weights stay frozen."""
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.05)
+    model.item_tower.encoder = get_peft_model(model.item_tower.encoder, config)
+
+
+@torch.no_grad()
+def validation_metrics(
+    model: TwoTowerModel,
+    item_vectors: torch.Tensor,
+    item_bias: torch.Tensor,
+    validation: ValidationSet,
+    batch_size: int = 1024,
+) -> dict[str, float]:
+    """NDCG@10 and Recall@20 of each validation user's held-out item, ranked over the catalogue."""
+    users = embed_users(model, item_vectors, validation.history)
+    ranks = []
+    for start in range(0, len(validation), batch_size):
+        scores = model.score(users[start : start + batch_size], item_vectors, item_bias)
+        rows = torch.arange(len(scores), device=scores.device)
+        target = torch.as_tensor(validation.target[start : start + batch_size], device=scores.device)
+        for row, excluded in enumerate(validation.exclude[start : start + batch_size]):
+            scores[row, torch.as_tensor(excluded, device=scores.device)] = float("-inf")
+        positive = scores[rows, target].unsqueeze(1)
+        ranks.append((scores > positive).sum(1).cpu())
+    rank = torch.cat(ranks).numpy() if ranks else np.empty(0)
+    if not len(rank):
+        return {"val_ndcg_at_10": 0.0, "val_recall_at_20": 0.0}
+    ndcg = np.where(rank < 10, 1.0 / np.log2(rank + 2), 0.0)
+    return {"val_ndcg_at_10": float(ndcg.mean()), "val_recall_at_20": float((rank < 20).mean())}
+
+
 def train_two_tower(
     model: TwoTowerModel,
     documents: TokenizedDocuments,
+    id_rows: np.ndarray,
     examples: TrainingExamples,
     cfg: TrainSettings,
     device: torch.device,
+    validation: ValidationSet | None = None,
     on_step: Callable[[int, dict[str, float]], None] | None = None,
 ) -> dict[str, float]:
-    """Fine-tune ``model`` in place for ``cfg.max_steps`` steps; returns a summary of the run."""
+    """Fine-tune ``model`` in place; returns a summary of the run.
+
+    Args:
+        documents: every catalogue item, tokenized; row i is catalogue index i.
+        id_rows: [n_items] ID-embedding row of each catalogue item (NO_ID for cold items).
+        examples: training examples over catalogue indices.
+        validation: held-out events for early stopping; None trains ``cfg.max_steps`` steps.
+    """
     if len(examples) < 2:
         raise ValueError(f"need at least 2 training examples, got {len(examples)}: too little interaction history")
     seed_everything(cfg.seed)
-    model.to(device).train()
     model.freeze_encoder_layers(cfg.trainable_layers)
-    groups = [{"params": model.head_parameters(), "lr": cfg.head_learning_rate}]
+    if cfg.lora_rank > 0:
+        _add_lora(model, cfg.lora_rank)
+    model.to(device).train()
+    # ID tables and biases live on a logit scale that must move far: they get a larger step.
+    tower = model.item_tower
+    id_params = [tower.id_embedding.weight, tower.id_bias.weight, tower.text_bias.weight, tower.text_bias.bias]
+    heads = [p for p in model.head_parameters() if all(p is not q for q in id_params)]
+    groups = [
+        {"params": heads, "lr": cfg.head_learning_rate},
+        {"params": id_params, "lr": cfg.id_learning_rate, "weight_decay": 0.0},
+    ]
     if model.encoder_parameters():
         groups.append({"params": model.encoder_parameters(), "lr": cfg.learning_rate})
     optimizer = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
@@ -98,33 +199,72 @@ def train_two_tower(
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min((s + 1) / warmup, max(0.0, (steps - s) / max(1, steps - warmup)))
     )
+    n_items = len(documents)
     batch_size = min(cfg.batch_size, len(examples))
-    # logQ correction: how often each item is drawn as an in-batch candidate.
-    counts = np.bincount(examples.target, minlength=len(documents)).astype(np.float64)
-    log_q = torch.as_tensor(np.log(np.maximum(counts, 1) / counts.sum()), dtype=torch.float32, device=device)
+    encoded = max(1, min(cfg.encoder_batch_size, batch_size))
+    extra = cfg.extra_negatives
+    # logQ: each candidate's expected count in a batch (in-batch positives + uniform extras).
+    counts = np.bincount(examples.target, minlength=n_items).astype(np.float64)
+    # Extra negatives are drawn from items that are positives somewhere in training: drawing
+    # never-seen items would teach the model that unseen texts are bad, the opposite of what
+    # cold start needs.
+    warm_items = torch.as_tensor(np.flatnonzero(counts > 0))
+    expected = batch_size * counts / counts.sum() + extra * (counts > 0) / len(warm_items)
+    log_q = torch.as_tensor(np.log(np.maximum(expected, 1e-12)), dtype=torch.float32, device=device)
+    id_rows_t = torch.as_tensor(id_rows, dtype=torch.long, device=device)
     history = torch.as_tensor(examples.history)
     target = torch.as_tensor(examples.target)
     generator = torch.Generator().manual_seed(cfg.seed)
     order = torch.randperm(len(examples), generator=generator)
     cursor = 0
-    cache = None
     losses: list[float] = []
+    best = {"val_ndcg_at_10": -1.0, "step": 0}
+    best_state = None
+    evaluations_without_gain = 0
+    stopped_early = False
     started = time.perf_counter()
+    text_cache = embed_text(model, documents, max(256, batch_size), device)
+
+    def rows_with_dropout(items: torch.Tensor) -> torch.Tensor:
+        rows = id_rows_t[items]
+        if cfg.id_dropout > 0:
+            drop = torch.rand(rows.shape, device=device) < cfg.id_dropout
+            rows = rows.masked_fill(drop, NO_ID)
+        return rows
+
+    step = 0
     for step in range(steps):
-        if cache is None or (cfg.refresh_every > 0 and step % cfg.refresh_every == 0):
-            cache = embed_documents(model, documents, batch_size=max(256, batch_size), device=device)
         if cursor + batch_size > len(order):
             order = torch.randperm(len(examples), generator=generator)
             cursor = 0
         index = order[cursor : cursor + batch_size]
         cursor += batch_size
-        batch_target = target[index].to(device)
-        ids, mask = documents.batch(target[index], device)
-        hist_vectors, hist_mask = gather_history(cache, history[index].to(device))
+        tgt = target[index].to(device)
+        hist = history[index].to(device)
+        negatives = warm_items[torch.randint(0, len(warm_items), (extra,), generator=generator)].to(device)
+        ids, mask = documents.batch(target[index[:encoded]], device)
         with autocast(device):
-            items = model.encode_items(ids, mask)
-            users = model.encode_users(hist_vectors, hist_mask)
-        loss = in_batch_softmax_loss(users.float(), items.float(), batch_target, model.temperature, log_q[batch_target])
+            fresh = model.item_tower.text(ids, mask).float()
+        text = torch.cat([fresh, text_cache[tgt[encoded:]]])
+        candidate_ids = torch.cat([tgt, negatives])
+        candidate_text = torch.cat([text, text_cache[negatives]])
+        candidate_rows = rows_with_dropout(candidate_ids)
+        candidates = model.item_tower.combine(candidate_text, candidate_rows)
+        candidate_bias = model.item_tower.bias(candidate_text, candidate_rows)
+        hist_mask = hist != PAD
+        hist_items = hist.clamp(min=0)
+        hist_vectors = model.item_tower.combine(text_cache[hist_items], rows_with_dropout(hist_items))
+        users = model.encode_users(hist_vectors * hist_mask.unsqueeze(-1), hist_mask).float()
+        correction = log_q[candidate_ids] if cfg.logq_correction else None
+        loss = sampled_softmax_loss(
+            users, candidates.float(), tgt, candidate_ids, model.temperature, correction, candidate_bias
+        )
+        if cfg.text_loss_weight > 0:
+            # The same users against text-only items: the path a brand-new item takes.
+            text_bias = model.item_tower.bias(candidate_text, torch.zeros_like(candidate_rows))
+            loss = loss + cfg.text_loss_weight * sampled_softmax_loss(
+                users, candidate_text, tgt, candidate_ids, model.temperature, correction, text_bias
+            )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -133,15 +273,57 @@ def train_two_tower(
         losses.append(loss.item())
         if on_step is not None and (step % 10 == 0 or step == steps - 1):
             on_step(step, {"train_loss": losses[-1], "temperature": model.temperature.item()})
-        if step % 50 == 0 or step == steps - 1:
-            log.info("step %d/%d loss %.4f (%.1fs)", step + 1, steps, losses[-1], time.perf_counter() - started)
+        last = step == steps - 1
+        if (cfg.refresh_every > 0 and (step + 1) % cfg.refresh_every == 0) or last:
+            text_cache = embed_text(model, documents, max(256, batch_size), device)
+            if validation is not None and len(validation):
+                with torch.no_grad():
+                    item_vectors = model.item_tower.combine(text_cache, id_rows_t)
+                    item_bias = model.item_tower.bias(text_cache, id_rows_t)
+                metrics = validation_metrics(model, item_vectors, item_bias, validation)
+                if on_step is not None:
+                    on_step(step, metrics)
+                log.info(
+                    "step %d/%d loss %.4f val ndcg@10 %.4f recall@20 %.4f (%.0fs)",
+                    step + 1,
+                    steps,
+                    np.mean(losses[-cfg.refresh_every :]),
+                    metrics["val_ndcg_at_10"],
+                    metrics["val_recall_at_20"],
+                    time.perf_counter() - started,
+                )
+                if metrics["val_ndcg_at_10"] > best["val_ndcg_at_10"]:
+                    best = {**metrics, "step": step + 1}
+                    best_state = copy.deepcopy(model.state_dict())
+                    evaluations_without_gain = 0
+                else:
+                    evaluations_without_gain += 1
+                    if evaluations_without_gain >= cfg.patience:
+                        stopped_early = True
+                        log.info("early stop: no gain in %d evaluations; best at step %d", cfg.patience, best["step"])
+                        break
+            else:
+                log.info("step %d/%d loss %.4f (%.0fs)", step + 1, steps, losses[-1], time.perf_counter() - started)
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    if cfg.lora_rank > 0:
+        # Checkpoints hold a plain encoder: the adapters are folded into its weights.
+        model.item_tower.encoder = model.item_tower.encoder.merge_and_unload()
     model.eval()
-    tail = losses[-max(1, min(20, len(losses))) :]
-    return {
+    tail = losses[-max(1, min(50, len(losses))) :]
+    report = {
         "train_loss": float(np.mean(tail)),
         "first_loss": float(losses[0]),
-        "steps": float(steps),
+        "steps": float(step + 1),
+        "best_step": float(best["step"] or step + 1),
+        "stopped_early": float(stopped_early),
         "examples": float(len(examples)),
+        "epochs": (step + 1) * batch_size / len(examples),
         "train_seconds": time.perf_counter() - started,
         "temperature": model.temperature.item(),
     }
+    if best_state is not None:
+        report.update({k: v for k, v in best.items() if k.startswith("val_")})
+    if not math.isfinite(report["train_loss"]):
+        raise FloatingPointError("training diverged: the loss is not finite")
+    return report

@@ -1,12 +1,15 @@
 """The two-tower model, its loss and its checkpoint format.
 
 Item tower: the pretrained transformer over an item's document, mean-pooled, then a linear map
-that starts as the identity, so an untrained model is exactly the pretrained sentence encoder and
-a new item with only text lands where its words put it (cold start).
-User tower: attention pooling over the vectors of the user's most recent items, with learned
-recency (position) embeddings; it starts as the plain mean of the history.
-Scores are cosine similarities; the loss is a softmax over in-batch negatives with a learned
-temperature and an optional popularity (logQ) correction.
+that starts as the identity, so an untrained model is exactly the pretrained sentence encoder.
+Warm items (seen in training) also have a learned ID embedding that is added to the text vector;
+it starts at zero, and training drops it at random (ID dropout) so that the text alone must land
+an item where its ID would: a brand-new item, known only by its text, is then recommendable.
+User tower: a recency-aware transformer layer over the vectors of the user's latest items,
+then attention pooling; it starts as the plain mean of the history (its residual branches and
+the pooling query are zero-initialised).
+Scores are cosine similarities; the loss is a sampled softmax over in-batch and uniformly drawn
+negatives with a popularity (logQ) correction and a learned temperature.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -24,7 +28,9 @@ from torch import nn
 CONFIG_FILE = "two_tower.json"
 TOWERS_FILE = "towers.safetensors"
 ENCODER_DIR = "encoder"
+ID_VOCAB_FILE = "id_vocab.parquet"
 PAD = -1  # history slot without an item
+NO_ID = 0  # ID-embedding row of items without one (cold items)
 
 
 @dataclass(frozen=True)
@@ -34,6 +40,8 @@ class TwoTowerConfig:
     max_length: int
     temperature: float
     base_encoder: str
+    user_layers: int = 1
+    user_heads: int = 4
 
 
 def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -51,23 +59,52 @@ def _identity_linear(dim: int) -> nn.Linear:
 
 
 class ItemTower(nn.Module):
-    def __init__(self, encoder: nn.Module, dim: int):
+    def __init__(self, encoder: nn.Module, dim: int, n_ids: int):
         super().__init__()
         self.encoder = encoder
         self.projection = _identity_linear(dim)
+        self.id_embedding = nn.Embedding(n_ids + 1, dim)
+        nn.init.zeros_(self.id_embedding.weight)
+        # Item bias (a logit offset: how likely the item is for anyone), from the text and,
+        # for warm items, from the ID. Text alone must predict it for a brand-new item.
+        self.text_bias = nn.Linear(dim, 1)
+        nn.init.zeros_(self.text_bias.weight)
+        nn.init.zeros_(self.text_bias.bias)
+        self.id_bias = nn.Embedding(n_ids + 1, 1)
+        nn.init.zeros_(self.id_bias.weight)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Unit text vectors [B, d] of tokenized documents."""
         hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         return F.normalize(self.projection(mean_pool(hidden, attention_mask)).float(), dim=-1)
 
+    def combine(self, text: torch.Tensor, id_rows: torch.Tensor) -> torch.Tensor:
+        """Unit item vectors from unit text vectors and ID rows (NO_ID for a text-only vector)."""
+        return F.normalize(text + self.id_embedding(id_rows), dim=-1)
+
+    def bias(self, text: torch.Tensor, id_rows: torch.Tensor) -> torch.Tensor:
+        """Item bias [B] from unit text vectors and ID rows."""
+        return self.text_bias(text).squeeze(-1) + self.id_bias(id_rows).squeeze(-1)
+
 
 class UserTower(nn.Module):
-    def __init__(self, dim: int, history_length: int):
+    def __init__(self, dim: int, history_length: int, layers: int, heads: int):
         super().__init__()
         self.history_length = history_length
         # Position 0 is the most recent item.
         self.recency = nn.Embedding(history_length, dim)
         nn.init.zeros_(self.recency.weight)
+        self.layers = nn.ModuleList()
+        for _ in range(layers):
+            layer = nn.TransformerEncoderLayer(
+                dim, heads, dim_feedforward=2 * dim, dropout=0.1, batch_first=True, norm_first=True
+            )
+            # Zero residual branches: the layer starts as the identity.
+            nn.init.zeros_(layer.self_attn.out_proj.weight)
+            nn.init.zeros_(layer.self_attn.out_proj.bias)
+            nn.init.zeros_(layer.linear2.weight)
+            nn.init.zeros_(layer.linear2.bias)
+            self.layers.append(layer)
         self.key = nn.Linear(dim, dim, bias=False)
         self.query = nn.Parameter(torch.zeros(dim))
         self.projection = _identity_linear(dim)
@@ -80,21 +117,24 @@ class UserTower(nn.Module):
         length = history.shape[1]
         recency = torch.arange(length - 1, -1, -1, device=history.device)
         x = history + self.recency(recency).unsqueeze(0)
-        scores = self.key(x) @ self.query / math.sqrt(x.shape[-1])
-        scores = scores.masked_fill(~mask, float("-inf"))
         has_items = mask.any(dim=1, keepdim=True)
-        weights = torch.softmax(scores.masked_fill(~has_items, 0.0), dim=1) * mask
+        # An empty row would make attention NaN: let it attend to its (zero) slots, then zero it.
+        attend = mask | ~has_items
+        for layer in self.layers:
+            x = layer(x, src_key_padding_mask=~attend)
+        scores = self.key(x) @ self.query / math.sqrt(x.shape[-1])
+        weights = torch.softmax(scores.masked_fill(~attend, float("-inf")), dim=1) * mask
         pooled = (weights.unsqueeze(-1) * x).sum(1)
-        users = F.normalize(self.projection(pooled), dim=-1)
-        return users * has_items
+        return F.normalize(self.projection(pooled), dim=-1) * has_items
 
 
 class TwoTowerModel(nn.Module):
-    def __init__(self, encoder: nn.Module, config: TwoTowerConfig):
+    def __init__(self, encoder: nn.Module, config: TwoTowerConfig, id_vocab: pd.Index | None = None):
         super().__init__()
         self.config = config
-        self.item_tower = ItemTower(encoder, config.dim)
-        self.user_tower = UserTower(config.dim, config.history_length)
+        self.id_vocab = pd.Index([] if id_vocab is None else list(id_vocab), dtype=object)
+        self.item_tower = ItemTower(encoder, config.dim, len(self.id_vocab))
+        self.user_tower = UserTower(config.dim, config.history_length, config.user_layers, config.user_heads)
         self.log_temperature = nn.Parameter(torch.tensor(math.log(config.temperature)))
 
     @property
@@ -102,8 +142,24 @@ class TwoTowerModel(nn.Module):
         # Bounded so a runaway value cannot make the softmax degenerate.
         return self.log_temperature.exp().clamp(0.01, 1.0)
 
-    def encode_items(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.item_tower(input_ids, attention_mask)
+    def id_rows(self, item_ids) -> np.ndarray:
+        """ID-embedding rows of catalogue item ids (NO_ID for items without one)."""
+        if len(self.id_vocab) == 0:
+            return np.zeros(len(item_ids), dtype=np.int64)
+        return (self.id_vocab.get_indexer(pd.Index(list(item_ids), dtype=object)) + 1).astype(np.int64)
+
+    def encode_items(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, id_rows: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(unit item vectors [B, d], item biases [B])."""
+        text = self.item_tower.text(input_ids, attention_mask)
+        if id_rows is None:
+            id_rows = torch.zeros(len(text), dtype=torch.long, device=text.device)
+        return self.item_tower.combine(text, id_rows), self.item_tower.bias(text, id_rows)
+
+    def score(self, users: torch.Tensor, item_vectors: torch.Tensor, item_bias: torch.Tensor) -> torch.Tensor:
+        """Logits [u, n]: cosine / temperature + item bias."""
+        return users @ item_vectors.T / self.temperature + item_bias.unsqueeze(0)
 
     def encode_users(self, history: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return self.user_tower(history, mask)
@@ -117,19 +173,33 @@ class TwoTowerModel(nn.Module):
 
     def freeze_encoder_layers(self, trainable_layers: int) -> None:
         """Fine-tune only the top ``trainable_layers`` transformer layers (-1 = all, 0 = none)."""
-        if trainable_layers < 0:
-            return
         encoder = self.item_tower.encoder
-        layers = _encoder_layers(encoder)
         for p in encoder.parameters():
-            p.requires_grad = False
+            p.requires_grad = trainable_layers != 0
         if trainable_layers > 0:
-            for layer in layers[-trainable_layers:]:
+            for p in encoder.parameters():
+                p.requires_grad = False
+            for layer in _encoder_layers(encoder)[-trainable_layers:]:
                 for p in layer.parameters():
                     p.requires_grad = True
 
-    # Checkpoints: the encoder in Hugging Face format, the towers in safetensors.
+    def with_id_vocab(self, id_vocab: pd.Index) -> "TwoTowerModel":
+        """A copy of this model whose ID tables cover ``id_vocab``; shared ids keep their rows."""
+        other = TwoTowerModel(self.item_tower.encoder, self.config, id_vocab)
+        id_tables = ("item_tower.id_embedding.weight", "item_tower.id_bias.weight")
+        other.load_state_dict({k: v for k, v in self.state_dict().items() if k not in id_tables}, strict=False)
+        old = self.id_rows(other.id_vocab)
+        keep = np.flatnonzero(old > NO_ID)
+        new_rows, old_rows = torch.as_tensor(keep + 1), torch.as_tensor(old[keep])
+        with torch.no_grad():
+            for name in ("id_embedding", "id_bias"):
+                getattr(other.item_tower, name).weight[new_rows] = getattr(self.item_tower, name).weight[old_rows]
+        return other
+
+    # Checkpoints: the encoder in Hugging Face format, the rest in safetensors, ids in Parquet.
     def save(self, directory: str | Path, tokenizer) -> Path:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
         from safetensors.torch import save_file
 
         directory = Path(directory)
@@ -142,12 +212,14 @@ class TwoTowerModel(nn.Module):
             if not k.startswith("item_tower.encoder.")
         }
         save_file(towers, str(directory / TOWERS_FILE))
+        pq.write_table(pa.table({"item_id": pa.array(list(self.id_vocab), pa.string())}), directory / ID_VOCAB_FILE)
         (directory / CONFIG_FILE).write_text(json.dumps(asdict(self.config), indent=2))
         return directory
 
     @classmethod
     def load(cls, directory: str | Path, device: str | torch.device = "cpu"):
         """Return (model, tokenizer) from a checkpoint folder written by ``save``."""
+        import pyarrow.parquet as pq
         from safetensors.torch import load_file
         from transformers import AutoModel, AutoTokenizer
 
@@ -155,7 +227,8 @@ class TwoTowerModel(nn.Module):
         config = TwoTowerConfig(**json.loads((directory / CONFIG_FILE).read_text()))
         tokenizer = AutoTokenizer.from_pretrained(directory / ENCODER_DIR)
         encoder = AutoModel.from_pretrained(directory / ENCODER_DIR)
-        model = cls(encoder, config)
+        id_vocab = pd.Index(pq.read_table(directory / ID_VOCAB_FILE).column("item_id").to_pylist(), dtype=object)
+        model = cls(encoder, config, id_vocab)
         missing, unexpected = model.load_state_dict(load_file(str(directory / TOWERS_FILE)), strict=False)
         missing = [k for k in missing if not k.startswith("item_tower.encoder.")]
         if missing or unexpected:
@@ -165,19 +238,36 @@ class TwoTowerModel(nn.Module):
         return model.to(device).eval(), tokenizer
 
     @classmethod
-    def from_encoder(cls, encoder_name: str, history_length: int, max_length: int, temperature: float):
-        """A fresh model around a pretrained encoder; returns (model, tokenizer)."""
+    def from_encoder(
+        cls,
+        encoder_name: str,
+        history_length: int,
+        max_length: int,
+        temperature: float,
+        id_vocab: pd.Index | None = None,
+        user_layers: int = 1,
+        seed: int = 0,
+    ):
+        """A fresh model around a pretrained encoder; returns (model, tokenizer).
+
+        The new layers are initialised from ``seed``, so equal seeds give equal models.
+        """
         from recsys_lib.models.encoder import load_encoder
 
         tokenizer, encoder = load_encoder(encoder_name)
+        dim = encoder.config.hidden_size
         config = TwoTowerConfig(
-            dim=encoder.config.hidden_size,
+            dim=dim,
             history_length=history_length,
             max_length=max_length,
             temperature=temperature,
             base_encoder=encoder_name,
+            user_layers=user_layers,
+            user_heads=next(h for h in (4, 2, 1) if dim % h == 0),
         )
-        return cls(encoder, config), tokenizer
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return cls(encoder, config, id_vocab), tokenizer
 
 
 def _encoder_layers(encoder: nn.Module) -> list[nn.Module]:
@@ -192,34 +282,40 @@ def _encoder_layers(encoder: nn.Module) -> list[nn.Module]:
     raise ValueError(f"cannot find the transformer layers of {type(encoder).__name__}")
 
 
-def in_batch_softmax_loss(
+def sampled_softmax_loss(
     users: torch.Tensor,
-    items: torch.Tensor,
-    item_ids: torch.Tensor,
+    candidates: torch.Tensor,
+    positive_ids: torch.Tensor,
+    candidate_ids: torch.Tensor,
     temperature: torch.Tensor | float,
     log_q: torch.Tensor | None = None,
+    candidate_bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Sampled softmax where each row's positive is its own item and the rest of the batch are
-    negatives.
+    """Softmax over candidates where row i's positive is candidate i.
 
     Args:
-        users, items: [B, d] unit vectors; row i of ``items`` is the positive for user i.
-        item_ids: [B] catalogue indices; a column holding the row's own positive item elsewhere
-            in the batch is masked out (it is not a negative).
-        log_q: [B] log sampling probability of each column's item; subtracting it corrects the
-            popularity bias of in-batch negatives (Yi et al., 2019).
+        users: [B, d] unit vectors.
+        candidates: [C, d] unit vectors, C >= B; the first B are the rows' positives (in-batch
+            negatives for the other rows), the rest extra sampled negatives.
+        positive_ids, candidate_ids: [B] and [C] catalogue indices; a candidate that is the
+            row's own positive item anywhere but column i is masked out (it is not a negative).
+        log_q: [C] log of each candidate's expected count in a batch; subtracting it corrects
+            the popularity bias of the sampled negatives (Yi et al., 2019).
+        candidate_bias: [C] item biases added to every row's logits.
     """
-    logits = users @ items.T / temperature
+    logits = users @ candidates.T / temperature
+    if candidate_bias is not None:
+        logits = logits + candidate_bias.unsqueeze(0)
     if log_q is not None:
         logits = logits - log_q.unsqueeze(0)
-    duplicate = item_ids.unsqueeze(0) == item_ids.unsqueeze(1)
-    duplicate.fill_diagonal_(False)
-    logits = logits.masked_fill(duplicate, float("-inf"))
-    labels = torch.arange(users.shape[0], device=users.device)
-    return F.cross_entropy(logits, labels)
+    same = positive_ids.unsqueeze(1) == candidate_ids.unsqueeze(0)
+    rows = torch.arange(users.shape[0], device=users.device)
+    same[rows, rows] = False
+    logits = logits.masked_fill(same, float("-inf"))
+    return F.cross_entropy(logits, rows)
 
 
-# Batched inference, shared by training (history cache), embedding and recommendation.
+# Batched inference, shared by training (cached vectors), embedding and recommendation.
 @dataclass
 class TokenizedDocuments:
     """Documents tokenized once, padded to ``max_length``; batches are trimmed to their longest."""
@@ -252,8 +348,8 @@ def autocast(device: torch.device):
 
 
 @torch.no_grad()
-def embed_documents(model: TwoTowerModel, docs: TokenizedDocuments, batch_size: int, device) -> torch.Tensor:
-    """Item vectors [n, d] (float32, unit length) for every document, on ``device``.
+def embed_text(model: TwoTowerModel, docs: TokenizedDocuments, batch_size: int, device) -> torch.Tensor:
+    """Unit text vectors [n, d] (float32) of every document, on ``device``.
 
     Documents are processed in length order so each batch carries little padding.
     """
@@ -266,9 +362,36 @@ def embed_documents(model: TwoTowerModel, docs: TokenizedDocuments, batch_size: 
         index = order[start : start + batch_size]
         ids, mask = docs.batch(index, device)
         with autocast(device):
-            out[index.to(device)] = model.encode_items(ids, mask).float()
+            out[index.to(device)] = model.item_tower.text(ids, mask).float()
     model.train(was_training)
     return out
+
+
+@torch.no_grad()
+def embed_documents(
+    model: TwoTowerModel, docs: TokenizedDocuments, batch_size: int, device, id_rows: np.ndarray | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(item vectors [n, d], item biases [n]): text plus, for warm items, their ID rows."""
+    text = embed_text(model, docs, batch_size, device)
+    rows = torch.zeros(len(docs), dtype=torch.long) if id_rows is None else torch.as_tensor(id_rows)
+    rows = rows.to(text.device)
+    return model.item_tower.combine(text, rows), model.item_tower.bias(text, rows)
+
+
+def retrieval_items(vectors: np.ndarray, bias: np.ndarray) -> np.ndarray:
+    """Index rows [n, d + 1] = [vector, bias], so that inner products with ``retrieval_users``
+    are the model's logits and with ``retrieval_neighbours`` plain cosines."""
+    return np.hstack([vectors, bias.reshape(-1, 1)]).astype(np.float32)
+
+
+def retrieval_users(users: np.ndarray, temperature: float) -> np.ndarray:
+    """Queries [u, d + 1] = [user / temperature, 1]: inner product = cosine / T + item bias."""
+    return np.hstack([users / temperature, np.ones((len(users), 1), users.dtype)]).astype(np.float32)
+
+
+def retrieval_neighbours(vectors: np.ndarray) -> np.ndarray:
+    """Item-to-item queries [n, d + 1] = [vector, 0]: inner product = cosine similarity."""
+    return np.hstack([vectors, np.zeros((len(vectors), 1), vectors.dtype)]).astype(np.float32)
 
 
 def history_matrix(histories: list[np.ndarray], history_length: int) -> np.ndarray:

@@ -4,6 +4,7 @@ tiny synthetic dataset and a tiny random encoder, with real Spark, MLflow and FA
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -51,7 +52,20 @@ def nightly(tmp_path_factory, tiny_encoder):
     migrate = airflow(["db", "migrate"], env)
     assert migrate.returncode == 0, migrate.stdout[-3000:] + migrate.stderr[-3000:]
     runs = [airflow(["dags", "test", "recsys_nightly", ds], env) for _ in range(2)]
-    return {"settings": settings, "ds": ds, "runs": runs, "interactions": interactions}
+    live = PublishedTables.from_settings(settings).manifest()["version"]
+    # A retrain held to a gate no model can pass (it must beat the champion's NDCG elevenfold):
+    # the publish is refused through the real pipeline, after evaluate re-ran the champion.
+    strict = {**env, "RECSYS__PUBLISH__MAX_NDCG_DROP": "-10"}
+    conf = json.dumps({"full_retrain": True, "max_train_steps": 3})
+    refused = airflow(["dags", "test", "recsys_nightly", ds, "-c", conf], strict)
+    return {
+        "settings": settings,
+        "ds": ds,
+        "runs": runs,
+        "interactions": interactions,
+        "refused": refused,
+        "live_before_refusal": live,
+    }
 
 
 def test_every_task_ran_and_succeeded(nightly):
@@ -103,6 +117,11 @@ def test_mlflow_holds_the_run_metrics_and_champion(nightly):
         "model.coverage_at_10",
         "popularity.recall_at_10",
         "popularity.ndcg_at_10",
+        "item_knn.ndcg_at_10",
+        "als.recall_at_20",
+        "model.map_at_10",
+        "model.precision_at_10",
+        "model.light.ndcg_at_10",
         "index.recall_at_10",
         "train_loss",
     ):
@@ -122,3 +141,18 @@ def test_rerunning_the_same_day_is_idempotent(nightly):
     assert histories[USER_COL].is_unique and len(histories[SEEN_COL]) == 60
     lake = storage.partitions(Storage.lake("interactions"))
     assert lake == [nightly["ds"]]
+
+
+def test_the_gate_refuses_a_worse_model_and_keeps_the_champions_tables(nightly):
+    settings = nightly["settings"]
+    log = nightly["refused"].stdout + nightly["refused"].stderr
+    assert "state=failed" in log or nightly["refused"].returncode != 0
+    assert "quality gate" in log
+    assert "ndcg_at_10: candidate" in log and ", champion " in log  # both sets of numbers
+    assert PublishedTables.from_settings(settings).manifest()["version"] == nightly["live_before_refusal"]
+    tracker = Tracker(settings)
+    assert tracker.alias(CHAMPION).version == "1"
+    candidate = tracker.alias("candidate")
+    assert candidate.version == "2"
+    metrics = tracker.run_metrics(candidate.run_id)
+    assert "champion.ndcg_at_10" in metrics  # the champion was measured on the candidate's split

@@ -11,9 +11,9 @@ HISTORIES = pd.DataFrame({"user_id": ["u1", "u2"], "seen": [["a"], ["b", "c"]]})
 CATALOGUE = {"a", "b", "c", "d"}
 
 
-def topn(rows):
+def topn(rows, reasons=None):
     users, ranks, items, scores = zip(*rows)
-    return user_topn_table(list(users), list(ranks), list(items), list(scores), "m/1", "2026-01-01")
+    return user_topn_table(list(users), list(ranks), list(items), list(scores), "m/1", "2026-01-01", reasons)
 
 
 GOOD = [("u1", 1, "b", 0.9), ("u1", 2, "c", 0.8), ("u2", 1, "a", 0.7), ("u2", 2, "d", 0.1)]
@@ -31,7 +31,7 @@ def test_a_good_table_passes():
         (GOOD[:1] + [("u1", 2, "b", 0.8)] + GOOD[2:], "duplicate (user_id, item_id) pairs"),
         (GOOD[:1] + [("u1", 3, "c", 0.8)] + GOOD[2:], "ranks are not 1..N per user_id (e.g. user_id u1)"),
         (GOOD[:2], "1 active users have no recommendations, e.g. ['u2']"),
-        (GOOD[:3] + [("u2", 2, "zz", 0.1)], "1 rows recommend items outside the catalogue"),
+        (GOOD[:3] + [("u2", 2, "zz", 0.1)], "1 rows recommend items outside the active catalogue"),
         (GOOD[:3] + [("u2", 2, "d", float("nan"))], "1 scores are not finite"),
     ],
 )
@@ -39,6 +39,14 @@ def test_checks_name_what_failed(rows, failure):
     table = topn(rows)
     failures = pub.check_user_topn(table.to_pandas(), HISTORIES, CATALOGUE, table.schema)
     assert any(failure in f for f in failures), failures
+
+
+def test_reason_items_come_from_the_users_history():
+    ok = topn(GOOD, ["a", "a", "b", None])  # None: a fallback row
+    assert pub.check_user_topn(ok.to_pandas(), HISTORIES, CATALOGUE, ok.schema) == []
+    bad = topn(GOOD, ["a", "d", "b", "c"])
+    failures = pub.check_user_topn(bad.to_pandas(), HISTORIES, CATALOGUE, bad.schema)
+    assert failures == ["1 rows give a reason item outside the user's history"]
 
 
 def test_schema_must_match_the_contract():
@@ -73,6 +81,7 @@ def test_publish_writes_version_manifest_then_pointer(object_store):
         "score",
         "model_version",
         "ds",
+        "reason_item_id",
     ]
     reader = PublishedTables(object_store)
     assert reader.recommendations_for("u1")["item_id"].tolist() == ["b", "c"]
@@ -87,18 +96,114 @@ def test_republishing_identical_tables_is_a_no_op(object_store):
     assert again["version"] == first["version"] and object_store.list("versions/") == keys
 
 
-def test_readers_see_the_old_version_until_the_pointer_switches(object_store):
+class DiesBeforeTheManifest:
+    """The store, except that the process 'dies' when it comes to write a manifest: a fault
+    injected by wrapping, since a crash at that exact point cannot be caused from outside."""
+
+    def __init__(self, store):
+        self.store = store
+
+    def write_bytes(self, key, data):
+        if key.endswith(pub.MANIFEST_FILE):
+            raise KeyboardInterrupt("killed mid-publish")
+        return self.store.write_bytes(key, data)
+
+    def __getattr__(self, name):
+        return getattr(self.store, name)
+
+
+def test_an_interrupted_publish_is_invisible_and_a_rerun_completes_it(object_store):
     old = pub.publish_version(object_store, "2026-01-01", tables(), "m/1", {})
-    newer_rows = [("u1", 1, "d", 0.9)] + GOOD[2:]
-    # A publish that dies after writing table files but before its manifest: readers are unaffected.
-    files = {
-        n: pub._parquet_bytes(t, "user_id" if n == "user_topn" else "item_id") for n, t in tables(newer_rows).items()
+    newer = tables([("u1", 1, "d", 0.9)] + GOOD[2:])
+    with pytest.raises(KeyboardInterrupt):
+        pub.publish_version(DiesBeforeTheManifest(object_store), "2026-01-02", newer, "m/2", {})
+    assert len(object_store.list_dirs("versions")) == 2  # the table files of the new version exist
+    reader = PublishedTables(object_store)
+    assert reader.manifest()["version"] == old["version"]
+    assert reader.recommendations_for("u1")["item_id"].tolist() == ["b", "c"]
+    assert [m["version"] for m in pub.list_versions(object_store)] == [old["version"]]  # incomplete: unlisted
+    # The rerun writes the same version id, completes it and switches the pointer.
+    new = pub.publish_version(object_store, "2026-01-02", newer, "m/2", {})
+    assert reader.manifest()["version"] == new["version"] != old["version"]
+    assert reader.recommendations_for("u1")["item_id"].tolist() == ["d"]
+
+
+def publish_days(store, days):
+    """One version per day, each with a different top item for u1 (so each digest differs)."""
+    out = []
+    for n, item in enumerate(days):
+        rows = [("u1", 1, item, 0.9)] + GOOD[2:]
+        out.append(pub.publish_version(store, f"2026-01-0{n + 1}", tables(rows), f"m/{n + 1}", {}))
+    return out
+
+
+def test_rollback_restores_the_exact_previous_bytes(object_store):
+    first, second = publish_days(object_store, ["b", "d"])
+    reader = PublishedTables(object_store)
+    before = {
+        k: object_store.read_bytes(k)
+        for f in reader.manifest(first["version"])["tables"].values()
+        for k in [f["files"][0]["key"]]
     }
-    version = f"2026-01-02_{pub.table_digest(files)[:12]}"
-    object_store.write_bytes(f"{pub.version_prefix(version)}/user_topn/part-00000.parquet", files["user_topn"])
-    assert PublishedTables(object_store).manifest()["version"] == old["version"]
-    assert PublishedTables(object_store).recommendations_for("u1")["item_id"].tolist() == ["b", "c"]
-    # The rerun completes the version and switches the pointer.
-    new = pub.publish_version(object_store, "2026-01-02", tables(newer_rows), "m/1", {})
-    assert new["version"] == version
-    assert PublishedTables(object_store).recommendations_for("u1")["item_id"].tolist() == ["d"]
+    live, restored = pub.rollback(object_store)
+    assert (live["version"], restored["version"]) == (second["version"], first["version"])
+    assert reader.manifest()["version"] == first["version"]
+    for entry in reader.manifest()["tables"].values():
+        assert object_store.read_bytes(entry["files"][0]["key"]) == before[entry["files"][0]["key"]]
+    assert reader.recommendations_for("u1")["item_id"].tolist() == ["b"]
+    # Rolling forward again by name.
+    pub.rollback(object_store, to=second["version"])
+    assert reader.recommendations_for("u1")["item_id"].tolist() == ["d"]
+
+
+def test_rollback_refuses_what_it_cannot_restore(object_store):
+    with pytest.raises(LookupError, match="nothing published"):
+        pub.rollback(object_store)
+    (only,) = publish_days(object_store, ["b"])
+    with pytest.raises(LookupError, match="oldest version kept"):
+        pub.rollback(object_store)
+    with pytest.raises(LookupError, match="no complete version 'nope'"):
+        pub.rollback(object_store, to="nope")
+    second = publish_days(object_store, ["b", "d"])[1]
+    key = only["tables"]["user_topn"]["files"][0]["key"]
+    object_store.write_bytes(key, b"tampered")
+    with pytest.raises(ValueError, match="checksums"):
+        pub.rollback(object_store)
+    assert PublishedTables(object_store).manifest()["version"] == second["version"]  # still live
+
+
+def test_prune_keeps_the_newest_versions_and_the_live_one(object_store):
+    versions = [m["version"] for m in publish_days(object_store, ["a", "b", "c", "d"])]
+    pub.rollback(object_store, to=versions[0])  # the oldest is live now
+    deleted = pub.prune_versions(object_store, keep=2)
+    assert deleted == versions[1:2]
+    assert [m["version"] for m in pub.list_versions(object_store)] == [versions[0], *versions[2:]]
+    assert object_store.list(pub.version_prefix(versions[1]) + "/") == []
+
+
+def test_coverage_and_overlap_against_the_live_version():
+    live = topn(GOOD).to_pandas()  # items b, c, a, d: coverage 4/4
+    same = pub.check_against_previous(live, live, 4, min_coverage=0.5, max_coverage_drop=0.5, min_overlap=0.5)
+    assert same == []
+    assert pub.check_against_previous(live, None, 4, 0.0, 0.5, 0.5) == []  # first publish
+    narrow = topn([("u1", 1, "d", 0.9), ("u2", 1, "c", 0.5)]).to_pandas()  # 2/4 items, no overlap
+    failures = pub.check_against_previous(narrow, live, 4, min_coverage=0.6, max_coverage_drop=0.25, min_overlap=0.1)
+    assert failures == [
+        "catalogue coverage 0.5000 is below publish.min_coverage 0.6",
+        "catalogue coverage fell from 1.0000 to 0.5000, more than publish.max_coverage_drop (25%)",
+        "mean overlap with the live top-N is 0.0000, below publish.min_overlap 0.1",
+    ]
+    assert pub.mean_overlap(topn(GOOD[:2] + [("u2", 1, "b", 0.5)]).to_pandas(), live) == pytest.approx(0.5)
+
+
+def test_large_tables_are_cut_into_files_at_key_boundaries(object_store):
+    rows = [(f"u{u}", r, f"i{r}", 1.0 / r) for u in range(5) for r in (1, 2, 3)]
+    manifest = pub.publish_version(object_store, "2026-01-01", tables(rows), "m/1", {}, rows_per_file=4)
+    files = manifest["tables"]["user_topn"]["files"]
+    # 4 rows per file, but a user's 3 rows never straddle two files: 6 + 6 + 3 rows.
+    assert [f["rows"] for f in files] == [6, 6, 3]
+    assert [(f["min_key"], f["max_key"]) for f in files] == [("u0", "u1"), ("u2", "u3"), ("u4", "u4")]
+    reader = PublishedTables(object_store)
+    assert reader.recommendations_for("u3")["item_id"].tolist() == ["i1", "i2", "i3"]
+    assert reader.table("user_topn").num_rows == 15
+    assert reader.recommendations_for("nobody").empty

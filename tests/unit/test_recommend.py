@@ -47,11 +47,12 @@ def test_similar_items_never_returns_the_item_itself():
     assert scores[0].tolist() == pytest.approx([0.0, 0.0])
 
 
-def test_rank_users_uses_fallback_for_users_without_vectors():
-    users = np.array([[0, 1], [0, 0]], dtype=np.float32)  # second user: no usable history
+def test_rank_users_uses_fallback_for_users_without_history():
+    users = np.array([[0, 1], [0, 0]], dtype=np.float32)
     popularity = np.array([1.0, 4.0, 3.0, 2.0])
-    scores, ids, fallback = rec.rank_users(exact, users, [np.array([1]), np.array([1])], popularity, 2, batch_size=1)
-    assert fallback.tolist() == [False, True]
+    fallback = np.array([False, True])  # second user: no usable history
+    seen = [np.array([1]), np.array([1])]
+    scores, ids = rec.rank_users(exact, users, seen, popularity, 2, batch_size=1, fallback=fallback)
     assert ids[0].tolist() in ([0, 2], [2, 0])  # both at 90 degrees from item 1's direction
     assert ids[1].tolist() == [2, 3]
 
@@ -67,3 +68,13 @@ def test_ranked_rows_drops_padding_and_numbers_ranks():
 def test_batches_group_users_by_seen_count():
     batches = rec.batches_by_seen(np.array([100, 1, 50, 2]), 2)
     assert [b.tolist() for b in batches] == [[1, 3], [2, 0]]
+
+
+def test_explain_picks_the_most_similar_history_item():
+    vectors = np.array([[1.0, 0.0], [0.0, 1.0], [0.8, 0.6], [0.6, 0.8]], dtype=np.float32)
+    histories = [np.array([0, 1]), np.array([], dtype=np.int64), np.array([1])]
+    ids = np.array([[2, 3], [0, 1], [0, -1]])
+    reasons = rec.explain(vectors, histories, ids, batch_size=2)
+    # User 0: item 2 is closest to 0, item 3 to 1; user 1 has no history (fallback): no reason;
+    # user 2's only history item explains its one recommendation; padding stays -1.
+    assert reasons.tolist() == [[0, 1], [-1, -1], [1, -1]]

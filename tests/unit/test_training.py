@@ -3,7 +3,7 @@ import pandas as pd
 import pytest
 import torch
 
-from recsys_lib.models.training import build_examples, train_two_tower
+from recsys_lib.models.training import build_examples, build_validation, train_two_tower
 from recsys_lib.models.two_tower import PAD, TokenizedDocuments, TwoTowerModel
 
 
@@ -26,6 +26,23 @@ def test_build_examples_with_no_interactions():
     assert len(ex) == 0 and ex.history.shape == (0, 3)
 
 
+def test_build_validation_holds_out_the_marked_event():
+    interactions = pd.DataFrame(
+        {
+            "user_id": ["u1", "u1", "u1", "u2", "u2", "u3"],
+            "item_id": ["a", "b", "c", "b", "c", "a"],
+            "timestamp": [1, 2, 3, 1, 2, 1],
+            "is_validation": [False, False, True, False, True, True],
+        }
+    )
+    train, validation = build_validation(interactions, pd.Index(["a", "b", "c"]), history_length=3)
+    assert len(train) == 3 and not train["is_validation"].any()
+    # u1: history a b -> c; u2: b -> c; u3 has nothing before its event and is left out.
+    assert validation.history.tolist() == [[PAD, 0, 1], [PAD, PAD, 1]]
+    assert validation.target.tolist() == [2, 2]
+    assert [e.tolist() for e in validation.exclude] == [[0, 1], [1]]
+
+
 @pytest.mark.slow
 def test_training_reduces_the_loss_and_is_seeded(tiny_encoder, settings):
     # Two topics; users stay in one topic, so the next item is predictable from text and history.
@@ -38,15 +55,22 @@ def test_training_reduces_the_loss_and_is_seeded(tiny_encoder, settings):
             rows.append((f"u{u}", str(item), t))
     interactions = pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp"])
     items = pd.Index([str(i) for i in range(16)])
-    cfg = settings.train.__class__(**{**settings.train.__dict__, "max_steps": 30, "batch_size": 16})
+    cfg = settings.train.__class__(
+        **{**settings.train.__dict__, "max_steps": 30, "batch_size": 16, "refresh_every": 10}
+    )
 
     def fit():
-        model, tokenizer = TwoTowerModel.from_encoder(str(tiny_encoder), 5, 16, 0.1)
+        model, tokenizer = TwoTowerModel.from_encoder(str(tiny_encoder), 5, 16, 0.1, id_vocab=items[:12], seed=3)
         docs = TokenizedDocuments.from_texts(tokenizer, texts, 16)
-        ex = build_examples(interactions, items, 5)
-        return model, train_two_tower(model, docs, ex, cfg, torch.device("cpu"))
+        events = interactions.assign(is_validation=interactions["timestamp"] == 5)
+        train, validation = build_validation(events, items, 5)
+        ex = build_examples(train, items, 5)
+        report = train_two_tower(model, docs, model.id_rows(items), ex, cfg, torch.device("cpu"), validation)
+        return model, report
 
     _, first = fit()
     _, second = fit()
     assert first["train_loss"] < first["first_loss"]
     assert first["train_loss"] == pytest.approx(second["train_loss"])  # same seed, same run
+    assert 0 < first["best_step"] <= first["steps"] and "val_ndcg_at_10" in first
+    assert first["val_ndcg_at_10"] == pytest.approx(second["val_ndcg_at_10"])

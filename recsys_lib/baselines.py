@@ -1,0 +1,245 @@
+"""The baselines a practitioner would otherwise pick, run on the same split in the same run.
+
+Every ranker scores users (rows of the training user-item matrix) against catalogue items:
+  MostPopular   distinct users per item
+  ItemKNN       item-item cosine on the binary user-item matrix, top-k neighbours, shrinkage
+  ALS           Spark MLlib ALS with implicit feedback (Hu, Koren, Volinsky 2008)
+  TfidfContent  TF-IDF over item documents; a user is the mean of their history's rows
+``tune`` picks hyper-parameters on the validation events (each user's last training event) and
+``top_k`` turns scores into ranked lists with seen items excluded.
+Tests: tests/unit/test_baselines.py.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+import scipy.sparse as sp
+
+log = logging.getLogger(__name__)
+
+
+def interaction_matrix(user_rows: np.ndarray, item_cols: np.ndarray, n_users: int, n_items: int) -> sp.csr_matrix:
+    """Binary [n_users, n_items] matrix with a 1 where a user interacted with an item."""
+    data = np.ones(len(user_rows), dtype=np.float32)
+    m = sp.csr_matrix((data, (user_rows, item_cols)), shape=(n_users, n_items))
+    m.data[:] = 1.0
+    m.sum_duplicates()
+    m.data[:] = 1.0
+    return m
+
+
+def top_k(scores: np.ndarray, exclude: Sequence[np.ndarray], k: int) -> np.ndarray:
+    """Indices [b, k] of the highest scores per row, ``exclude`` removed; -1 where none is left."""
+    scores = np.array(scores, dtype=np.float32, copy=True)
+    for row, items in enumerate(exclude):
+        if len(items):
+            scores[row, items] = -np.inf
+    width = min(k, scores.shape[1])
+    part = np.argpartition(-scores, width - 1, axis=1)[:, :width]
+    part_scores = np.take_along_axis(scores, part, axis=1)
+    order = np.argsort(-part_scores, axis=1, kind="stable")
+    ids = np.take_along_axis(part, order, axis=1)
+    ids = np.where(np.isfinite(np.take_along_axis(part_scores, order, axis=1)), ids, -1)
+    return np.pad(ids, ((0, 0), (0, k - width)), constant_values=-1)
+
+
+class MostPopular:
+    name = "popularity"
+
+    def fit(self, matrix: sp.csr_matrix) -> "MostPopular":
+        self.counts = np.asarray(matrix.sum(axis=0)).ravel().astype(np.float32)
+        return self
+
+    def scores(self, users: np.ndarray) -> np.ndarray:
+        return np.broadcast_to(self.counts, (len(users), len(self.counts)))
+
+
+@dataclass
+class ItemKNN:
+    neighbours: int = 100
+    shrink: float = 10.0
+    name: str = "item_knn"
+
+    def fit(self, matrix: sp.csr_matrix) -> "ItemKNN":
+        x = matrix.tocsc().astype(np.float32)
+        co = (x.T @ x).tocsr()
+        norms = np.sqrt(np.asarray(x.multiply(x).sum(axis=0)).ravel())
+        co = co.tocoo()
+        keep = co.row != co.col
+        rows, cols, vals = co.row[keep], co.col[keep], co.data[keep]
+        sim = vals / (norms[rows] * norms[cols] + self.shrink + 1e-9)
+        sim_matrix = sp.csr_matrix((sim, (rows, cols)), shape=co.shape)
+        self.similarity = _top_k_per_row(sim_matrix, self.neighbours)
+        self.matrix = matrix
+        return self
+
+    def scores(self, users: np.ndarray) -> np.ndarray:
+        return np.asarray((self.matrix[users] @ self.similarity).todense(), dtype=np.float32)
+
+
+def _top_k_per_row(m: sp.csr_matrix, k: int) -> sp.csr_matrix:
+    """Keep the k largest entries of each row (each item's k nearest neighbours)."""
+    m = m.tocsr()
+    rows, cols, vals = [], [], []
+    for r in range(m.shape[0]):
+        start, end = m.indptr[r], m.indptr[r + 1]
+        if end == start:
+            continue
+        data, idx = m.data[start:end], m.indices[start:end]
+        if end - start > k:
+            best = np.argpartition(-data, k - 1)[:k]
+            data, idx = data[best], idx[best]
+        rows.append(np.full(len(idx), r))
+        cols.append(idx)
+        vals.append(data)
+    if not rows:
+        return sp.csr_matrix(m.shape, dtype=np.float32)
+    # s[i, j] = sim(i, j) for j among i's neighbours; scoring uses s.T so that a user's score for
+    # item i sums the similarities of i's neighbours the user has interacted with.
+    s = sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=m.shape)
+    return s.T.tocsr().astype(np.float32)
+
+
+@dataclass
+class ALS:
+    """Spark MLlib ALS, implicit feedback: confidence 1 + alpha for observed pairs."""
+
+    spark: object = field(repr=False)
+    rank: int = 64
+    reg: float = 0.1
+    alpha: float = 10.0
+    iterations: int = 15
+    seed: int = 0
+    name: str = "als"
+
+    def fit(self, matrix: sp.csr_matrix) -> "ALS":
+        import pandas as pd
+        from pyspark.ml.recommendation import ALS as SparkALS
+
+        coo = matrix.tocoo()
+        pairs = pd.DataFrame(
+            {
+                "user": coo.row.astype(np.int32),
+                "item": coo.col.astype(np.int32),
+                "rating": np.ones(len(coo.row), dtype=np.float32),
+            }
+        )
+        df = self.spark.createDataFrame(pairs)
+        model = SparkALS(
+            rank=self.rank,
+            regParam=self.reg,
+            alpha=self.alpha,
+            maxIter=self.iterations,
+            implicitPrefs=True,
+            userCol="user",
+            itemCol="item",
+            ratingCol="rating",
+            seed=self.seed,
+            coldStartStrategy="drop",
+        ).fit(df)
+        self.user_factors = _factors(model.userFactors, matrix.shape[0], self.rank)
+        self.item_factors = _factors(model.itemFactors, matrix.shape[1], self.rank)
+        return self
+
+    def scores(self, users: np.ndarray) -> np.ndarray:
+        return self.user_factors[users] @ self.item_factors.T
+
+
+def _factors(df, n: int, rank: int) -> np.ndarray:
+    out = np.zeros((n, rank), dtype=np.float32)
+    rows = df.toPandas()
+    if len(rows):
+        out[rows["id"].to_numpy()] = np.stack(rows["features"].to_numpy()).astype(np.float32)
+    return out
+
+
+@dataclass
+class TfidfContent:
+    """Content-only: TF-IDF of item documents; a user profile is the mean of their items' rows."""
+
+    documents: Sequence[str] = field(repr=False)
+    name: str = "tfidf"
+
+    def fit(self, matrix: sp.csr_matrix) -> "TfidfContent":
+        from sklearn.feature_extraction.text import TfidfVectorizer
+
+        self.item_vectors = TfidfVectorizer(sublinear_tf=True, ngram_range=(1, 2), min_df=1).fit_transform(
+            list(self.documents)
+        )
+        self.matrix = matrix
+        return self
+
+    def profiles(self, histories: Sequence[np.ndarray]) -> sp.csr_matrix:
+        rows = [np.asarray(h, dtype=np.int64) for h in histories]
+        lengths = np.array([len(r) for r in rows])
+        pick = sp.csr_matrix(
+            (
+                np.concatenate([np.full(len(r), 1.0 / max(1, len(r))) for r in rows]) if rows else [],
+                (np.repeat(np.arange(len(rows)), lengths), np.concatenate(rows) if rows else []),
+            ),
+            shape=(len(rows), self.item_vectors.shape[0]),
+        )
+        return pick @ self.item_vectors
+
+    def scores_for_histories(self, histories: Sequence[np.ndarray], items: np.ndarray | None = None) -> np.ndarray:
+        candidates = self.item_vectors if items is None else self.item_vectors[items]
+        return np.asarray((self.profiles(histories) @ candidates.T).todense(), dtype=np.float32)
+
+    def scores(self, users: np.ndarray) -> np.ndarray:
+        histories = [self.matrix[u].indices for u in users]
+        return self.scores_for_histories(histories)
+
+
+def rank_users(ranker, users: np.ndarray, exclude: Sequence[np.ndarray], k: int, batch: int = 1024) -> np.ndarray:
+    """Top-k lists [len(users), k] of a fitted ranker, in batches of users."""
+    out = [np.empty((0, k), dtype=np.int64)]
+    for start in range(0, len(users), batch):
+        rows = users[start : start + batch]
+        out.append(top_k(ranker.scores(rows), exclude[start : start + batch], k))
+    return np.concatenate(out)
+
+
+def validation_ndcg(ranker, users: np.ndarray, targets: np.ndarray, exclude: Sequence[np.ndarray]) -> float:
+    """NDCG@10 of each user's single held-out item."""
+    lists = rank_users(ranker, users, exclude, 10)
+    hit = lists == targets[:, None]
+    gains = (hit / np.log2(np.arange(2, 12))).sum(axis=1)
+    return float(gains.mean()) if len(gains) else 0.0
+
+
+def tune(
+    make: Callable[..., object],
+    grid: dict[str, Sequence],
+    train: sp.csr_matrix,
+    users: np.ndarray,
+    targets: np.ndarray,
+    exclude: Sequence[np.ndarray],
+) -> tuple[dict, list[tuple[dict, float]]]:
+    """Coordinate search on the validation events; returns (best parameters, every trial).
+
+    Starts from the middle value of each list, then sweeps one parameter at a time with the
+    others at their best so far: sum(len(values)) fits instead of their product, which is what
+    makes tuning Spark ALS affordable inside a nightly run.
+    """
+    best = {k: v[len(v) // 2] for k, v in grid.items()}
+    tried: dict[tuple, float] = {}
+    name = getattr(make, "__name__", None) or getattr(getattr(make, "func", None), "__name__", str(make))
+
+    def trial(params: dict) -> float:
+        key = tuple(sorted(params.items()))
+        if key not in tried:
+            tried[key] = validation_ndcg(make(**params).fit(train), users, targets, exclude)
+            log.info("tune %s %s: validation ndcg@10 %.4f", name, params, tried[key])
+        return tried[key]
+
+    score = trial(best)
+    for key, values in grid.items():
+        for value in values:
+            candidate = {**best, key: value}
+            if trial(candidate) > score:
+                best, score = candidate, tried[tuple(sorted(candidate.items()))]
+    return best, [(dict(k), v) for k, v in tried.items()]

@@ -1,0 +1,109 @@
+"""Business rules applied to the model's candidates before the top-N is cut (numpy, per batch).
+
+From the ``[rules]`` settings:
+  blocked items      never recommended, nor listed as similar (ids in the settings or a file)
+  new-item boost     added to the score of catalogue items nobody has interacted with yet
+  minimum score      model candidates below it are dropped (the list is topped up by popularity)
+  category cap       at most N items of one category (an item's first category) per list
+Candidates arrive as [q, k] (scores, catalogue indices) best first, -1 padded; rules keep that
+shape so the caller's seen-item exclusion and truncation stay one code path.
+Tests: tests/unit/test_rules.py.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+NO_CATEGORY = -1
+
+
+@dataclass(frozen=True)
+class BusinessRules:
+    blocked: np.ndarray  # [n_items] bool
+    is_new: np.ndarray  # [n_items] bool: no interaction up to ds
+    category: np.ndarray  # [n_items] int, NO_CATEGORY where the item has none
+    new_item_boost: float = 0.0
+    min_score: float | None = None
+    max_per_category: int = 0  # 0 = no cap
+    candidate_factor: int = 3  # candidates fetched per slot when a rule may drop some
+
+    @classmethod
+    def none(cls, n_items: int) -> "BusinessRules":
+        """No rules: candidates pass through unchanged."""
+        return cls(np.zeros(n_items, bool), np.zeros(n_items, bool), np.full(n_items, NO_CATEGORY))
+
+    @property
+    def drops_candidates(self) -> bool:
+        return bool(self.blocked.any()) or self.min_score is not None or self.max_per_category > 0
+
+    def depth(self, n: int) -> int:
+        """How many candidates to fetch for ``n`` slots."""
+        return n * self.candidate_factor if self.drops_candidates else n
+
+    def apply(self, scores: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Blocked out, new items boosted and re-sorted, low scores out, categories capped."""
+        valid = ids >= 0
+        safe = ids.clip(min=0)
+        scores = scores.astype(np.float32, copy=True)
+        if self.new_item_boost:
+            scores = np.where(valid & self.is_new[safe], scores + self.new_item_boost, scores)
+            order = np.argsort(-np.where(valid, scores, -np.inf), axis=1, kind="stable")
+            scores, ids = np.take_along_axis(scores, order, 1), np.take_along_axis(ids, order, 1)
+            valid, safe = ids >= 0, ids.clip(min=0)
+        keep = valid & ~self.blocked[safe]
+        if self.min_score is not None:
+            keep &= scores >= self.min_score
+        if self.max_per_category > 0:
+            keep &= _within_cap(np.where(keep, self.category[safe], NO_CATEGORY), keep, self.max_per_category)
+        return np.where(keep, scores, -np.inf).astype(np.float32), np.where(keep, ids, -1)
+
+
+def _within_cap(category: np.ndarray, keep: np.ndarray, cap: int) -> np.ndarray:
+    """True where a kept candidate is among the first ``cap`` kept ones of its category in its row."""
+    q, k = category.shape
+    out = np.ones((q, k), dtype=bool)
+    for row in range(q):
+        counts: dict[int, int] = {}
+        for col in np.flatnonzero(keep[row]):
+            c = int(category[row, col])
+            if c == NO_CATEGORY:
+                continue
+            counts[c] = counts.get(c, 0) + 1
+            out[row, col] = counts[c] <= cap
+    return out
+
+
+def load_rules(settings, item_index, item_stats, documents, read_text) -> BusinessRules:
+    """Build the rules of ``settings.rules`` for a catalogue.
+
+    Args:
+        item_index: catalogue item ids in row order.
+        item_stats: item_id, n_users (items with interactions up to ds).
+        documents: item_id, categories (list of strings).
+        read_text: reads a URI or path to text (for ``rules.blocked_items_file``).
+    """
+    import pandas as pd
+
+    cfg = settings.rules
+    n = len(item_index)
+    blocked_ids = set(cfg.blocked_items)
+    if cfg.blocked_items_file:
+        blocked_ids |= {line.strip() for line in read_text(cfg.blocked_items_file).splitlines() if line.strip()}
+    blocked = np.asarray(pd.Index(item_index).isin(list(blocked_ids)), dtype=bool)
+    is_new = ~np.asarray(pd.Index(item_index).isin(item_stats["item_id"]), dtype=bool)
+    category = np.full(n, NO_CATEGORY, dtype=np.int64)
+    if cfg.max_per_category > 0:
+        first = documents.set_index("item_id")["categories"].reindex(item_index)
+        names = [c[0] if c is not None and len(c) else None for c in first]
+        codes, _ = pd.factorize(pd.Series(names), use_na_sentinel=True)
+        category = np.where(codes >= 0, codes, NO_CATEGORY).astype(np.int64)
+    return BusinessRules(
+        blocked=blocked,
+        is_new=is_new,
+        category=category,
+        new_item_boost=cfg.new_item_boost,
+        min_score=cfg.min_score,
+        max_per_category=cfg.max_per_category,
+    )
