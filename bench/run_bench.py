@@ -6,6 +6,7 @@ memory (ru_maxrss). The encoder is a tiny random BERT built from a config (the b
 tokenizer), so the numbers measure the pipeline's data path (Spark, embedding loop, FAISS,
 ranking, checks, Parquet), not the transformer: MiniLM embedding throughput on the machine is
 measured separately (``--encoder-sample``) and the time for the whole catalogue extrapolated.
+Peak memory is the sampled resident set of the stage's process tree (Spark's JVM included).
 
     python -m bench.run_bench --users 1000000 --items 1000000          # the 1M x 1M target
     python -m bench.run_bench --users 50000 --items 50000 --save bench/results/50k.json
@@ -31,16 +32,27 @@ STAGES = ("ingest", "features", "train", "embed_items", "build_index", "recommen
 
 
 def run_stage(stage: str, ds: str, env: dict[str, str], log_dir: Path) -> dict[str, float]:
-    """Run one stage in its own process; (seconds, peak RSS in MiB)."""
+    """Run one stage in its own process; wall seconds and the peak resident memory of its whole
+    process tree (Spark's JVM included), sampled every 100 ms."""
+    import psutil
+
     started = time.perf_counter()
+    peak = 0
     with open(log_dir / f"{stage}.log", "w") as log:
         proc = subprocess.Popen([sys.executable, "-m", f"jobs.{stage}", "--ds", ds], env=env, cwd=ROOT,
                                 stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
-        _, status, usage = os.wait4(proc.pid, 0)
+        root = psutil.Process(proc.pid)
+        while proc.poll() is None:
+            try:
+                tree = [root, *root.children(recursive=True)]
+                peak = max(peak, sum(p.memory_info().rss for p in tree if p.is_running()))
+            except psutil.Error:
+                pass
+            time.sleep(0.1)
     seconds = time.perf_counter() - started
-    if os.waitstatus_to_exitcode(status) != 0:
+    if proc.returncode != 0:
         raise SystemExit(f"stage {stage} failed; see {log_dir / f'{stage}.log'}")
-    return {"seconds": seconds, "peak_mib": usage.ru_maxrss / 1024}
+    return {"seconds": seconds, "peak_mib": peak / 2**20}
 
 
 def encoder_throughput(sample: int) -> float:

@@ -1,12 +1,13 @@
 """Evaluate: the candidate model against the baselines, on the same split, in the same run.
 
 Warm protocol (time-based holdout): each user's training side is ranked as recommend ranks live
-users (same index, same seen-item exclusion, same fallback); relevant items are the user's
-held-out items not seen in training. Rankers: the model, most-popular, item-kNN and Spark ALS
+users (same index, same seen-item exclusion, same fallback) over the warm items; relevant items
+are the user's held-out items not seen in training. Rankers: the model, most-popular, item-kNN and Spark ALS
 (implicit), the last two tuned on the validation events (each user's last training event) and
 refit on all training events. Segments: all users, light users (at most 5 training events).
 Cold-item protocol: users rank only the cold items (whose every interaction was held out);
-rankers: the model (text-only vectors), a TF-IDF content baseline, random.
+rankers: the model (text-only vectors), a TF-IDF content baseline, random; plus the cold items'
+share of the model's served lists (cold items allowed) against their share of the catalogue.
 
 Metrics go to the candidate's MLflow run (``<ranker>.<metric>``, ``<ranker>.light.<metric>``,
 ``cold.<ranker>.<metric>``), the tables to ``evaluation.txt`` there and to
@@ -120,11 +121,18 @@ def run(settings: Settings, ds: str, model_version: str | None = None) -> dict[s
     val_exclude = [fit[u].indices for u in val_users]
     train_events = np.diff(full.indptr)
 
+    cold_ids = read_features(storage, "cold_items", ds)[ITEM_COL]
+    cold_idx = item_index.get_indexer(cold_ids)
+    cold_idx = np.sort(cold_idx[cold_idx >= 0])
+
     # --- warm protocol ---
+    # Cold items have no holdout events by construction: every ranker ranks the warm items only
+    # (they are evaluated in the cold protocol below), or a model that recommends new items
+    # would be penalised for it.
     relevant = relevant_items(holdout, users, item_index, seen_idx)
     scored = np.array([i for i, r in enumerate(relevant) if r], dtype=np.int64)
     relevant = [relevant[i] for i in scored]
-    exclude = [seen_idx[i] for i in scored]
+    exclude = [np.union1d(seen_idx[i], cold_idx) for i in scored]
     light = train_events[scored] <= LIGHT_USER_MAX_EVENTS
 
     searcher = index_searcher(load_item_index(storage, ds, mv.version))
@@ -133,6 +141,10 @@ def run(settings: Settings, ds: str, model_version: str | None = None) -> dict[s
     queries, fallback = user_queries(model, item_vectors, [history_idx[i] for i in scored], batch)
     _, model_lists = rec.rank_users(searcher, queries, exclude, popularity, depth, batch, fallback)
     lists = {"model": model_lists}
+    # What the served lists look like: cold items allowed (their share is reported below).
+    _, served_lists = rec.rank_users(
+        searcher, queries, [seen_idx[i] for i in scored], popularity, depth, batch, fallback
+    )
     champion = tracker.alias(CHAMPION)
     if champion is not None and champion.version != mv.version:
         champion_ranked = champion_lists(
@@ -174,9 +186,6 @@ def run(settings: Settings, ds: str, model_version: str | None = None) -> dict[s
         }
 
     # --- cold-item protocol ---
-    cold_ids = read_features(storage, "cold_items", ds)[ITEM_COL]
-    cold_idx = item_index.get_indexer(cold_ids)
-    cold_idx = np.sort(cold_idx[cold_idx >= 0])
     cold_results: dict[str, dict[str, float]] = {}
     cold_users = 0
     if len(cold_idx) > 10:
@@ -198,10 +207,9 @@ def run(settings: Settings, ds: str, model_version: str | None = None) -> dict[s
                 "random": random_scores,
             }
             cold_results = {name: cold_item_slice(s, cold_relevant, 10) for name, s in scores.items()}
-        cold_set = set(cold_idx.tolist())
-        for name, lst in lists.items():
-            cold_results.setdefault(name, {})[f"share_in_top_{depth}"] = share_of(lst, cold_set)
-        cold_results["catalogue"] = {f"share_in_top_{depth}": len(cold_idx) / n_items}
+        share = f"share_in_top_{depth}"
+        cold_results.setdefault("model", {})[share] = share_of(served_lists, set(cold_idx.tolist()))
+        cold_results["catalogue"] = {share: len(cold_idx) / n_items}
 
     flat = {f"{name}.{k}": v for name, m in results.items() for k, v in m.items()}
     flat |= {f"{name}.light.{k}": v for name, m in light_results.items() for k, v in m.items()}

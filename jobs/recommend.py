@@ -69,33 +69,43 @@ def run(settings: Settings, ds: str, model_version: str | None = None) -> dict[s
     histories = read_features(storage, "user_histories", ds).sort_values(USER_COL, kind="stable")
     popularity = popularity_vector(item_index, read_features(storage, "item_stats", ds))
 
-    history_idx = to_indices(item_index, histories[HISTORY_COL])
-    seen_idx = to_indices(item_index, histories[SEEN_COL])
-    queries, fallback = user_queries(model, item_vectors, history_idx, cfg.user_batch_size)
     rules = business_rules(settings, storage, ds, item_index)
-    scores, ids = rec.rank_users(
-        searcher, queries, seen_idx, popularity, cfg.top_n, cfg.user_batch_size, fallback, rules
-    )
-    reasons = rec.explain(item_vectors, history_idx, ids)
-    users = histories[USER_COL].to_numpy()
     items = item_index.to_numpy()
-    u, r, i, s, why = rec.ranked_rows(users, ids, scores, reasons)
-    reason_ids = np.where(why >= 0, items[why.clip(min=0)], None)
-    topn = rec.user_topn_table(u, r, items[i], s, mv.label, ds, reason_ids)
+    totals = {"users": 0, "fallback_users": 0, "user_rows": 0}
+
+    def user_topn_parts():
+        """The user table in parts of ``users_per_part`` users: memory stays bounded by one part."""
+        for start in range(0, len(histories), cfg.users_per_part):
+            part = histories.iloc[start : start + cfg.users_per_part]
+            history_idx = to_indices(item_index, part[HISTORY_COL])
+            seen_idx = to_indices(item_index, part[SEEN_COL])
+            queries, fallback = user_queries(model, item_vectors, history_idx, cfg.user_batch_size)
+            scores, ids = rec.rank_users(
+                searcher, queries, seen_idx, popularity, cfg.top_n, cfg.user_batch_size, fallback, rules
+            )
+            reasons = rec.explain(item_vectors, history_idx, ids)
+            u, r, i, s, why = rec.ranked_rows(part[USER_COL].to_numpy(), ids, scores, reasons)
+            reason_ids = np.where(why >= 0, items[why.clip(min=0)], None)
+            table = rec.user_topn_table(u, r, items[i], s, mv.label, ds, reason_ids)
+            totals["users"] += len(part)
+            totals["fallback_users"] += int(fallback.sum())
+            totals["user_rows"] += table.num_rows
+            yield table
+
+    outputs = {}
+    key = Storage.run_output("user_topn", ds)
+    parts = storage.work.replace_table_parts(key, user_topn_parts())
+    outputs["user_topn"] = storage.work.uri(key)
 
     sim_scores, sim_ids = rec.similar_items(searcher, retrieval_neighbours(item_vectors), cfg.similar_n, rules.blocked)
     a, r2, b, s2 = rec.ranked_rows(items, sim_ids, sim_scores)
     similar = rec.item_similar_table(a, r2, items[b], s2, mv.label, ds)
-
-    outputs = {}
-    for name, table in (("user_topn", topn), ("item_similar", similar)):
-        key = Storage.run_output(name, ds)
-        storage.work.replace_table(key, table)
-        outputs[name] = storage.work.uri(key)
+    key = Storage.run_output("item_similar", ds)
+    storage.work.replace_table(key, similar)
+    outputs["item_similar"] = storage.work.uri(key)
     summary = {
-        "users": len(users),
-        "fallback_users": int(fallback.sum()),
-        "user_rows": topn.num_rows,
+        **totals,
+        "user_parts": len(parts),
         "items": len(items),
         "item_rows": similar.num_rows,
         "blocked_items": int(rules.blocked.sum()),

@@ -123,6 +123,7 @@ class RecommendSettings:
     top_n: int
     similar_n: int
     user_batch_size: int
+    users_per_part: int
 
 
 @dataclass(frozen=True)

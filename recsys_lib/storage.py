@@ -102,6 +102,14 @@ class ObjectStore(ABC):
         tables = [pq.read_table(self._parquet_source(p), columns=columns) for p in parts]
         return pa.concat_tables(tables, promote_options="default") if len(tables) > 1 else tables[0]
 
+    def replace_table_parts(self, key: str, tables, **parquet_options) -> list[str]:
+        """Write an iterable of tables as the parts of ``key``, one at a time (so a generator
+        keeps one part in memory), then delete parts an earlier, larger run left behind."""
+        written = [self.write_table(key, t, part=n, **parquet_options) for n, t in enumerate(tables)]
+        for stale in set(self.parquet_parts(key)) - set(written):
+            self.delete_prefix(stale)
+        return written
+
     def replace_table(self, key: str, table: pa.Table, **parquet_options) -> str:
         """Write ``table`` as the only part under ``key`` (reruns leave no stale parts)."""
         written = self.write_table(key, table, **parquet_options)

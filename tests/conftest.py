@@ -42,6 +42,7 @@ TINY_TRAIN = {
     "spark.driver_memory": "1g",
     "recommend.top_n": 5,
     "recommend.similar_n": 4,
+    "recommend.users_per_part": 25,  # several parts even on tiny data
 }
 
 

@@ -34,6 +34,14 @@ def test_tables_roundtrip_and_replace(object_store):
         object_store.read_table("u")
 
 
+def test_replace_table_parts_writes_a_stream_and_drops_stale_parts(object_store):
+    object_store.replace_table_parts("t", (pa.table({"x": [n]}) for n in range(3)))
+    assert sorted(object_store.read_table("t").column("x").to_pylist()) == [0, 1, 2]
+    written = object_store.replace_table_parts("t", iter([pa.table({"x": [7]})]))  # a smaller rerun
+    assert object_store.parquet_parts("t") == written
+    assert object_store.read_table("t").column("x").to_pylist() == [7]
+
+
 def test_upload_download(object_store, tmp_path):
     src = tmp_path / "src.bin"
     src.write_bytes(b"x" * 1000)
