@@ -69,6 +69,7 @@ def run(settings: Settings, ds: str) -> dict[str, Any]:
     device = resolve_device(cfg.device)
     item_ids = pd.Index(documents[ITEM_COL])
     train_events, validation_events = build_validation(interactions, item_ids, settings.model.history_length)
+    validation_events = validation_events.sample(cfg.max_validation_users, cfg.seed)
     # Warm items get an ID embedding; the rest (cold, new) are known by their text alone.
     id_vocab = pd.Index(sorted(set(train_events[ITEM_COL]) & set(item_ids)), dtype=object)
     champion = None if cfg.full_retrain else tracker.alias(CHAMPION)

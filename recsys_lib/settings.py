@@ -88,6 +88,7 @@ class TrainSettings:
     max_steps: int
     refresh_every: int
     patience: int
+    max_validation_users: int
     learning_rate: float
     head_learning_rate: float
     id_learning_rate: float

@@ -58,6 +58,14 @@ class ValidationSet:
     def __len__(self) -> int:
         return len(self.target)
 
+    def sample(self, n: int, seed: int) -> "ValidationSet":
+        """At most ``n`` users, drawn with ``seed``: scoring every user against the whole
+        catalogue at each refresh costs users x items, too much at millions of each."""
+        if n <= 0 or len(self) <= n:
+            return self
+        rows = np.sort(np.random.default_rng(seed).choice(len(self), size=n, replace=False))
+        return ValidationSet(self.history[rows], self.target[rows], [self.exclude[r] for r in rows])
+
 
 def _sequences(interactions: pd.DataFrame, item_ids: pd.Index) -> pd.DataFrame:
     df = interactions.copy()

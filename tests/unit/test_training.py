@@ -41,6 +41,8 @@ def test_build_validation_holds_out_the_marked_event():
     assert validation.history.tolist() == [[PAD, 0, 1], [PAD, PAD, 1]]
     assert validation.target.tolist() == [2, 2]
     assert [e.tolist() for e in validation.exclude] == [[0, 1], [1]]
+    one = validation.sample(1, seed=0)
+    assert len(one) == 1 and one.target.tolist()[0] == 2 and validation.sample(5, seed=0) is validation
 
 
 @pytest.mark.slow
