@@ -3,7 +3,9 @@
 Writes under ``features/ds=<ds>/``:
   item_documents        item_id, title, categories, document, content_hash
   item_stats            item_id, n_interactions, n_users, last_ts (positives up to ds)
-  user_histories        user_id, history, history_ts, seen (everything up to ds: for serving)
+  user_histories        user_id, history, history_ts, seen, segment (everything up to ds: for
+                        serving; registered users without interactions have empty lists)
+  segment_popularity    segment, item_id, n_users, segment_users (the per-segment fallback)
   interactions_train    user_id, item_id, timestamp, weight, is_validation: positives before the
                         time-based holdout, cold items excluded; is_validation marks each user's
                         last training event (early stopping, baseline tuning)
@@ -33,6 +35,16 @@ def read_lake(spark, storage: Storage, entity: str, ds: str):
     )
 
 
+def read_users(spark, storage: Storage, ds: str):
+    """The latest row of every registered user up to ds (user_id, segment); none if no drop has
+    had a users file (users are an optional input)."""
+    from recsys_lib import features as fx
+
+    if not [d for d in storage.partitions(Storage.lake("users")) if d <= ds]:
+        return spark.createDataFrame([], f"{fx.USER_COL} string, {fx.SEGMENT_COL} string")
+    return fx.latest_rows(read_lake(spark, storage, "users", ds), fx.USER_COL).select(fx.USER_COL, fx.SEGMENT_COL)
+
+
 def run(settings: Settings, ds: str) -> dict[str, Any]:
     from pyspark.sql import functions as F
 
@@ -43,7 +55,7 @@ def run(settings: Settings, ds: str) -> dict[str, Any]:
     storage = Storage(settings)
     cfg = settings.features
 
-    items = fx.latest_items(read_lake(spark, storage, "items", ds))
+    items = fx.latest_rows(read_lake(spark, storage, "items", ds), fx.ITEM_COL)
     documents = fx.item_documents(items, cfg.max_tags_per_item)
 
     events = fx.dedupe_interactions(read_lake(spark, storage, "interactions", ds))
@@ -55,11 +67,13 @@ def run(settings: Settings, ds: str) -> dict[str, Any]:
     train_all = split.where(~F.col(fx.HOLDOUT_COL))
     train_pos = fx.positives(train_all, cfg.min_positive_rating)
     positives = fx.positives(events, cfg.min_positive_rating)
+    users = read_users(spark, storage, ds)
 
     tables = {
         "item_documents": documents.orderBy(fx.ITEM_COL),
         "item_stats": fx.item_stats(positives),
-        "user_histories": fx.user_histories(positives, events, cfg.max_history),
+        "user_histories": fx.with_registered_users(fx.user_histories(positives, events, cfg.max_history), users),
+        "segment_popularity": fx.segment_popularity(positives, users),
         "interactions_train": fx.mark_validation(fx.training_interactions(train_pos), cfg.min_user_interactions),
         "interactions_holdout": fx.training_interactions(
             fx.positives(split.where(F.col(fx.HOLDOUT_COL)), cfg.min_positive_rating)

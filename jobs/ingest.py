@@ -1,6 +1,7 @@
 """Ingest + validate (Spark): raw drops for ds -> typed lake partitions + quarantine.
 
-Reads every CSV / Parquet / JSON-lines file under ``raw/{items,interactions}/ds=<ds>/``.
+Reads every CSV / Parquet / JSON-lines file under ``raw/{items,interactions,users}/ds=<ds>/``
+(users are optional: registered users and their segments).
 Rejected rows land in ``quarantine/<entity>/ds=<ds>`` with a reason; a file whose rejected share
 is over ``ingest.max_reject_fraction`` stops the run before the lake is touched. Rerunning a ds
 overwrites its own partitions, so the stage is idempotent.
@@ -21,6 +22,7 @@ from recsys_lib.validate import (
     summarize_rejects,
     validate_interactions,
     validate_items,
+    validate_users,
 )
 
 log = logging.getLogger(__name__)
@@ -113,6 +115,16 @@ def run(settings: Settings, ds: str) -> dict[str, Any]:
     raw_interactions.unpersist()
     if raw_items is not None:
         raw_items.unpersist()
+
+    raw_users = read_raw_drop(spark, storage, "users", ds)
+    if raw_users is not None:
+        raw_users = raw_users.persist()
+        valid_users, rejected_users = validate_users(raw_users, ds)
+        summary["users"] = _check_and_write(storage, "users", ds, raw_users, valid_users, rejected_users, settings)
+        raw_users.unpersist()
+    else:
+        # A rerun of ds whose users file was withdrawn: drop any partition an earlier run left.
+        storage.work.delete_prefix(Storage.lake_partition("users", ds) + "/")
     return summary
 
 

@@ -2,7 +2,8 @@
 
 Reads user histories up to ds, the model's user tower, the item vectors and the index; writes
 ``runs/ds=<ds>/{user_topn, item_similar}``. Seen items are excluded; users without a usable
-history get the most popular items they have not seen. Business rules (``[rules]``: blocked
+history get the most popular items they have not seen, of their segment where the optional
+users input gives one (``rules.fallback_by_segment``). Business rules (``[rules]``: blocked
 items, new-item boost, minimum score, category cap) apply before the lists are cut to N.
 """
 
@@ -58,7 +59,7 @@ def run(settings: Settings, ds: str, model_version: str | None = None) -> dict[s
     from jobs.build_index import load_item_index
     from recsys_lib import recommend as rec
     from recsys_lib.models.two_tower import retrieval_neighbours
-    from recsys_lib.schema import HISTORY_COL, SEEN_COL, USER_COL
+    from recsys_lib.schema import HISTORY_COL, SEEN_COL, SEGMENT_COL, USER_COL
 
     storage, tracker, mv = open_stage(settings, model_version)
     cfg = settings.recommend
@@ -70,8 +71,13 @@ def run(settings: Settings, ds: str, model_version: str | None = None) -> dict[s
     popularity = popularity_vector(item_index, read_features(storage, "item_stats", ds))
 
     rules = business_rules(settings, storage, ds, item_index)
+    by_segment = None
+    if settings.rules.fallback_by_segment:
+        by_segment = rec.SegmentPopularity.from_frame(
+            read_features(storage, "segment_popularity", ds), item_index, popularity, settings.rules.min_segment_users
+        )
     items = item_index.to_numpy()
-    totals = {"users": 0, "fallback_users": 0, "user_rows": 0}
+    totals = {"users": 0, "fallback_users": 0, "segment_fallback_users": 0, "user_rows": 0}
 
     def user_topn_parts():
         """The user table in parts of ``users_per_part`` users: memory stays bounded by one part."""
@@ -81,14 +87,17 @@ def run(settings: Settings, ds: str, model_version: str | None = None) -> dict[s
             seen_idx = to_indices(item_index, part[SEEN_COL])
             queries, fallback = user_queries(model, item_vectors, history_idx, cfg.user_batch_size)
             scores, ids = rec.rank_users(
-                searcher, queries, seen_idx, popularity, cfg.top_n, cfg.user_batch_size, fallback, rules
-            )
+                searcher, queries, seen_idx, popularity, cfg.top_n, cfg.user_batch_size, fallback, rules,
+                segments=part[SEGMENT_COL].to_numpy(dtype=object), segment_popularity=by_segment,
+            )  # fmt: skip
             reasons = rec.explain(item_vectors, history_idx, ids)
             u, r, i, s, why = rec.ranked_rows(part[USER_COL].to_numpy(), ids, scores, reasons)
             reason_ids = np.where(why >= 0, items[why.clip(min=0)], None)
             table = rec.user_topn_table(u, r, items[i], s, mv.label, ds, reason_ids)
             totals["users"] += len(part)
             totals["fallback_users"] += int(fallback.sum())
+            if by_segment is not None:
+                totals["segment_fallback_users"] += sum(seg in by_segment for seg in part[SEGMENT_COL][fallback])
             totals["user_rows"] += table.num_rows
             yield table
 

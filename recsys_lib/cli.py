@@ -1,6 +1,6 @@
 """The ``recsys`` command.
 
-recsys run --interactions FILE --items FILE --output DIR_OR_URI [--ds DATE] [--config FILE]
+recsys run --interactions FILE --items FILE [--users FILE] --output DIR_OR_URI [--ds DATE] [--config FILE]
 recsys land-sample --ds DATE          stage the bundled MovieLens sample as that day's raw drop
 recsys show [--users N]               the published tables, and a few users' history and top-10
 recsys versions                       the published versions kept, the live one marked
@@ -35,8 +35,9 @@ def cmd_land_sample(args: argparse.Namespace) -> None:
     from recsys_lib.storage import Storage
 
     settings = load_settings(config_file=args.config)
-    interactions, items = movielens.load(args.source or movielens.BUNDLED_SAMPLE)
-    written = land_raw_drop(Storage(settings), args.ds, interactions, items)
+    folder = args.source or movielens.BUNDLED_SAMPLE
+    interactions, items = movielens.load(folder)
+    written = land_raw_drop(Storage(settings), args.ds, interactions, items, users=movielens.load_users(folder))
     print(f"Landed {len(interactions):,} interactions and {len(items):,} items as the raw drop of {args.ds}:")
     for entity, uri in written.items():
         print(f"  {entity}: {uri}")
@@ -57,12 +58,14 @@ def cmd_run(args: argparse.Namespace) -> None:
     env = {**os.environ, "RECSYS_DATA_ROOT": data_root}
     settings = load_settings(config_file=args.config, overrides={"storage.publish_root": output}, env=env)
     storage = Storage(settings)
-    for entity, path in (("interactions", args.interactions), ("items", args.items)):
+    for entity, path in (("interactions", args.interactions), ("items", args.items), ("users", args.users)):
+        prefix = Storage.raw(entity, args.ds)
+        storage.work.delete_prefix(prefix + "/")
+        if path is None:
+            continue
         source = Path(path).expanduser()
         if not source.is_file():
             raise SystemExit(f"recsys run: --{entity} {path}: no such file")
-        prefix = Storage.raw(entity, args.ds)
-        storage.work.delete_prefix(prefix + "/")
         storage.work.upload(source, f"{prefix}/{source.name}")
     params = {"full_retrain": True} if args.full_retrain else None
     results = run_all(settings, args.ds, params)
@@ -160,34 +163,40 @@ def _natural(value: str):
 
 
 def cmd_movielens(args: argparse.Namespace) -> None:
-    from recsys_lib.data import movielens, to_bytes
+    from recsys_lib.data import movielens
 
     folder = Path(args.source) if args.source else movielens.download(args.release, args.dest)
     interactions, items = movielens.load(folder)
-    dest = Path(args.dest)
-    dest.mkdir(parents=True, exist_ok=True)
-    for name, frame in (("interactions", interactions), ("items", items)):
-        (dest / f"{name}.{args.format}").write_bytes(to_bytes(frame, args.format))
-    print(
-        f"MovieLens from {folder} in the input contract: {dest}/interactions.{args.format} "
-        f"({len(interactions):,} rows), {dest}/items.{args.format} ({len(items):,} rows)"
+    _write_frames(
+        Path(args.dest), args.format, interactions=interactions, items=items, users=movielens.load_users(folder)
     )
+    print(f"MovieLens from {folder} in the input contract")
 
 
 def cmd_synthetic(args: argparse.Namespace) -> None:
-    from recsys_lib.data import synthetic, to_bytes
+    from recsys_lib.data import synthetic
 
-    interactions, items = synthetic.generate(
-        n_users=args.users, n_items=args.items, interactions_per_user=args.per_user, seed=args.seed
+    data = synthetic.generate_dataset(
+        n_users=args.users,
+        n_items=args.items,
+        interactions_per_user=args.per_user,
+        seed=args.seed,
+        new_users=args.new_users,
     )
-    dest = Path(args.dest)
+    _write_frames(Path(args.dest), args.format, interactions=data.interactions, items=data.items, users=data.users)
+    print(f"Latest event on {synthetic.last_day(data.interactions)} (use it as --ds)")
+
+
+def _write_frames(dest: Path, fmt: str, **frames) -> None:
+    """Contract frames as ``dest/<name>.<fmt>`` (None frames are skipped), listed on stdout."""
+    from recsys_lib.data import to_bytes
+
     dest.mkdir(parents=True, exist_ok=True)
-    for name, frame in (("interactions", interactions), ("items", items)):
-        (dest / f"{name}.{args.format}").write_bytes(to_bytes(frame, args.format))
-    print(
-        f"{len(interactions):,} interactions and {len(items):,} items in {dest} ({args.format}); "
-        f"latest event on {synthetic.last_day(interactions)} (use it as --ds)"
-    )
+    for name, frame in frames.items():
+        if frame is None:
+            continue
+        (dest / f"{name}.{fmt}").write_bytes(to_bytes(frame, fmt))
+        print(f"  {dest / f'{name}.{fmt}'}: {len(frame):,} rows")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -197,6 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run the whole pipeline on your own files")
     p.add_argument("--interactions", required=True, help="CSV / Parquet / JSON-lines file")
     p.add_argument("--items", required=True, help="CSV / Parquet / JSON-lines file")
+    p.add_argument("--users", help="optional: registered users and their segments (same formats)")
     p.add_argument("--output", required=True, help="where to publish: a directory or s3://bucket/prefix")
     p.add_argument(
         "--ds",
@@ -245,6 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--items", type=int, default=1000)
     p.add_argument("--per-user", type=float, default=20.0, help="mean interactions per user")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--new-users", type=int, default=0, help="registered users without interactions (users file)")
     p.add_argument("--format", choices=("csv", "parquet", "jsonl"), default="parquet")
     p.add_argument("--dest", required=True)
     p.set_defaults(func=cmd_synthetic)

@@ -21,6 +21,7 @@ from recsys_lib.schema import (
     ITEM_COL,
     RATING_COL,
     SEEN_COL,
+    SEGMENT_COL,
     TAGS_COL,
     TIMESTAMP_COL,
     TITLE_COL,
@@ -35,10 +36,10 @@ HASH_BUCKETS = 10_000
 SPLITS = ("user_chrono", "global_time")
 
 
-def latest_items(items: DataFrame) -> DataFrame:
-    """One row per item: the latest version by (updated_at, ds) across catalogue drops."""
-    w = Window.partitionBy(ITEM_COL).orderBy(F.col(UPDATED_AT_COL).desc_nulls_last(), F.col(DS_COL).desc())
-    return items.withColumn("_n", F.row_number().over(w)).where("_n = 1").drop("_n", DS_COL)
+def latest_rows(rows: DataFrame, key: str) -> DataFrame:
+    """One row per ``key`` (items, users): the latest version by (updated_at, ds) across drops."""
+    w = Window.partitionBy(key).orderBy(F.col(UPDATED_AT_COL).desc_nulls_last(), F.col(DS_COL).desc())
+    return rows.withColumn("_n", F.row_number().over(w)).where("_n = 1").drop("_n", DS_COL)
 
 
 def item_documents(items: DataFrame, max_tags: int = 10) -> DataFrame:
@@ -156,6 +157,30 @@ def user_histories(positives: DataFrame, seen_from: DataFrame, max_history: int)
         F.coalesce(HISTORY_TS_COL, F.array().cast("array<bigint>")).alias(HISTORY_TS_COL),
         SEEN_COL,
     )
+
+
+def with_registered_users(histories: DataFrame, users: DataFrame) -> DataFrame:
+    """Add each user's segment (null if unknown) to ``user_histories`` rows, and a row with an
+    empty history for every registered user without interactions: they are active users too,
+    served the (segment's) popularity fallback."""
+    empty = F.array().cast("array<string>")
+    return histories.join(users.select(USER_COL, SEGMENT_COL), USER_COL, "full").select(
+        USER_COL,
+        F.coalesce(HISTORY_COL, empty).alias(HISTORY_COL),
+        F.coalesce(HISTORY_TS_COL, F.array().cast("array<bigint>")).alias(HISTORY_TS_COL),
+        F.coalesce(SEEN_COL, empty).alias(SEEN_COL),
+        SEGMENT_COL,
+    )
+
+
+def segment_popularity(positives: DataFrame, users: DataFrame) -> DataFrame:
+    """Per (segment, item): distinct users of the segment who interacted with the item, and the
+    segment's number of users with any interaction (``segment_users``)."""
+    members = users.where(F.col(SEGMENT_COL).isNotNull()).select(USER_COL, SEGMENT_COL)
+    events = positives.select(USER_COL, ITEM_COL).join(members, USER_COL)
+    sizes = events.groupBy(SEGMENT_COL).agg(F.countDistinct(USER_COL).alias("segment_users"))
+    counts = events.groupBy(SEGMENT_COL, ITEM_COL).agg(F.countDistinct(USER_COL).alias("n_users"))
+    return counts.join(sizes, SEGMENT_COL).orderBy(SEGMENT_COL, ITEM_COL)
 
 
 def item_stats(interactions: DataFrame) -> DataFrame:

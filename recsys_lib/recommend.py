@@ -1,15 +1,18 @@
 """Ranking rules for the top-N tables, in numpy: seen-item exclusion, popularity fallback for
-users without history, item-to-item neighbours. Catalogue items are addressed by their row
-index in the embeddings table; -1 pads a row that has fewer than N items.
+users without history (per segment when users have one), item-to-item neighbours. Catalogue
+items are addressed by their row index in the embeddings table; -1 pads a row that has fewer
+than N items.
 
 Tests: tests/unit/test_recommend.py (hand-written vectors, exact expected rankings).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 
 from recsys_lib.rules import BusinessRules
@@ -104,6 +107,42 @@ def popular_unseen(
     peak = popularity.max() if len(popularity) and popularity.max() > 0 else 1.0
     scores = np.broadcast_to((popularity[order[:k]] / peak).astype(np.float32), (len(seen), k))
     return _finish(np.array(scores), np.array(top), seen, n, rules)
+
+
+@dataclass(frozen=True)
+class SegmentPopularity:
+    """Per-segment popularity for the cold-user fallback.
+
+    Kept sparse (segment -> catalogue indices, counts); the dense vector of a segment is built
+    only while its users are ranked. Global popularity, scaled below one user, breaks ties and
+    ranks the items nobody of the segment has touched.
+    """
+
+    counts: dict[str, tuple[np.ndarray, np.ndarray]]
+    base: np.ndarray  # [n_items] global popularity
+
+    def __contains__(self, segment) -> bool:
+        return segment in self.counts
+
+    def vector(self, segment: str) -> np.ndarray:
+        v = self.base / (self.base.max(initial=0.0) + 1.0)
+        idx, n = self.counts[segment]
+        v[idx] += n
+        return v
+
+    @classmethod
+    def from_frame(
+        cls, frame: pd.DataFrame, item_index: pd.Index, base: np.ndarray, min_users: int
+    ) -> "SegmentPopularity":
+        """From ``segment_popularity`` feature rows (segment, item_id, n_users, segment_users);
+        segments with fewer than ``min_users`` users are left to the global fallback."""
+        frame = frame[frame["segment_users"] >= min_users]
+        pos = item_index.get_indexer(frame["item_id"])
+        frame, pos = frame[pos >= 0], pos[pos >= 0]
+        counts = {}
+        for segment, rows in frame.groupby("segment", sort=True).indices.items():
+            counts[segment] = (pos[rows], frame["n_users"].to_numpy(np.float64)[rows])
+        return cls(counts, np.asarray(base, np.float64))
 
 
 def top_up(
@@ -227,6 +266,8 @@ def rank_users(
     batch_size: int,
     fallback: np.ndarray,
     rules: BusinessRules | None = None,
+    segments: np.ndarray | None = None,
+    segment_popularity: SegmentPopularity | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top-``n`` per user: the model for most users, popularity for the ``fallback`` ones.
 
@@ -237,6 +278,8 @@ def rank_users(
             rules left short).
         fallback: [u] bool, True for users without a usable history.
         rules: business rules applied to every list before it is cut to ``n``.
+        segments: [u] each user's segment (None where unknown); fallback users of a segment in
+            ``segment_popularity`` get their segment's popular items, the others global ones.
     Returns:
         (scores [u, n], ids [u, n]).
     """
@@ -252,9 +295,20 @@ def rank_users(
         if rules is not None and rules.drops_candidates:
             s, i = top_up(s, i, popularity, batch_seen, rules)
         scores[rows], ids[rows] = s, i
-    cold = np.flatnonzero(fallback)
-    for start in range(0, len(cold), batch_size):
-        rows = cold[start : start + batch_size]
-        s, i = popular_unseen(popularity, [seen[r] for r in rows], n, rules)
-        scores[rows], ids[rows] = s, i
+    for group, counts in _fallback_groups(np.flatnonzero(fallback), popularity, segments, segment_popularity):
+        for start in range(0, len(group), batch_size):
+            rows = group[start : start + batch_size]
+            scores[rows], ids[rows] = popular_unseen(counts, [seen[r] for r in rows], n, rules)
     return scores, ids
+
+
+def _fallback_groups(rows, popularity, segments, segment_popularity):
+    """(fallback rows, the popularity they are ranked by): one group per known segment, lazily."""
+    if segments is None or segment_popularity is None or not segment_popularity.counts:
+        yield rows, popularity
+        return
+    keys = np.asarray(segments, dtype=object)[rows]
+    known = np.fromiter((k in segment_popularity for k in keys), dtype=bool, count=len(rows))
+    yield rows[~known], popularity
+    for segment in sorted(set(keys[known])):
+        yield rows[keys == segment], segment_popularity.vector(segment)

@@ -3,6 +3,8 @@
 Input contract (any of CSV with a header, Parquet, JSON lines):
   interactions: user_id, item_id, timestamp [, event_type] [, weight | rating]
   items:        item_id, title [, description] [, categories] [, tags] [, updated_at]
+  users:        user_id [, segment] [, updated_at]      (optional: registered users and the
+                segment whose popular items a user without history is served)
 ``timestamp``/``updated_at`` are epoch seconds or ISO-8601; ``categories``/``tags`` are lists or
 strings separated by ``|`` (``,`` and ``;`` are accepted too).
 Tests: tests/unit/test_validate.py, tests/unit/test_publish.py.
@@ -24,6 +26,7 @@ DESCRIPTION_COL = "description"
 CATEGORIES_COL = "categories"
 TAGS_COL = "tags"
 UPDATED_AT_COL = "updated_at"
+SEGMENT_COL = "segment"
 
 DS_COL = "ds"
 REASON_COL = "reason"
@@ -66,7 +69,8 @@ ITEMS = Entity(
     required=(ITEM_COL, TITLE_COL),
     optional=(DESCRIPTION_COL, CATEGORIES_COL, TAGS_COL, UPDATED_AT_COL),
 )
-ENTITIES = {e.name: e for e in (INTERACTIONS, ITEMS)}
+USERS = Entity("users", required=(USER_COL,), optional=(SEGMENT_COL, UPDATED_AT_COL))
+ENTITIES = {e.name: e for e in (INTERACTIONS, ITEMS, USERS)}
 
 # Output tables: the product downstream systems read.
 USER_TOPN_SCHEMA = pa.schema(

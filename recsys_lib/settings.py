@@ -148,6 +148,8 @@ class RulesSettings:
     new_item_boost: float
     min_score: float | None
     max_per_category: int
+    fallback_by_segment: bool
+    min_segment_users: int
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from recsys_lib.schema import (
     ITEM_COL,
     RATING_COL,
     REASON_COL,
+    SEGMENT_COL,
     SOURCE_FILE_COL,
     TAGS_COL,
     TIMESTAMP_COL,
@@ -158,20 +159,8 @@ def validate_items(raw: DataFrame, ds: str) -> tuple[DataFrame, DataFrame]:
     A drop may list an item more than once; the row with the latest ``updated_at`` wins and the
     others are rejected as superseded.
     """
-    updated = parse_time(F.col(UPDATED_AT_COL))
-    df = raw.withColumn("_updated_at", updated)
-    rules = [
-        (F.col(ITEM_COL).isNull(), "item_id: missing"),
-        (F.col(TITLE_COL).isNull(), "title: missing"),
-        (
-            F.col(UPDATED_AT_COL).isNotNull() & F.col("_updated_at").isNull(),
-            "updated_at: not epoch seconds or ISO-8601",
-        ),
-        (F.col("_updated_at") >= F.lit(day_end(ds)), f"updated_at: after the logical date {ds}"),
-    ]
-    df = df.withColumn(REASON_COL, _first_failure(rules))
-    latest_first = [F.col("_updated_at").desc_nulls_last(), F.col(SOURCE_FILE_COL).desc()]
-    df = _reject_repeats(df, [ITEM_COL], latest_first, "item_id: superseded by a later row for the same item")
+    required = [(F.col(ITEM_COL).isNull(), "item_id: missing"), (F.col(TITLE_COL).isNull(), "title: missing")]
+    df = _latest_version_wins(raw, ds, ITEM_COL, "item", required)
     valid = df.where(F.col(REASON_COL).isNull()).select(
         F.col(ITEM_COL),
         F.col(TITLE_COL),
@@ -181,6 +170,34 @@ def validate_items(raw: DataFrame, ds: str) -> tuple[DataFrame, DataFrame]:
         F.col("_updated_at").alias(UPDATED_AT_COL),
     )
     return valid, _rejected(df, "items", ds)
+
+
+def validate_users(raw: DataFrame, ds: str) -> tuple[DataFrame, DataFrame]:
+    """Split string-typed user rows into (valid typed rows, rejected rows with a reason).
+
+    As with items, the latest row (by ``updated_at``) of a user listed twice wins.
+    """
+    df = _latest_version_wins(raw, ds, USER_COL, "user", [(F.col(USER_COL).isNull(), "user_id: missing")])
+    valid = df.where(F.col(REASON_COL).isNull()).select(
+        F.col(USER_COL), F.col(SEGMENT_COL), F.col("_updated_at").alias(UPDATED_AT_COL)
+    )
+    return valid, _rejected(df, "users", ds)
+
+
+def _latest_version_wins(raw: DataFrame, ds: str, key: str, noun: str, required: list) -> DataFrame:
+    """Rows of a versioned entity (items, users) with a reason: the ``required`` rules, a valid
+    ``updated_at`` not after ds, and, per ``key``, only the latest row (by updated_at) valid."""
+    df = raw.withColumn("_updated_at", parse_time(F.col(UPDATED_AT_COL)))
+    rules = required + [
+        (
+            F.col(UPDATED_AT_COL).isNotNull() & F.col("_updated_at").isNull(),
+            "updated_at: not epoch seconds or ISO-8601",
+        ),
+        (F.col("_updated_at") >= F.lit(day_end(ds)), f"updated_at: after the logical date {ds}"),
+    ]
+    df = df.withColumn(REASON_COL, _first_failure(rules))
+    latest_first = [F.col("_updated_at").desc_nulls_last(), F.col(SOURCE_FILE_COL).desc()]
+    return _reject_repeats(df, [key], latest_first, f"{key}: superseded by a later row for the same {noun}")
 
 
 def _reject_repeats(df: DataFrame, key: list[str], order: list[Column], reason: str) -> DataFrame:

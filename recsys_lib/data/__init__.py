@@ -16,13 +16,19 @@ FORMATS = ("csv", "parquet", "jsonl")
 
 
 def land_raw_drop(
-    storage: Storage, ds: str, interactions: pd.DataFrame, items: pd.DataFrame | None, fmt: str = "csv"
+    storage: Storage,
+    ds: str,
+    interactions: pd.DataFrame,
+    items: pd.DataFrame | None,
+    fmt: str = "csv",
+    users: pd.DataFrame | None = None,
 ) -> dict[str, str]:
-    """Write contract-shaped frames as the raw drop of ``ds``, replacing any earlier drop of ds."""
+    """Write contract-shaped frames as the raw drop of ``ds``, replacing any earlier drop of ds
+    (an entity passed as None has no file in the new drop)."""
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
     written = {}
-    for entity, frame in (("interactions", interactions), ("items", items)):
+    for entity, frame in (("interactions", interactions), ("items", items), ("users", users)):
         prefix = Storage.raw(entity, ds)
         storage.work.delete_prefix(prefix + "/")
         if frame is None:

@@ -4,7 +4,8 @@ Supports the CSV releases (latest-small, latest, 20m, 25m, 32m), the ``::`` rele
 and 100k. ``download`` fetches a release for users who are online; the pipeline itself never
 needs the network (the demo sample ships in ``data/movielens-latest-small``).
 Ratings become interactions with ``event_type = "rating"``; genres become categories; tags are
-the most used free-text tags of each movie.
+the most used free-text tags of each movie. The releases with demographics (100k, 1m) also give
+users, segmented by gender and age group (e.g. ``F-25``) for the cold-user fallback.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import urllib.request
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from recsys_lib.schema import (
@@ -21,6 +23,7 @@ from recsys_lib.schema import (
     EVENT_TYPE_COL,
     ITEM_COL,
     RATING_COL,
+    SEGMENT_COL,
     TAGS_COL,
     TIMESTAMP_COL,
     TITLE_COL,
@@ -92,6 +95,28 @@ def load(folder: str | Path, max_tags: int = 10) -> tuple[pd.DataFrame, pd.DataF
     else:
         raise FileNotFoundError(f"{folder}: no ratings.csv, ratings.dat or u.data (not a MovieLens folder)")
     return to_interactions(ratings), to_items(movies, tags, max_tags)
+
+
+# The age groups of the 1m release (lower bounds): under 18, 18-24, 25-34, ..., 56+.
+AGE_GROUPS = (1, 18, 25, 35, 45, 50, 56)
+
+
+def load_users(folder: str | Path) -> pd.DataFrame | None:
+    """Users with a ``gender-age group`` segment, for the releases that have demographics; None
+    for the others (the CSV releases have no user attributes)."""
+    folder = Path(folder)
+    if (folder / "users.dat").exists():
+        raw = _read_dat(folder / "users.dat", ["userId", "gender", "age", "occupation", "zip"])
+    elif (folder / "u.user").exists():
+        raw = pd.read_csv(folder / "u.user", sep="|", names=["userId", "age", "gender", "occupation", "zip"])
+    else:
+        return None
+    groups = np.asarray(AGE_GROUPS)
+    group = groups[np.searchsorted(groups, raw["age"].to_numpy(), side="right") - 1].clip(min=groups[0])
+    return pd.DataFrame({
+        USER_COL: raw["userId"].astype(str),
+        SEGMENT_COL: raw["gender"].astype(str).str.upper() + "-" + pd.Series(group, index=raw.index).astype(str),
+    })
 
 
 def _read_dat(path: Path, names: list[str]) -> pd.DataFrame:

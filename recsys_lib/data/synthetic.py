@@ -2,11 +2,14 @@
 
 Items belong to topics; an item's title, categories and tags are drawn from its topic's words, so
 text carries the same signal as behaviour. Users prefer a few topics; within a topic, items are
-picked with Zipf-like popularity. Same seed, same frames. Vectorised: a million users and items
+picked with Zipf-like popularity. A user's segment (the optional users input) is their favourite
+topic, so a segment's popular items differ from the global ones. Same seed, same frames. Vectorised: a million users and items
 take seconds.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -17,6 +20,7 @@ from recsys_lib.schema import (
     EVENT_TYPE_COL,
     ITEM_COL,
     RATING_COL,
+    SEGMENT_COL,
     TAGS_COL,
     TIMESTAMP_COL,
     TITLE_COL,
@@ -33,6 +37,13 @@ def _words(rng: np.random.Generator, n: int) -> list[str]:
     return ["".join(p) for p in parts]
 
 
+@dataclass(frozen=True)
+class SyntheticDataset:
+    interactions: pd.DataFrame
+    items: pd.DataFrame
+    users: pd.DataFrame  # user_id, segment: every user with interactions, then the new ones
+
+
 def generate(
     n_users: int = 1000,
     n_items: int = 500,
@@ -41,13 +52,28 @@ def generate(
     seed: int = 0,
     days: int = 30,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Return (interactions, items) frames in the input contract.
+    """(interactions, items) frames in the input contract; see ``generate_dataset``."""
+    data = generate_dataset(n_users, n_items, interactions_per_user, n_topics, seed, days)
+    return data.interactions, data.items
+
+
+def generate_dataset(
+    n_users: int = 1000,
+    n_items: int = 500,
+    interactions_per_user: float = 20.0,
+    n_topics: int = 12,
+    seed: int = 0,
+    days: int = 30,
+    new_users: int = 0,
+) -> SyntheticDataset:
+    """Interactions, items and users in the input contract.
 
     Args:
         n_users, n_items: sizes; every item gets a topic, a title, categories and tags.
         interactions_per_user: mean events per user (at least 1 each).
         n_topics: number of latent topics shared by text and behaviour.
         days: events are spread over this many days before ``START_EPOCH + days``.
+        new_users: users registered with a segment but no interaction yet (cold users).
     """
     rng = np.random.default_rng(seed)
     topic_names = _words(rng, n_topics)
@@ -103,7 +129,13 @@ def generate(
         EVENT_TYPE_COL: "view",
         RATING_COL: rng.integers(1, 6, size=len(frame)).astype(float),
     }).reset_index(drop=True)
-    return interactions, items
+    # New users draw their segment from their own generator, so the other frames stay the same.
+    new_topic = np.random.default_rng([seed, 1]).integers(0, n_topics, size=new_users)
+    users = pd.DataFrame({
+        USER_COL: [f"u{u}" for u in range(n_users + new_users)],
+        SEGMENT_COL: [topic_names[t] for t in np.concatenate([fav[:, 0], new_topic])],
+    })
+    return SyntheticDataset(interactions, items, users)
 
 
 def last_day(interactions: pd.DataFrame) -> str:

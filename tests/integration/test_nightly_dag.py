@@ -34,13 +34,16 @@ def airflow(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess
 def nightly(tmp_path_factory, tiny_encoder):
     """Land a synthetic drop, run the DAG twice for the same ds; yields what the test needs."""
     base = tmp_path_factory.mktemp("nightly")
-    overrides = {**TINY_TRAIN, "model.encoder": str(tiny_encoder)}
+    # Segments of about five users: a small minimum so that they get a fallback of their own.
+    overrides = {"model.encoder": str(tiny_encoder), "rules.min_segment_users": 2}
     config = base / "settings.toml"
-    config.write_text(settings_toml(overrides))
-    settings = make_settings(base / "data", **{"model.encoder": str(tiny_encoder)})
-    interactions, items = synthetic.generate(n_users=60, n_items=50, interactions_per_user=8, seed=11)
+    config.write_text(settings_toml({**TINY_TRAIN, **overrides}))
+    settings = make_settings(base / "data", **overrides)
+    # 60 users with interactions and 4 registered ones without any (cold users).
+    data = synthetic.generate_dataset(n_users=60, n_items=50, interactions_per_user=8, seed=11, new_users=4)
+    interactions = data.interactions
     ds = synthetic.last_day(interactions)
-    land_raw_drop(Storage(settings), ds, interactions, items)
+    land_raw_drop(Storage(settings), ds, interactions, data.items, users=data.users)
     env = {
         **os.environ,
         "AIRFLOW_HOME": str(base / "airflow"),
@@ -63,6 +66,7 @@ def nightly(tmp_path_factory, tiny_encoder):
         "ds": ds,
         "runs": runs,
         "interactions": interactions,
+        "users": data.users,
         "refused": refused,
         "live_before_refusal": live,
     }
@@ -92,10 +96,26 @@ def test_published_user_topn_honours_the_contract(nightly):
     raw = nightly["interactions"]
     seen = set(zip(raw[USER_COL], raw[ITEM_COL]))
     assert not any((u, i) in seen for u, i in zip(df[USER_COL], df[ITEM_COL]))
-    # Every user with history is covered.
-    assert set(df[USER_COL]) == set(raw[USER_COL])
+    # Every user is covered: those with history and the registered ones without.
+    assert set(df[USER_COL]) == set(raw[USER_COL]) | set(nightly["users"][USER_COL])
     assert np.isfinite(df["score"]).all() and (df["ds"] == ds).all()
     assert set(df["model_version"]) == {manifest["model_version"]}
+
+
+def test_cold_users_get_their_segments_popular_items(nightly):
+    raw, users = nightly["interactions"], nightly["users"]
+    cold = users[~users[USER_COL].isin(raw[USER_COL])]
+    assert len(cold) == 4
+    segment_of = dict(zip(users[USER_COL], users["segment"]))
+    tables = PublishedTables.from_settings(nightly["settings"])
+    for user, segment in zip(cold[USER_COL], cold["segment"]):
+        members = raw[raw[USER_COL].map(segment_of) == segment]
+        counts = members.groupby(ITEM_COL)[USER_COL].nunique()
+        recs = tables.recommendations_for(user)
+        assert recs["rank"].tolist() == [1, 2, 3, 4, 5] and recs["reason_item_id"].isna().all()
+        # The segment's most popular items, best first (ties may resolve either way).
+        got = [int(counts.get(item, 0)) for item in recs[ITEM_COL]]
+        assert got == sorted(counts.tolist(), reverse=True)[:5], (user, segment)
 
 
 def test_published_item_to_item_table(nightly):
@@ -138,7 +158,7 @@ def test_rerunning_the_same_day_is_idempotent(nightly):
     assert storage.published.list_dirs("versions") == [PublishedTables.from_settings(settings).manifest()["version"]]
     assert Tracker(settings).alias(CHAMPION).version == "1"
     histories = storage.work.read_table(Storage.features("user_histories", nightly["ds"])).to_pandas()
-    assert histories[USER_COL].is_unique and len(histories[SEEN_COL]) == 60
+    assert histories[USER_COL].is_unique and len(histories[SEEN_COL]) == 64
     lake = storage.partitions(Storage.lake("interactions"))
     assert lake == [nightly["ds"]]
 

@@ -1,5 +1,5 @@
-"""``recsys run`` on files in the input contract (Parquet interactions, JSON-lines items), in a
-fresh process, publishing to a directory: the bring-your-own-data path end to end.
+"""``recsys run`` on files in the input contract (Parquet interactions, JSON-lines items, CSV
+users), in a fresh process, publishing to a directory: the bring-your-own-data path end to end.
 """
 
 from __future__ import annotations
@@ -20,9 +20,11 @@ pytestmark = [pytest.mark.slow, pytest.mark.spark]
 
 
 def test_recsys_run_publishes_tables_for_every_user(tmp_path, tiny_encoder):
-    interactions, items = synthetic.generate(n_users=40, n_items=30, interactions_per_user=8, seed=5)
+    data = synthetic.generate_dataset(n_users=40, n_items=30, interactions_per_user=8, seed=5, new_users=2)
+    interactions = data.interactions
     (tmp_path / "events.parquet").write_bytes(to_bytes(interactions, "parquet"))
-    (tmp_path / "catalogue.jsonl").write_bytes(to_bytes(items, "jsonl"))
+    (tmp_path / "catalogue.jsonl").write_bytes(to_bytes(data.items, "jsonl"))
+    (tmp_path / "users.csv").write_bytes(to_bytes(data.users, "csv"))
     config = tmp_path / "settings.toml"
     config.write_text(settings_toml({**TINY_TRAIN, "model.encoder": str(tiny_encoder)}))
     out = tmp_path / "published"
@@ -30,6 +32,7 @@ def test_recsys_run_publishes_tables_for_every_user(tmp_path, tiny_encoder):
         sys.executable, "-m", "recsys_lib.cli", "run",
         "--interactions", str(tmp_path / "events.parquet"),
         "--items", str(tmp_path / "catalogue.jsonl"),
+        "--users", str(tmp_path / "users.csv"),
         "--output", str(out),
         "--ds", synthetic.last_day(interactions),
         "--config", str(config),
@@ -41,6 +44,7 @@ def test_recsys_run_publishes_tables_for_every_user(tmp_path, tiny_encoder):
     assert "Published version" in done.stdout
     tables = PublishedTables(LocalStore(str(out)))
     topn = tables.table("user_topn").to_pandas()
-    assert set(topn[USER_COL]) == set(interactions[USER_COL])
+    assert set(topn[USER_COL]) == set(data.users[USER_COL])  # the two new users included
+    assert set(interactions[USER_COL]) < set(data.users[USER_COL])
     assert tables.table("item_similar").num_rows > 0
     assert not (tmp_path / "unused").exists()  # --data-root holds all work state

@@ -42,6 +42,16 @@ def test_100k_release(tmp_path):
     assert items.loc[0, "categories"] == "Comedy"
 
 
+def test_movielens_users_segments(tmp_path):
+    assert movielens.load_users(movielens.BUNDLED_SAMPLE) is None  # latest-small: no demographics
+    (tmp_path / "users.dat").write_text("1::F::1::10::48067\n2::M::56::16::70072\n3::M::25::15::55117\n")
+    users = movielens.load_users(tmp_path)
+    assert users.to_dict("list") == {"user_id": ["1", "2", "3"], "segment": ["F-1", "M-56", "M-25"]}
+    (tmp_path / "users.dat").unlink()
+    (tmp_path / "u.user").write_text("1|24|M|technician|85711\n2|53|F|other|94043\n3|12|M|student|32067\n")
+    assert movielens.load_users(tmp_path)["segment"].tolist() == ["M-18", "F-50", "M-1"]
+
+
 def test_not_a_movielens_folder(tmp_path):
     with pytest.raises(FileNotFoundError, match="not a MovieLens folder"):
         movielens.load(tmp_path)
@@ -57,6 +67,10 @@ def test_synthetic_is_seeded_and_in_the_contract():
     assert interactions["user_id"].nunique() == 30 and len(items) == 20
     assert not interactions.duplicated(["user_id", "item_id"]).any()
     assert set(interactions["item_id"]) <= set(items["item_id"])
+    data = synthetic.generate_dataset(n_users=30, n_items=20, seed=3, new_users=5)
+    pd.testing.assert_frame_equal(data.interactions, interactions)  # users do not change the rest
+    assert data.users["user_id"].tolist() == [f"u{i}" for i in range(35)]
+    assert data.users["segment"].notna().all() and data.users["segment"].nunique() > 1
 
 
 @pytest.mark.parametrize("fmt", ["csv", "parquet", "jsonl"])

@@ -8,7 +8,7 @@ from recsys_lib import features as fx
 pytestmark = pytest.mark.spark
 
 
-def test_latest_items_and_documents(spark):
+def test_latest_item_rows_and_documents(spark):
     items = spark.createDataFrame(
         [
             ("i1", "Old", None, [], [], None, "2026-01-01"),
@@ -18,7 +18,7 @@ def test_latest_items_and_documents(spark):
         "item_id string, title string, description string, categories array<string>, tags array<string>, "
         "updated_at timestamp, ds string",
     )
-    docs = {r.item_id: r for r in fx.item_documents(fx.latest_items(items), max_tags=2).collect()}
+    docs = {r.item_id: r for r in fx.item_documents(fx.latest_rows(items, "item_id"), max_tags=2).collect()}
     assert docs["i1"].document == "Heat (1995). Crime, Thriller. Tags: heist, la"
     assert docs["i2"].document == "Up. A house flies."
     assert docs["i1"].content_hash == hashlib.sha256(b"Heat (1995). Crime, Thriller. Tags: heist, la").hexdigest()
@@ -61,6 +61,28 @@ def test_user_histories_order_truncate_and_seen(spark):
     assert got["u1"].seen == ["a", "b", "c", "d"]
     # u2 has no positive event: empty history (the popularity fallback), but z is still seen.
     assert got["u2"].history == [] and got["u2"].seen == ["z"]
+
+
+def test_registered_users_and_segment_popularity(spark):
+    rows = [("u1", "a", 1, None), ("u1", "b", 2, None), ("u2", "a", 3, None), ("u3", "c", 4, None)]
+    all_events = events(spark, rows)
+    users = spark.createDataFrame(
+        [("u1", "kids"), ("u2", "kids"), ("u4", "kids"), ("u5", None)], "user_id string, segment string"
+    )
+    histories = fx.with_registered_users(fx.user_histories(all_events, all_events, 10), users)
+    got = {r.user_id: (r.history, r.seen, r.segment) for r in histories.collect()}
+    assert got == {
+        "u1": (["a", "b"], ["a", "b"], "kids"),
+        "u2": (["a"], ["a"], "kids"),
+        "u3": (["c"], ["c"], None),  # interacted, not registered: served, no segment
+        "u4": ([], [], "kids"),  # registered, no interactions yet: served the fallback
+        "u5": ([], [], None),
+    }
+    popularity = {
+        (r.segment, r.item_id): (r.n_users, r.segment_users) for r in fx.segment_popularity(all_events, users).collect()
+    }
+    # u3 has no segment and u4 no interaction: neither counts.
+    assert popularity == {("kids", "a"): (2, 2), ("kids", "b"): (1, 2)}
 
 
 def test_item_stats_and_dedupe(spark):

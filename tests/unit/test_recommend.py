@@ -57,6 +57,35 @@ def test_rank_users_uses_fallback_for_users_without_history():
     assert ids[1].tolist() == [2, 3]
 
 
+def test_fallback_per_segment():
+    import pandas as pd
+
+    item_index = pd.Index(["a", "b", "c", "d"])
+    popularity = np.array([1.0, 4.0, 3.0, 2.0])  # global order: b c d a
+    segment_rows = pd.DataFrame(
+        {
+            "segment": ["kids", "kids", "tiny"],
+            "item_id": ["a", "d", "c"],
+            "n_users": [5, 2, 1],
+            "segment_users": [30, 30, 3],
+        }
+    )
+    by_segment = rec.SegmentPopularity.from_frame(segment_rows, item_index, popularity, min_users=10)
+    assert "kids" in by_segment and "tiny" not in by_segment  # too few users: global fallback
+    users = np.zeros((4, 2), dtype=np.float32)
+    seen = [np.array([], dtype=np.int64), np.array([0]), np.array([], dtype=np.int64), np.array([], dtype=np.int64)]
+    segments = np.array(["kids", "kids", "tiny", None], dtype=object)
+    scores, ids = rec.rank_users(
+        exact, users, seen, popularity, 3, batch_size=1, fallback=np.ones(4, bool),
+        segments=segments, segment_popularity=by_segment,
+    )  # fmt: skip
+    # kids: a (5 users), d (2), then the global order breaks the tie among the rest: b.
+    assert ids[0].tolist() == [0, 3, 1]
+    assert ids[1].tolist() == [3, 1, 2]  # a seen
+    assert ids[2].tolist() == ids[3].tolist() == [1, 2, 3]  # small or no segment: global
+    assert scores[0, 0] == pytest.approx(1.0) and scores[0, 1] < 1.0
+
+
 def test_ranked_rows_drops_padding_and_numbers_ranks():
     keys = np.array(["u1", "u2"])
     ids = np.array([[4, 5, -1], [-1, -1, -1]])

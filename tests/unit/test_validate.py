@@ -9,6 +9,7 @@ from recsys_lib.validate import (
     summarize_rejects,
     validate_interactions,
     validate_items,
+    validate_users,
 )
 
 pytestmark = pytest.mark.spark
@@ -81,6 +82,24 @@ def test_item_rules_and_latest_row_wins(spark):
         "item_id: superseded by a later row for the same item",
         "title: missing",
         f"updated_at: after the logical date {DS}",
+    ]
+
+
+def test_user_rules_and_latest_row_wins(spark):
+    rows = [
+        ("u1", "young", "1767225600"),
+        ("u1", "adult", "1767312000"),  # later row for u1 wins
+        (" ", "x", None),
+        ("u2", None, None),  # no segment is fine
+        ("u3", "y", "2027-01-01"),
+    ]
+    raw = strings(spark, rows, ["user_id", "segment", "updated_at"], "users")
+    valid, rejected = validate_users(raw, DS)
+    assert sorted((r.user_id, r.segment) for r in valid.collect()) == [("u1", "adult"), ("u2", None)]
+    assert sorted(r.reason for r in rejected.collect()) == [
+        "updated_at: after the logical date 2026-01-02",
+        "user_id: missing",
+        "user_id: superseded by a later row for the same user",
     ]
 
 
