@@ -103,6 +103,8 @@ def run(settings: Settings, ds: str) -> dict[str, Any]:
         )
     docs = TokenizedDocuments.from_texts(tokenizer, documents[DOCUMENT_COL].tolist(), model.config.max_length)
     examples = build_examples(train_events, item_ids, model.config.history_length)
+    n_interactions = len(interactions)
+    del interactions, train_events  # the examples hold what training needs: gigabytes at scale
 
     run_id = tracker.start_run(f"train {ds}", {**tags, "warm_start": warm_start, "device": device.type})
     try:
@@ -113,7 +115,7 @@ def run(settings: Settings, ds: str) -> dict[str, Any]:
                 **{f"model.{k}": v for k, v in dataclasses.asdict(model.config).items()},
                 "data.ds": ds,
                 "data.items": len(documents),
-                "data.train_interactions": len(interactions),
+                "data.train_interactions": n_interactions,
                 "data.examples": len(examples),
                 "data.validation_users": len(validation_events),
                 "data.id_vocab": len(id_vocab),

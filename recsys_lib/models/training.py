@@ -146,9 +146,12 @@ def validation_metrics(
     item_vectors: torch.Tensor,
     item_bias: torch.Tensor,
     validation: ValidationSet,
-    batch_size: int = 1024,
+    max_scores: int = 2**26,
 ) -> dict[str, float]:
-    """NDCG@10 and Recall@20 of each validation user's held-out item, ranked over the catalogue."""
+    """NDCG@10 and Recall@20 of each validation user's held-out item, ranked over the catalogue.
+
+    Users are scored in batches of at most ``max_scores`` user-item scores (256 MiB)."""
+    batch_size = max(1, min(1024, max_scores // max(1, len(item_vectors))))
     users = embed_users(model, item_vectors, validation.history)
     ranks = []
     for start in range(0, len(validation), batch_size):

@@ -324,9 +324,22 @@ class TokenizedDocuments:
     attention_mask: torch.Tensor  # [n, max_length]
 
     @classmethod
-    def from_texts(cls, tokenizer, texts: list[str], max_length: int) -> "TokenizedDocuments":
-        enc = tokenizer(list(texts), padding="max_length", truncation=True, max_length=max_length, return_tensors="pt")
-        return cls(enc["input_ids"], enc["attention_mask"])
+    def from_texts(cls, tokenizer, texts: list[str], max_length: int, chunk: int = 50_000) -> "TokenizedDocuments":
+        """Tokenized in chunks: the tokenizer's per-document objects for a whole million-item
+        catalogue at once would take gigabytes."""
+        texts = list(texts)
+        ids, masks = [], []
+        for start in range(0, max(len(texts), 1), chunk):
+            enc = tokenizer(
+                texts[start : start + chunk],
+                padding="max_length",
+                truncation=True,
+                max_length=max_length,
+                return_tensors="pt",
+            )
+            ids.append(enc["input_ids"])
+            masks.append(enc["attention_mask"])
+        return cls(torch.cat(ids), torch.cat(masks))
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
