@@ -6,6 +6,7 @@ recsys show [--users N]               the published tables, and a few users' his
 recsys versions                       the published versions kept, the live one marked
 recsys rollback [--to VERSION]        make an earlier published version live again
 recsys movielens (--release 1m | --source DIR) --dest DIR    MovieLens as files in the input contract
+recsys atomic --source DIR --dest DIR  RecBole atomic files (.inter/.item/.user) in the input contract
 recsys synthetic --users N --items M --dest DIR [--format parquet]   a seeded synthetic dataset
 """
 
@@ -173,6 +174,14 @@ def cmd_movielens(args: argparse.Namespace) -> None:
     print(f"MovieLens from {folder} in the input contract")
 
 
+def cmd_atomic(args: argparse.Namespace) -> None:
+    from recsys_lib.data import atomic
+
+    interactions, items, users = atomic.load(args.source)
+    _write_frames(Path(args.dest), args.format, interactions=interactions, items=items, users=users)
+    print(f"RecBole atomic dataset from {args.source} in the input contract")
+
+
 def cmd_synthetic(args: argparse.Namespace) -> None:
     from recsys_lib.data import synthetic
 
@@ -249,6 +258,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dest", required=True)
     p.add_argument("--format", choices=("csv", "parquet", "jsonl"), default="parquet")
     p.set_defaults(func=cmd_movielens)
+
+    p = sub.add_parser("atomic", help="RecBole atomic files (.inter, .item, .user) as files in the input contract")
+    p.add_argument("--source", required=True, help="a folder with <name>.inter and <name>.item")
+    p.add_argument("--dest", required=True)
+    p.add_argument("--format", choices=("csv", "parquet", "jsonl"), default="parquet")
+    p.set_defaults(func=cmd_atomic)
 
     p = sub.add_parser("synthetic", help="write a seeded synthetic dataset in the input contract")
     p.add_argument("--users", type=int, default=2000)

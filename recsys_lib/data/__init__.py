@@ -1,5 +1,6 @@
 """Data sources mapped onto the input contract (see recsys_lib.schema): the bundled MovieLens
-sample and its larger siblings (movielens.py), and a seeded synthetic generator for tests and
+sample and its larger siblings (movielens.py), RecBole atomic files (atomic.py: the many public
+datasets RecBole distributes in that format), and a seeded synthetic generator for tests and
 scale benchmarks (synthetic.py). Landing a source as a raw drop is ``land_raw_drop``.
 Tests: tests/unit/test_data_sources.py.
 """

@@ -111,12 +111,16 @@ def load_users(folder: str | Path) -> pd.DataFrame | None:
         raw = pd.read_csv(folder / "u.user", sep="|", names=["userId", "age", "gender", "occupation", "zip"])
     else:
         return None
+    segments = gender_age_segments(raw["gender"], raw["age"])
+    return pd.DataFrame({USER_COL: raw["userId"].astype(str), SEGMENT_COL: segments})
+
+
+def gender_age_segments(gender: pd.Series, age: pd.Series) -> pd.Series:
+    """``<gender>-<age group lower bound>`` per user, e.g. ``F-25``; unknown ages join the first group."""
     groups = np.asarray(AGE_GROUPS)
-    group = groups[np.searchsorted(groups, raw["age"].to_numpy(), side="right") - 1].clip(min=groups[0])
-    return pd.DataFrame({
-        USER_COL: raw["userId"].astype(str),
-        SEGMENT_COL: raw["gender"].astype(str).str.upper() + "-" + pd.Series(group, index=raw.index).astype(str),
-    })
+    years = pd.to_numeric(age, errors="coerce").fillna(groups[0]).to_numpy()
+    group = groups[(np.searchsorted(groups, years, side="right") - 1).clip(min=0)]
+    return gender.astype(str).str.upper() + "-" + pd.Series(group, index=gender.index).astype(str)
 
 
 def _read_dat(path: Path, names: list[str]) -> pd.DataFrame:

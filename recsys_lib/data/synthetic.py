@@ -3,8 +3,8 @@
 Items belong to topics; an item's title, categories and tags are drawn from its topic's words, so
 text carries the same signal as behaviour. Users prefer a few topics; within a topic, items are
 picked with Zipf-like popularity. A user's segment (the optional users input) is their favourite
-topic, so a segment's popular items differ from the global ones. Same seed, same frames. Vectorised: a million users and items
-take seconds.
+topic, so a segment's popular items differ from the global ones. Same seed, same frames.
+Vectorised: a million users and items take seconds.
 """
 
 from __future__ import annotations
