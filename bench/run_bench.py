@@ -77,7 +77,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--users", type=int, default=20_000)
     parser.add_argument("--items", type=int, default=20_000)
     parser.add_argument("--per-user", type=float, default=20.0, help="mean interactions per user")
-    parser.add_argument("--train-steps", type=int, default=50)
+    parser.add_argument("--train-steps", type=int, default=50, help="fine-tuning steps")
+    parser.add_argument("--frozen-steps", type=int, default=100, help="steps on cached encoder outputs first")
     parser.add_argument("--encoder-sample", type=int, default=2_000, help="items for the MiniLM throughput (0 = skip)")
     parser.add_argument("--save", help="write the results as JSON here")
     parser.add_argument("--baseline", help="an earlier --save file to compare against")
@@ -98,7 +99,7 @@ def main(argv: list[str] | None = None) -> None:
     config = root / "bench.toml"
     config.write_text(
         f'[model]\nencoder = "{encoder}"\n[train]\nmax_steps = {args.train_steps}\nrefresh_every = {args.train_steps}\n'
-        "[evaluate]\nk = [10, 20]\n"
+        f"frozen_steps = {args.frozen_steps}\n[evaluate]\nk = [10, 20]\n"
     )
     env = {**os.environ, "RECSYS_DATA_ROOT": str(root / "data"), "RECSYS_CONFIG": str(config)}
     land_raw_drop(Storage(load_settings(env=env)), ds, interactions, items, fmt="parquet")

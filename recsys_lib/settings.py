@@ -85,6 +85,7 @@ class TrainSettings:
     batch_size: int
     encoder_batch_size: int
     extra_negatives: int
+    frozen_steps: int
     max_steps: int
     refresh_every: int
     patience: int

@@ -32,6 +32,7 @@ TINY_TRAIN = {
     "model.history_length": 5,
     "train.batch_size": 16,
     "train.extra_negatives": 32,
+    "train.frozen_steps": 6,
     "train.max_steps": 12,
     "train.refresh_every": 6,
     "train.head_learning_rate": 0.01,

@@ -1,13 +1,21 @@
 """Fine-tuning the two-tower model on (user history -> next item) examples.
 
 A step scores a batch of users against the batch's own next items plus uniformly drawn extra
-negatives. Only ``encoder_batch_size`` of the batch's items go through the transformer with
-gradients (all of them on a GPU); every other item vector (history items, the rest of the
-targets, the extra negatives) comes from a cache of text vectors, refreshed every
-``refresh_every`` steps, plus the item's ID embedding, which always gets its gradient. That keeps
-a CPU step at a few dozen encoder passes while the ID table and the user tower see large batches.
+negatives, with every item's vector from a cache of the transformer's pooled outputs (refreshed
+every ``refresh_every`` steps) put through the item tower's heads with gradients, plus the
+item's ID embedding. Training runs in two phases (linear probing, then fine-tuning):
+
+1. ``frozen_steps`` steps train everything but the transformer. The cache is exact while the
+   transformer is frozen, and a step costs no transformer pass at all.
+2. ``max_steps`` steps also fine-tune the transformer: ``encoder_batch_size`` of the batch's
+   next items (all of them on a GPU) go through it with gradients, and it learns from a softmax
+   among those items only, where every candidate carries its gradient. Against the cached
+   negatives it would receive the pull of each positive toward its user but none of the pushes
+   away from the negatives, and all item vectors would drift toward the average user.
+
 Each refresh also scores the validation users (every user's last training event, held out from
-the examples); training stops early when NDCG@10 there stops improving, and the best state wins.
+the examples); the best fine-tuning state wins, and fine-tuning stops early when NDCG@10 stops
+improving.
 """
 
 from __future__ import annotations
@@ -169,6 +177,20 @@ def validation_metrics(
     return {"val_ndcg_at_10": float(ndcg.mean()), "val_recall_at_20": float((rank < 20).mean())}
 
 
+def warmup_linear_decay(start: int, end: int, warmup_fraction: float) -> Callable[[int], float]:
+    """Learning-rate factor: 0 before ``start``, a linear warm-up over ``warmup_fraction`` of
+    [start, end), then a linear decay to 0 at ``end``."""
+    warmup = max(1, int((end - start) * warmup_fraction))
+
+    def factor(step: int) -> float:
+        s = step - start
+        if s < 0:
+            return 0.0
+        return min((s + 1) / warmup, max(0.0, (end - step) / max(1, end - start - warmup)))
+
+    return factor
+
+
 def train_two_tower(
     model: TwoTowerModel,
     documents: TokenizedDocuments,
@@ -205,11 +227,17 @@ def train_two_tower(
     if model.encoder_parameters():
         groups.append({"params": model.encoder_parameters(), "lr": cfg.learning_rate})
     optimizer = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
-    steps = cfg.max_steps
-    warmup = max(1, int(steps * cfg.warmup_fraction))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min((s + 1) / warmup, max(0.0, (steps - s) / max(1, steps - warmup)))
-    )
+    # Linear probing, then fine-tuning (LP-FT, Kumar et al., 2022): the first ``frozen_steps``
+    # train everything but the transformer on its cached outputs (exact while it is frozen, and
+    # a fraction of a fine-tuning step's cost), so fine-tuning starts from trained heads instead
+    # of distorting the pretrained features to fit random ones.
+    fine_tunes = bool(model.encoder_parameters())
+    frozen = cfg.frozen_steps if fine_tunes else 0
+    steps = frozen + cfg.max_steps
+    schedules = [warmup_linear_decay(0, steps, cfg.warmup_fraction)] * 2
+    if fine_tunes:
+        schedules.append(warmup_linear_decay(frozen, steps, cfg.warmup_fraction))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedules)
     n_items = len(documents)
     batch_size = min(cfg.batch_size, len(examples))
     encoded = max(1, min(cfg.encoder_batch_size, batch_size))
@@ -222,6 +250,7 @@ def train_two_tower(
     warm_items = torch.as_tensor(np.flatnonzero(counts > 0))
     expected = batch_size * counts / counts.sum() + extra * (counts > 0) / len(warm_items)
     log_q = torch.as_tensor(np.log(np.maximum(expected, 1e-12)), dtype=torch.float32, device=device)
+    log_popularity = torch.as_tensor(np.log(np.maximum(counts, 1e-12)), dtype=torch.float32, device=device)
     id_rows_t = torch.as_tensor(id_rows, dtype=torch.long, device=device)
     history = torch.as_tensor(examples.history)
     target = torch.as_tensor(examples.target)
@@ -234,7 +263,9 @@ def train_two_tower(
     evaluations_without_gain = 0
     stopped_early = False
     started = time.perf_counter()
-    text_cache = embed_text(model, documents, max(256, batch_size), device)
+    # Pooled transformer outputs, refreshed every ``refresh_every`` steps; the projection on top
+    # of them is applied with gradients to every item a step touches.
+    pooled_cache = embed_text(model, documents, max(256, batch_size), device, pooled=True)
 
     def rows_with_dropout(items: torch.Tensor) -> torch.Tensor:
         rows = id_rows_t[items]
@@ -245,6 +276,11 @@ def train_two_tower(
 
     step = 0
     for step in range(steps):
+        encoder_trains = fine_tunes and step >= frozen
+        if step == frozen and fine_tunes:
+            # The frozen phase prepared the heads; the model is the fine-tuned one, so its
+            # checkpoints compete among themselves (the frozen ones stay in the logged curve).
+            best, best_state, evaluations_without_gain = {"val_ndcg_at_10": -1.0, "step": 0}, None, 0
         if cursor + batch_size > len(order):
             order = torch.randperm(len(examples), generator=generator)
             cursor = 0
@@ -253,18 +289,25 @@ def train_two_tower(
         tgt = target[index].to(device)
         hist = history[index].to(device)
         negatives = warm_items[torch.randint(0, len(warm_items), (extra,), generator=generator)].to(device)
-        ids, mask = documents.batch(target[index[:encoded]], device)
-        with autocast(device):
-            fresh = model.item_tower.text(ids, mask).float()
-        text = torch.cat([fresh, text_cache[tgt[encoded:]]])
         candidate_ids = torch.cat([tgt, negatives])
-        candidate_text = torch.cat([text, text_cache[negatives]])
+        if encoder_trains:
+            ids, mask = documents.batch(target[index[:encoded]], device)
+            # No dropout: the fresh vectors of a step are ranked against cached ones computed
+            # without it, and noisy positives among clean negatives would be a shortcut to learn.
+            model.item_tower.encoder.eval()
+            with autocast(device):
+                fresh = model.item_tower.pool(ids, mask).float()
+            pooled = torch.cat([fresh.detach(), pooled_cache[candidate_ids[encoded:]]])
+        else:
+            pooled = pooled_cache[candidate_ids]
+        candidate_text = model.item_tower.project(pooled)
         candidate_rows = rows_with_dropout(candidate_ids)
         candidates = model.item_tower.combine(candidate_text, candidate_rows)
         candidate_bias = model.item_tower.bias(candidate_text, candidate_rows)
         hist_mask = hist != PAD
         hist_items = hist.clamp(min=0)
-        hist_vectors = model.item_tower.combine(text_cache[hist_items], rows_with_dropout(hist_items))
+        hist_text = model.item_tower.project(pooled_cache[hist_items.reshape(-1)]).reshape(*hist_items.shape, -1)
+        hist_vectors = model.item_tower.combine(hist_text, rows_with_dropout(hist_items))
         users = model.encode_users(hist_vectors * hist_mask.unsqueeze(-1), hist_mask).float()
         correction = log_q[candidate_ids] if cfg.logq_correction else None
         loss = sampled_softmax_loss(
@@ -276,21 +319,42 @@ def train_two_tower(
             loss = loss + cfg.text_loss_weight * sampled_softmax_loss(
                 users, candidate_text, tgt, candidate_ids, model.temperature, correction, text_bias
             )
+        encoder_loss = None
+        if encoder_trains:
+            # The transformer learns from a softmax among the items that went through it. Against
+            # cached negatives it would get every pull toward the users but none of the pushes
+            # away, and all item vectors would drift toward the average user.
+            fresh_text = model.item_tower.project(fresh)
+            fresh_rows = candidate_rows[:encoded]
+            encoder_loss = sampled_softmax_loss(
+                users[:encoded],
+                model.item_tower.combine(fresh_text, fresh_rows),
+                tgt[:encoded],
+                tgt[:encoded],
+                model.temperature,
+                log_popularity[tgt[:encoded]] if cfg.logq_correction else None,
+                model.item_tower.bias(fresh_text, fresh_rows),
+            )
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss if encoder_loss is None else loss + encoder_loss).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         scheduler.step()
         losses.append(loss.item())
         if on_step is not None and (step % 10 == 0 or step == steps - 1):
-            on_step(step, {"train_loss": losses[-1], "temperature": model.temperature.item()})
+            logged = {"train_loss": losses[-1], "temperature": model.temperature.item()}
+            if encoder_loss is not None:
+                logged["encoder_loss"] = encoder_loss.item()
+            on_step(step, logged)
         last = step == steps - 1
-        if (cfg.refresh_every > 0 and (step + 1) % cfg.refresh_every == 0) or last:
-            text_cache = embed_text(model, documents, max(256, batch_size), device)
+        if (cfg.refresh_every > 0 and (step + 1) % cfg.refresh_every == 0) or last or step + 1 == frozen:
+            if encoder_trains:
+                pooled_cache = embed_text(model, documents, max(256, batch_size), device, pooled=True)
             if validation is not None and len(validation):
                 with torch.no_grad():
-                    item_vectors = model.item_tower.combine(text_cache, id_rows_t)
-                    item_bias = model.item_tower.bias(text_cache, id_rows_t)
+                    text = model.item_tower.project(pooled_cache)
+                    item_vectors = model.item_tower.combine(text, id_rows_t)
+                    item_bias = model.item_tower.bias(text, id_rows_t)
                 metrics = validation_metrics(model, item_vectors, item_bias, validation)
                 if on_step is not None:
                     on_step(step, metrics)
@@ -309,7 +373,7 @@ def train_two_tower(
                     evaluations_without_gain = 0
                 else:
                     evaluations_without_gain += 1
-                    if evaluations_without_gain >= cfg.patience:
+                    if step >= frozen and evaluations_without_gain >= cfg.patience:
                         stopped_early = True
                         log.info("early stop: no gain in %d evaluations; best at step %d", cfg.patience, best["step"])
                         break

@@ -73,10 +73,18 @@ class ItemTower(nn.Module):
         self.id_bias = nn.Embedding(n_ids + 1, 1)
         nn.init.zeros_(self.id_bias.weight)
 
+    def pool(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The transformer's mean-pooled output [B, d]: the costly part of the item tower."""
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return mean_pool(hidden, attention_mask)
+
+    def project(self, pooled: torch.Tensor) -> torch.Tensor:
+        """Unit text vectors [B, d] from pooled transformer outputs."""
+        return F.normalize(self.projection(pooled.float()), dim=-1)
+
     def text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Unit text vectors [B, d] of tokenized documents."""
-        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        return F.normalize(self.projection(mean_pool(hidden, attention_mask)).float(), dim=-1)
+        return self.project(self.pool(input_ids, attention_mask))
 
     def combine(self, text: torch.Tensor, id_rows: torch.Tensor) -> torch.Tensor:
         """Unit item vectors from unit text vectors and ID rows (NO_ID for a text-only vector)."""
@@ -361,8 +369,11 @@ def autocast(device: torch.device):
 
 
 @torch.no_grad()
-def embed_text(model: TwoTowerModel, docs: TokenizedDocuments, batch_size: int, device) -> torch.Tensor:
-    """Unit text vectors [n, d] (float32) of every document, on ``device``.
+def embed_text(
+    model: TwoTowerModel, docs: TokenizedDocuments, batch_size: int, device, pooled: bool = False
+) -> torch.Tensor:
+    """Unit text vectors [n, d] (float32) of every document, on ``device``; with ``pooled``, the
+    transformer's pooled outputs before the projection (what training caches).
 
     Documents are processed in length order so each batch carries little padding.
     """
@@ -375,7 +386,8 @@ def embed_text(model: TwoTowerModel, docs: TokenizedDocuments, batch_size: int, 
         index = order[start : start + batch_size]
         ids, mask = docs.batch(index, device)
         with autocast(device):
-            out[index.to(device)] = model.item_tower.text(ids, mask).float()
+            encoded = model.item_tower.pool(ids, mask) if pooled else model.item_tower.text(ids, mask)
+            out[index.to(device)] = encoded.float()
     model.train(was_training)
     return out
 
