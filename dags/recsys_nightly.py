@@ -4,23 +4,27 @@
 Every night (and on a manual trigger) turn the day's raw drops into published recommendation
 tables: ingest + validate (Spark) -> features (Spark) -> fine-tune the two-tower model ->
 embed every catalogue item -> FAISS index -> user top-N and item-to-item tables -> evaluate
-against a popularity baseline -> publish behind the quality gate.
+against popularity, item-kNN and ALS baselines -> publish behind the quality gate.
 
 Tasks hand each other small summaries (URIs, counts, the model version), never data; the work
 is in `jobs/`, runnable without Airflow as `python -m jobs.<stage> --ds YYYY-MM-DD`.
 Bad input and refused publishes fail at once (a retry cannot fix them); other errors retry with
-exponential backoff.
+exponential backoff. With `RECSYS_GPU_QUEUE` set where the DAG is parsed, train and embed_items
+go to that queue (the compose stack's GPU worker listens on `gpu`).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import os
 
 import pendulum
 from airflow.sdk import Asset, ExceptionRetryPolicy, Param, RetryAction, RetryRule, dag, task
 
 USER_TOPN = Asset("recsys_user_topn")
 ITEM_SIMILAR = Asset("recsys_item_similar")
+# The executor's queue for the stages that want a GPU; unset: the default queue.
+ON_GPU = {"queue": os.environ["RECSYS_GPU_QUEUE"]} if os.environ.get("RECSYS_GPU_QUEUE") else {}
 
 default_args = {
     "owner": "recsys",
@@ -79,13 +83,13 @@ def recsys_nightly():
 
         return run_stage("features", ingested["ds"], params)
 
-    @task(execution_timeout=dt.timedelta(hours=6))
+    @task(execution_timeout=dt.timedelta(hours=6), **ON_GPU)
     def train(featured: dict, params=None) -> dict:
         from jobs.pipeline import run_stage
 
         return run_stage("train", featured["ds"], params)
 
-    @task
+    @task(**ON_GPU)
     def embed_items(trained: dict, params=None) -> dict:
         from jobs.pipeline import run_stage
 

@@ -1,5 +1,7 @@
 """The DAG parses through Airflow, has the expected graph and settings, and stays wiring only."""
 
+import ast
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -68,3 +70,17 @@ def test_parsing_the_dag_imports_no_heavy_library():
         [sys.executable, "-c", code, str(DAGS / "recsys_nightly.py")], capture_output=True, text=True, check=True
     )
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_gpu_stages_go_to_the_gpu_queue_when_one_is_named():
+    """RECSYS_GPU_QUEUE (set in the compose stack) routes train and embed_items; parsed in a
+    fresh process because the DAG reads it at parse time."""
+    code = (
+        "from airflow.dag_processing.dagbag import DagBag; "
+        f"dag = DagBag(dag_folder={str(DAGS)!r}).dags['recsys_nightly']; "
+        "print({t.task_id: t.queue for t in dag.tasks})"
+    )
+    env = {**os.environ, "RECSYS_GPU_QUEUE": "gpu"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    queues = ast.literal_eval(out.stdout.strip().splitlines()[-1])
+    assert {t for t, q in queues.items() if q == "gpu"} == {"train", "embed_items"}
