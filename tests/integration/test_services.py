@@ -95,8 +95,8 @@ def master_state(ui_port: int) -> dict:
 
 @pytest.mark.spark
 def test_ingest_and_features_run_on_a_standalone_cluster(spark_cluster, tmp_path, tiny_encoder):
-    """The cluster profile's Spark path: each job is its own driver process, the executors run
-    on the worker, and the outputs are what the local run writes."""
+    """The cluster profile's Spark path: each job is its own driver process and an application
+    of the master, and the feature tables cover every user and item."""
     master_url, ui_port = spark_cluster
     overrides = {"model.encoder": str(tiny_encoder), "spark.master": master_url}
     config = tmp_path / "settings.toml"
