@@ -28,7 +28,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-STAGES = ("ingest", "features", "train", "embed_items", "build_index", "recommend", "publish")
 
 
 def run_stage(stage: str, ds: str, env: dict[str, str], log_dir: Path) -> dict[str, float]:
@@ -85,6 +84,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--keep", action="store_true", help="keep the data root (printed)")
     args = parser.parse_args(argv)
 
+    from jobs.pipeline import STAGES
     from recsys_lib.data import land_raw_drop, synthetic
     from recsys_lib.models.encoder import save_random_encoder
     from recsys_lib.settings import load_settings
@@ -105,7 +105,9 @@ def main(argv: list[str] | None = None) -> None:
     land_raw_drop(Storage(load_settings(env=env)), ds, interactions, items, fmt="parquet")
     results = {"generate": {"seconds": generate_seconds, "peak_mib": float("nan")}}
     (root / "logs").mkdir()
-    for stage in STAGES:
+    # Every stage but evaluate: its dense baselines score users x items, which is for samples,
+    # not a million of each (README, Scale and limits). The first publish needs no gate.
+    for stage in [s for s in STAGES if s != "evaluate"]:
         results[stage] = run_stage(stage, ds, env, root / "logs")
         print(f"  {stage:<12} {results[stage]['seconds']:>8.1f} s {results[stage]['peak_mib']:>9.0f} MiB", flush=True)
     meta = {

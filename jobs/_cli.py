@@ -1,4 +1,8 @@
-"""The shared command line of every job: --ds, --profile, --config and --set overrides."""
+"""The shared command line of every job: --ds, --profile, --config and --set overrides.
+
+A user error (``recsys_lib.errors.NotRetryable``: bad input, bad settings, a missing earlier
+stage, a refused publish) ends the process with its one-line message instead of a traceback.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ import json
 import logging
 from typing import Any, Callable
 
+from recsys_lib.errors import NotRetryable
 from recsys_lib.settings import Settings, load_settings
 
 
@@ -46,7 +51,11 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 def run_job(description: str, run: Callable[..., dict[str, Any]], argv: list[str] | None = None) -> dict[str, Any]:
     """Parse the common arguments, run the stage and print its summary as JSON."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    args = job_parser(description).parse_args(argv)
-    result = run(settings_from_args(args), args.ds)
+    parser = job_parser(description)
+    args = parser.parse_args(argv)
+    try:
+        result = run(settings_from_args(args), args.ds)
+    except NotRetryable as e:
+        raise SystemExit(f"{parser.prog}: {e}") from None
     print(json.dumps(result, indent=2, default=str))
     return result

@@ -1,5 +1,9 @@
-"""The nightly flow as an ordered list of stages, shared by the Airflow DAG (one task per stage)
-and the ``recsys run`` command (all stages in one process).
+"""The nightly flow as an ordered list of stages: the one place that lists them.
+
+The Airflow DAG runs one task per stage through ``run_stage`` (tests/dags checks that its tasks
+are these stages), ``recsys run`` runs them all in one process through ``run_all``, and the
+benchmark runs each as its own process. This is the composition root: the only module that
+imports the stage jobs.
 """
 
 from __future__ import annotations

@@ -1,9 +1,11 @@
 """Publish: check the staged tables, apply the quality gate, write a new version atomically.
 
-Gate: the candidate's holdout NDCG@10 must not fall more than ``publish.max_ndcg_drop`` below the
-champion's, both measured on today's split (the evaluate stage re-runs the champion);
-``publish.force`` overrides it (recorded in the manifest). On success the MLflow
-alias ``champion`` moves to the candidate. On failure nothing changes and PublishRefused says why.
+Checks (``recsys_lib.checks``): the output contract, then coverage and overlap against the live
+version. Gate (``recsys_lib.gate``): the candidate's NDCG at the primary cut-off must not fall
+more than ``publish.max_ndcg_drop`` below the champion's, both from the evaluate stage's typed
+report on today's split; ``publish.force`` overrides it (recorded in the manifest). On success
+the MLflow alias ``champion`` moves to the candidate. On failure nothing changes and
+PublishRefused says why.
 """
 
 from __future__ import annotations
@@ -12,140 +14,70 @@ import logging
 from typing import Any
 
 from recsys_lib.settings import Settings
-from recsys_lib.storage import Storage
 
 log = logging.getLogger(__name__)
-GATE_METRIC = "ndcg_at_10"
-GATE_REPORT = ("ndcg_at_10", "recall_at_10", "recall_at_20", "map_at_10", "coverage_at_10")
-
-
-def quality_gate(candidate: dict[str, float], champion: dict[str, float] | None, max_drop: float) -> str | None:
-    """None when the candidate may replace the champion, else the reason it may not.
-
-    Both dicts hold the same metric names (``ndcg_at_10``, ``recall_at_20``, ...) measured on the
-    same split; the reason quotes both sets.
-    """
-    if champion is None or GATE_METRIC not in champion:
-        return None
-    if GATE_METRIC not in candidate:
-        return f"the candidate has no {GATE_METRIC}: run evaluate first"
-    floor = champion[GATE_METRIC] * (1 - max_drop)
-    if candidate[GATE_METRIC] >= floor:
-        return None
-    shown = [m for m in GATE_REPORT if m in candidate and m in champion]
-    numbers = "; ".join(f"{m}: candidate {candidate[m]:.4f}, champion {champion[m]:.4f}" for m in shown)
-    return f"{GATE_METRIC} is below the champion's minus the allowed {max_drop:.0%} ({floor:.4f}). {numbers}"
-
-
-def gate_metrics(candidate_run: dict[str, float], champion_run: dict[str, float] | None):
-    """(candidate, champion, basis): both sides' metrics for the gate, on the same split when the
-    evaluate stage re-ran the champion (``champion.*`` in the candidate's run), else the
-    champion's own recorded holdout metrics."""
-    candidate = {
-        k.removeprefix("model."): v for k, v in candidate_run.items() if k.count(".") == 1 and k.startswith("model.")
-    }
-    same_split = {
-        k.removeprefix("champion."): v
-        for k, v in candidate_run.items()
-        if k.count(".") == 1 and k.startswith("champion.")
-    }
-    if same_split:
-        return candidate, same_split, "same split"
-    if champion_run is None:
-        return candidate, None, "no champion"
-    recorded = {
-        k.removeprefix("model."): v for k, v in champion_run.items() if k.count(".") == 1 and k.startswith("model.")
-    }
-    return candidate, recorded, "champion's recorded metrics (could not re-evaluate it)"
 
 
 def run(settings: Settings, ds: str, model_version: str | None = None) -> dict[str, Any]:
     import pandas as pd
 
-    from jobs._common import business_rules, open_stage, read_features
     from recsys_lib import publish as pub
-    from recsys_lib.errors import PublishRefused
+    from recsys_lib.checks import check_tables
+    from recsys_lib.errors import MissingInput, PublishRefused
+    from recsys_lib.evaluation.report import CHAMPION as CHAMPION_ROW
+    from recsys_lib.gate import NO_CHAMPION, GateDecision, decide
     from recsys_lib.reader import PublishedTables
+    from recsys_lib.rules import read_rules
     from recsys_lib.schema import ITEM_COL, SEEN_COL, USER_COL
-    from recsys_lib.tracking import CHAMPION, code_version
+    from recsys_lib.storage import FeatureTable, OutputTable, Storage
+    from recsys_lib.tracking import CHAMPION, Tracker, code_version
 
-    storage, tracker, mv = open_stage(settings, model_version)
-    tables = {name: storage.work.read_table(Storage.run_output(name, ds)) for name in pub.TABLES}
-    catalogue = read_features(storage, "item_documents", ds, columns=[ITEM_COL])[ITEM_COL]
-    # Active items: the catalogue less what business rules block.
-    blocked = business_rules(settings, storage, ds, pd.Index(catalogue)).blocked
-    catalogue = catalogue[~blocked]
-    histories = read_features(storage, "user_histories", ds, columns=[USER_COL, SEEN_COL])
-    failures = [
-        f"user_topn: {f}"
-        for f in pub.check_user_topn(
-            tables["user_topn"].to_pandas(), histories, set(catalogue), tables["user_topn"].schema
-        )
-    ]
-    failures += [
-        f"item_similar: {f}"
-        for f in pub.check_item_similar(
-            tables["item_similar"].to_pandas(), set(catalogue), tables["item_similar"].schema
-        )
-    ]
-    live = pub.read_latest(storage.published)
-    previous = None
-    if live is not None:
-        previous = PublishedTables(storage.published).table("user_topn", live["version"]).to_pandas()
+    storage, tracker = Storage(settings), Tracker(settings)
+    mv = tracker.resolve(model_version)
     cfg = settings.publish
-    failures += [
-        f"user_topn: {f}"
-        for f in pub.check_against_previous(
-            tables["user_topn"].to_pandas(),
-            previous,
-            len(catalogue),
-            cfg.min_coverage,
-            cfg.max_coverage_drop,
-            cfg.min_overlap,
-        )
-    ]
+    tables = {name: storage.read_output_table(name, ds) for name in OutputTable}
+    catalogue = storage.read_features(FeatureTable.ITEM_DOCUMENTS, ds, columns=[ITEM_COL])[ITEM_COL]
+    active = catalogue[~read_rules(settings.rules, storage, ds, pd.Index(catalogue)).blocked]
+    histories = storage.read_features(FeatureTable.USER_HISTORIES, ds, columns=[USER_COL, SEEN_COL])
+    live = pub.read_latest(storage.published)
+    previous = None if live is None else PublishedTables(storage.published).table(OutputTable.USER_TOPN).to_pandas()
+    failures = check_tables(tables, histories, active, previous, cfg)
     if failures:
         raise PublishRefused("checks failed, the live tables are unchanged:\n  " + "\n  ".join(failures))
 
-    candidate_metrics = tracker.run_metrics(mv.run_id)
+    report = _evaluation_of(storage, ds, mv)
     champion = tracker.alias(CHAMPION)
-    if champion is not None and champion.version == mv.version:
-        champion = None  # republishing the champion's own tables
-    candidate, incumbent, basis = gate_metrics(
-        candidate_metrics, tracker.run_metrics(champion.run_id) if champion else None
-    )
-    refusal = quality_gate(candidate, incumbent if champion else None, settings.publish.max_ndcg_drop)
-    forced = refusal is not None and settings.publish.force
-    if refusal is not None and not forced:
-        raise PublishRefused(f"quality gate: {refusal}; {champion.label} stays champion and its tables stay live")
+    if champion is None or champion.version == mv.version:  # the first model, or republishing the champion
+        champion, decision = None, GateDecision(None, NO_CHAMPION)
+    elif report is None:
+        raise MissingInput(f"no evaluation of {mv.label} for {ds}, and the gate needs one: run evaluate first")
+    else:
+        recorded = None if report.model_metrics(CHAMPION_ROW) else tracker.evaluation_of(champion.run_id)
+        decision = decide(report, recorded, cfg.max_ndcg_drop)
+    forced = not decision.passed and cfg.force
+    if not decision.passed and not forced:
+        raise PublishRefused(
+            f"quality gate: {decision.refusal}; {champion.label} stays champion and its tables stay live"
+        )
     if forced:
-        log.warning("quality gate failed but publish.force is set: %s", refusal)
+        log.warning("quality gate failed but publish.force is set: %s", decision.refusal)
 
-    metrics = {
-        k: v
-        for k, v in candidate_metrics.items()
-        if k.startswith(("model.", "champion.", "popularity.", "item_knn.", "als.", "cold.", "index."))
+    metadata = {
+        "evaluation": report.to_dict() if report else None,
+        "index": storage.read_index_manifest(ds, mv.version),
+        "forced": forced,
+        "gate": decision.refusal or "passed",
+        "gate_basis": decision.basis,
+        "code_version": code_version(),
+        "champion_before": champion.label if champion else None,
     }
-    manifest = pub.publish_version(
-        storage.published,
-        ds,
-        tables,
-        mv.label,
-        {
-            "metrics": metrics,
-            "forced": forced,
-            "gate": refusal or "passed",
-            "gate_basis": basis,
-            "code_version": code_version(),
-            "champion_before": champion.label if champion else None,
-        },
-    )
+    manifest = pub.publish_version(storage.published, ds, tables, mv.label, metadata)
     tracker.set_alias(CHAMPION, mv.version)
-    pruned = pub.prune_versions(storage.published, settings.publish.keep_versions)
+    pruned = pub.prune_versions(storage.published, cfg.keep_versions)
     if pruned:
         log.info("removed %d old published versions: %s", len(pruned), ", ".join(pruned))
     tracker.set_tags(mv.run_id, {"published_version": manifest["version"]})
-    location = storage.published.uri(pub.version_prefix(manifest["version"]))
+    location = storage.published.uri(Storage.published_version(manifest["version"]))
     log.info("published %s at %s", manifest["version"], location)
     return {
         "ds": ds,
@@ -153,8 +85,19 @@ def run(settings: Settings, ds: str, model_version: str | None = None) -> dict[s
         "location": location,
         "model_version": mv.version,
         "forced": forced,
-        "latest": storage.published.uri(pub.LATEST_KEY),
+        "latest": storage.published.uri(Storage.LATEST),
     }
+
+
+def _evaluation_of(storage, ds: str, mv):
+    """The evaluate stage's report of this candidate for ds, or None (not run, or of another model)."""
+    from recsys_lib.errors import MissingInput
+
+    try:
+        report = storage.read_evaluation(ds)
+    except MissingInput:
+        return None
+    return report if report.model_version == mv.label else None
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -9,55 +9,33 @@ reuses the finished run instead of training again.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import logging
 from typing import Any
 
 from recsys_lib.settings import Settings
-from recsys_lib.storage import Storage
 
 log = logging.getLogger(__name__)
-
-
-def training_fingerprint(documents, interactions, settings: Settings) -> str:
-    """Hash of everything that determines the trained model: data, model and train settings."""
-    import numpy as np
-    import pandas as pd
-
-    h = hashlib.sha256()
-    for frame in (documents, interactions):
-        rows = np.sort(pd.util.hash_pandas_object(frame, index=False).to_numpy())
-        h.update(rows.tobytes())
-    config = {
-        "model": dataclasses.asdict(settings.model),
-        "train": dataclasses.asdict(settings.train),
-        "features": dataclasses.asdict(settings.features),
-    }
-    h.update(json.dumps(config, sort_keys=True).encode())
-    return h.hexdigest()[:16]
 
 
 def run(settings: Settings, ds: str) -> dict[str, Any]:
     import pandas as pd
 
-    from recsys_lib.logs import quiet_library_logs
-    from recsys_lib.models.training import build_examples, build_validation, train_two_tower
-    from recsys_lib.models.two_tower import TokenizedDocuments, TwoTowerModel, resolve_device
+    from recsys_lib.models.examples import prepare_training_data
+    from recsys_lib.models.training import initial_model, train_two_tower, training_fingerprint
+    from recsys_lib.models.two_tower import TokenizedDocuments, resolve_device
     from recsys_lib.schema import CONTENT_HASH_COL, DOCUMENT_COL, ITEM_COL, TIMESTAMP_COL, USER_COL, VALIDATION_COL
+    from recsys_lib.storage import FeatureTable, Storage
     from recsys_lib.tracking import CANDIDATE, CHAMPION, MODEL_ARTIFACT, Tracker
 
-    quiet_library_logs()
-    storage = Storage(settings)
-    tracker = Tracker(settings)
-    documents = storage.work.read_table(Storage.features("item_documents", ds)).to_pandas()
-    documents = documents.sort_values(ITEM_COL, kind="stable").reset_index(drop=True)
-    interactions = storage.work.read_table(Storage.features("interactions_train", ds)).to_pandas()
+    storage, tracker = Storage(settings), Tracker(settings)
+    cfg = settings.train
+    documents = storage.read_features(FeatureTable.ITEM_DOCUMENTS, ds).sort_values(ITEM_COL, kind="stable")
+    documents = documents.reset_index(drop=True)
+    interactions = storage.read_features(FeatureTable.INTERACTIONS_TRAIN, ds)
     fingerprint = training_fingerprint(
-        documents[[ITEM_COL, CONTENT_HASH_COL]],
-        interactions[[USER_COL, ITEM_COL, TIMESTAMP_COL, VALIDATION_COL]],
+        documents[[ITEM_COL, CONTENT_HASH_COL]], interactions[[USER_COL, ITEM_COL, TIMESTAMP_COL, VALIDATION_COL]],
         settings,
-    )
+    )  # fmt: skip
     tags = {"ds": ds, "stage": "train", "fingerprint": fingerprint}
     previous = tracker.find_finished_run(tags)
     if previous is not None and (mv := tracker.version_for_run(previous)) is not None:
@@ -65,72 +43,36 @@ def run(settings: Settings, ds: str) -> dict[str, Any]:
         tracker.set_alias(CANDIDATE, mv.version)
         return {"ds": ds, "run_id": previous, "model_version": mv.version, "model": mv.label, "reused": True}
 
-    cfg = settings.train
-    device = resolve_device(cfg.device)
     item_ids = pd.Index(documents[ITEM_COL])
-    train_events, validation_events = build_validation(interactions, item_ids, settings.model.history_length)
-    validation_events = validation_events.sample(cfg.max_validation_users, cfg.seed)
-    # Warm items get an ID embedding; the rest (cold, new) are known by their text alone.
-    id_vocab = pd.Index(sorted(set(train_events[ITEM_COL]) & set(item_ids)), dtype=object)
+    data = prepare_training_data(item_ids, interactions, settings.model.history_length, cfg.max_validation_users,
+                                 cfg.seed)  # fmt: skip
+    n_interactions = len(interactions)
+    del interactions  # the examples hold what training needs: gigabytes at scale
     champion = None if cfg.full_retrain else tracker.alias(CHAMPION)
-    model = tokenizer = None
-    warm_start = "none"
+    checkpoint = None
     if champion is not None:
         try:
-            model, tokenizer = TwoTowerModel.load(tracker.download_model(champion.version))
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            log.warning(
-                "cannot warm-start from champion %s (%s); training from the pretrained encoder", champion.label, e
-            )
-            champion = None
-    if champion is not None:
-        wanted = (settings.model.encoder, settings.model.history_length, settings.model.user_layers)
-        if (model.config.base_encoder, model.config.history_length, model.config.user_layers) != wanted:
-            log.info("champion %s has another architecture; training from the pretrained encoder", champion.label)
-            model = tokenizer = None
-        else:
-            model = model.with_id_vocab(id_vocab)
-            warm_start = champion.label
-    if model is None:
-        model, tokenizer = TwoTowerModel.from_encoder(
-            settings.model.encoder,
-            settings.model.history_length,
-            settings.model.max_length,
-            cfg.temperature,
-            id_vocab=id_vocab,
-            user_layers=settings.model.user_layers,
-            seed=cfg.seed,
-        )
+            checkpoint = tracker.download_model(champion.version)
+        except OSError as e:
+            log.warning("cannot download champion %s (%s); training from the pretrained encoder", champion.label, e)
+    model, tokenizer, warm_started = initial_model(settings.model, cfg, data.id_vocab, checkpoint)
+    warm_start = champion.label if warm_started else "none"
     docs = TokenizedDocuments.from_texts(tokenizer, documents[DOCUMENT_COL].tolist(), model.config.max_length)
-    examples = build_examples(train_events, item_ids, model.config.history_length)
-    n_interactions = len(interactions)
-    del interactions, train_events  # the examples hold what training needs: gigabytes at scale
+    device = resolve_device(cfg.device)
 
     run_id = tracker.start_run(f"train {ds}", {**tags, "warm_start": warm_start, "device": device.type})
     try:
-        tracker.log_params(
-            run_id,
-            {
-                **{f"train.{k}": v for k, v in dataclasses.asdict(cfg).items()},
-                **{f"model.{k}": v for k, v in dataclasses.asdict(model.config).items()},
-                "data.ds": ds,
-                "data.items": len(documents),
-                "data.train_interactions": n_interactions,
-                "data.examples": len(examples),
-                "data.validation_users": len(validation_events),
-                "data.id_vocab": len(id_vocab),
-            },
-        )
+        tracker.log_params(run_id, {
+            **{f"train.{k}": v for k, v in dataclasses.asdict(cfg).items()},
+            **{f"model.{k}": v for k, v in dataclasses.asdict(model.config).items()},
+            "data.ds": ds, "data.items": len(item_ids), "data.train_interactions": n_interactions,
+            "data.examples": len(data.examples), "data.validation_users": len(data.validation),
+            "data.id_vocab": len(data.id_vocab),
+        })  # fmt: skip
         report = train_two_tower(
-            model,
-            docs,
-            model.id_rows(item_ids),
-            examples,
-            cfg,
-            device,
-            validation=validation_events,
-            on_step=lambda step, m: tracker.log_metrics(run_id, m, step),
-        )
+            model, docs, model.id_rows(item_ids), data.examples, cfg, device, data.validation,
+            on_step=lambda step, m: tracker.log_metrics(run_id, m, step), ks=settings.evaluate.k,
+        )  # fmt: skip
         tracker.log_metrics(run_id, report)
         with storage.temp_dir() as tmp:
             model.save(tmp, tokenizer)
@@ -141,15 +83,8 @@ def run(settings: Settings, ds: str) -> dict[str, Any]:
         tracker.finish_run(run_id, "FAILED")
         raise
     tracker.finish_run(run_id)
-    return {
-        "ds": ds,
-        "run_id": run_id,
-        "model_version": mv.version,
-        "model": mv.label,
-        "warm_start": warm_start,
-        "reused": False,
-        **report,
-    }
+    return {"ds": ds, "run_id": run_id, "model_version": mv.version, "model": mv.label, "warm_start": warm_start,
+            "reused": False, **report}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> None:

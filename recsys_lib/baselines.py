@@ -7,7 +7,7 @@ Every ranker scores users (rows of the training user-item matrix) against catalo
   TfidfContent  TF-IDF over item documents; a user is the mean of their history's rows
 ``tune`` picks hyper-parameters on the validation events (each user's last training event) and
 ``top_k`` turns scores into ranked lists with seen items excluded.
-Tests: tests/unit/test_baselines.py.
+Tests: tests/unit/recsys_lib/test_baselines.py.
 """
 
 from __future__ import annotations
@@ -203,11 +203,13 @@ def rank_users(ranker, users: np.ndarray, exclude: Sequence[np.ndarray], k: int,
     return np.concatenate(out)
 
 
-def validation_ndcg(ranker, users: np.ndarray, targets: np.ndarray, exclude: Sequence[np.ndarray]) -> float:
-    """NDCG@10 of each user's single held-out item."""
-    lists = rank_users(ranker, users, exclude, 10)
+def validation_ndcg(
+    ranker, users: np.ndarray, targets: np.ndarray, exclude: Sequence[np.ndarray], k: int
+) -> float:
+    """NDCG@k of each user's single held-out item."""
+    lists = rank_users(ranker, users, exclude, k)
     hit = lists == targets[:, None]
-    gains = (hit / np.log2(np.arange(2, 12))).sum(axis=1)
+    gains = (hit / np.log2(np.arange(2, k + 2))).sum(axis=1)
     return float(gains.mean()) if len(gains) else 0.0
 
 
@@ -218,8 +220,9 @@ def tune(
     users: np.ndarray,
     targets: np.ndarray,
     exclude: Sequence[np.ndarray],
+    k: int,
 ) -> tuple[dict, list[tuple[dict, float]]]:
-    """Coordinate search on the validation events; returns (best parameters, every trial).
+    """Coordinate search on NDCG@k of the validation events; returns (best parameters, every trial).
 
     Starts from the middle value of each list, then sweeps one parameter at a time with the
     others at their best so far: sum(len(values)) fits instead of their product, which is what
@@ -232,8 +235,8 @@ def tune(
     def trial(params: dict) -> float:
         key = tuple(sorted(params.items()))
         if key not in tried:
-            tried[key] = validation_ndcg(make(**params).fit(train), users, targets, exclude)
-            log.info("tune %s %s: validation ndcg@10 %.4f", name, params, tried[key])
+            tried[key] = validation_ndcg(make(**params).fit(train), users, targets, exclude, k)
+            log.info("tune %s %s: validation ndcg@%d %.4f", name, params, k, tried[key])
         return tried[key]
 
     score = trial(best)

@@ -1,10 +1,14 @@
 """Feature engineering (Spark): item documents, item stats, user histories, the holdout split.
 
-Pure DataFrame -> DataFrame transforms; the features job reads the lake and writes the results.
-Tests: tests/unit/test_features.py (Spark on hand-written rows).
+Pure DataFrame -> DataFrame transforms; ``build_features`` composes them into the features
+stage's tables, and the features job reads the lake and writes them.
+Tests: tests/unit/recsys_lib/test_features.py (Spark on hand-written rows).
 """
 
 from __future__ import annotations
+
+import typing
+from dataclasses import dataclass
 
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
@@ -18,10 +22,15 @@ from recsys_lib.schema import (
     EVENT_TYPE_COL,
     HISTORY_COL,
     HISTORY_TS_COL,
+    HOLDOUT_COL,
     ITEM_COL,
+    LAST_TS_COL,
+    N_INTERACTIONS_COL,
+    N_USERS_COL,
     RATING_COL,
     SEEN_COL,
     SEGMENT_COL,
+    SEGMENT_USERS_COL,
     TAGS_COL,
     TIMESTAMP_COL,
     TITLE_COL,
@@ -30,10 +39,63 @@ from recsys_lib.schema import (
     VALIDATION_COL,
     WEIGHT_COL,
 )
+from recsys_lib.settings import FeatureSettings, Split
+from recsys_lib.storage import FeatureTable
 
-HOLDOUT_COL = "is_holdout"
 HASH_BUCKETS = 10_000
-SPLITS = ("user_chrono", "global_time")
+SPLITS = typing.get_args(Split)
+
+
+@dataclass(frozen=True)
+class FeatureSet:
+    """The features stage's tables for one ds (lazy Spark frames) and what they were cut from."""
+
+    tables: dict[FeatureTable, DataFrame]
+    split: DataFrame  # warm events with is_holdout (persisted)
+    cold: DataFrame  # the cold items (persisted)
+    cold_events: DataFrame
+    events: DataFrame  # every event up to ds (persisted)
+
+    def counts(self) -> dict:
+        """Event counts per side of the split, and the cold-item protocol's size."""
+        sides = self.split.groupBy(HOLDOUT_COL).count().collect()
+        by_side = {("holdout" if r[HOLDOUT_COL] else "train"): r["count"] for r in sides}
+        return {"events": {**by_side, "cold": self.cold_events.count()}, "cold_items": self.cold.count()}
+
+    def release(self) -> None:
+        for df in (self.split, self.cold, self.events):
+            df.unpersist()
+
+
+def build_features(items: DataFrame, interactions: DataFrame, users: DataFrame, cfg: FeatureSettings) -> FeatureSet:
+    """Every feature table from the lake's items, interactions and registered users up to ds.
+
+    Args:
+        items, interactions: lake rows of every drop up to ds (with their ds column).
+        users: user_id, segment of registered users (may be empty).
+    """
+    documents = item_documents(latest_rows(items, ITEM_COL), cfg.max_tags_per_item)
+    events = dedupe_interactions(interactions).withColumn(TIMESTAMP_COL, epoch_seconds()).persist()
+    cold = cold_items(events, cfg.cold_item_fraction, cfg.cold_item_seed).persist()
+    warm_events = events.join(cold, ITEM_COL, "left_anti")
+    cold_events = events.join(cold, ITEM_COL, "left_semi")
+    split = split_holdout(warm_events, cfg.split, cfg.holdout_fraction, cfg.min_user_interactions).persist()
+    train_all = split.where(~F.col(HOLDOUT_COL))
+    train_pos = positives(train_all, cfg.min_positive_rating)
+    all_pos = positives(events, cfg.min_positive_rating)
+    holdout_pos = positives(split.where(F.col(HOLDOUT_COL)), cfg.min_positive_rating)
+    tables = {
+        FeatureTable.ITEM_DOCUMENTS: documents.orderBy(ITEM_COL),
+        FeatureTable.ITEM_STATS: item_stats(all_pos),
+        FeatureTable.USER_HISTORIES: with_registered_users(user_histories(all_pos, events, cfg.max_history), users),
+        FeatureTable.SEGMENT_POPULARITY: segment_popularity(all_pos, users),
+        FeatureTable.INTERACTIONS_TRAIN: mark_validation(training_interactions(train_pos), cfg.min_user_interactions),
+        FeatureTable.INTERACTIONS_HOLDOUT: training_interactions(holdout_pos),
+        FeatureTable.TRAIN_USER_HISTORIES: user_histories(train_pos, train_all, cfg.max_history),
+        FeatureTable.COLD_ITEMS: cold.orderBy(ITEM_COL),
+        FeatureTable.INTERACTIONS_COLD: training_interactions(positives(cold_events, cfg.min_positive_rating)),
+    }
+    return FeatureSet(tables, split, cold, cold_events, events)
 
 
 def latest_rows(rows: DataFrame, key: str) -> DataFrame:
@@ -82,7 +144,7 @@ def positives(interactions: DataFrame, min_rating: float | None) -> DataFrame:
 
 
 def split_holdout(
-    interactions: DataFrame, strategy: str, holdout_fraction: float, min_user_interactions: int
+    interactions: DataFrame, strategy: Split, holdout_fraction: float, min_user_interactions: int
 ) -> DataFrame:
     """Mark the time-based holdout with a boolean ``is_holdout`` column.
 
@@ -178,17 +240,17 @@ def segment_popularity(positives: DataFrame, users: DataFrame) -> DataFrame:
     segment's number of users with any interaction (``segment_users``)."""
     members = users.where(F.col(SEGMENT_COL).isNotNull()).select(USER_COL, SEGMENT_COL)
     events = positives.select(USER_COL, ITEM_COL).join(members, USER_COL)
-    sizes = events.groupBy(SEGMENT_COL).agg(F.countDistinct(USER_COL).alias("segment_users"))
-    counts = events.groupBy(SEGMENT_COL, ITEM_COL).agg(F.countDistinct(USER_COL).alias("n_users"))
+    sizes = events.groupBy(SEGMENT_COL).agg(F.countDistinct(USER_COL).alias(SEGMENT_USERS_COL))
+    counts = events.groupBy(SEGMENT_COL, ITEM_COL).agg(F.countDistinct(USER_COL).alias(N_USERS_COL))
     return counts.join(sizes, SEGMENT_COL).orderBy(SEGMENT_COL, ITEM_COL)
 
 
 def item_stats(interactions: DataFrame) -> DataFrame:
     """Per item: interaction count, distinct users, last event time. Popularity = n_users."""
     return interactions.groupBy(ITEM_COL).agg(
-        F.count(F.lit(1)).alias("n_interactions"),
-        F.countDistinct(USER_COL).alias("n_users"),
-        F.max(TIMESTAMP_COL).alias("last_ts"),
+        F.count(F.lit(1)).alias(N_INTERACTIONS_COL),
+        F.countDistinct(USER_COL).alias(N_USERS_COL),
+        F.max(TIMESTAMP_COL).alias(LAST_TS_COL),
     )
 
 

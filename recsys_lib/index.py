@@ -1,19 +1,22 @@
 """FAISS behind one small module: choose, build, save, load, search, and measure recall.
 
 Rows are scored by inner product (the recommender's rows are [unit vector, item bias], see
-``recsys_lib.models.two_tower.retrieval_items``). The index kind follows the
-catalogue size unless set: exact (flat) up to 200k items, HNSW up to 5M, IVF-PQ beyond, and
-``recall_at_k`` measures what the approximation costs against exact search.
-Tests: tests/unit/test_index.py (seeded synthetic vectors vs brute force).
+``recsys_lib.retrieval``). The index kind follows the catalogue size unless ``index.kind`` sets
+it: exact (flat) up to 200k items, HNSW up to 5M, IVF-PQ beyond, and ``recall_at_k`` measures
+what the approximation costs against exact search.
+Tests: tests/unit/recsys_lib/test_index.py (seeded synthetic vectors vs brute force).
 """
 
 from __future__ import annotations
 
 import math
+import typing
 
 import numpy as np
 
-KINDS = ("flat", "hnsw", "ivfpq")
+from recsys_lib.settings import IndexKind, IndexSettings
+
+KINDS = tuple(k for k in typing.get_args(IndexKind) if k != "auto")
 FLAT_MAX_ITEMS = 200_000
 HNSW_MAX_ITEMS = 5_000_000
 
@@ -28,26 +31,22 @@ def choose_kind(n_items: int, kind: str = "auto") -> str:
     return "hnsw" if n_items <= HNSW_MAX_ITEMS else "ivfpq"
 
 
-def build_index(
-    vectors: np.ndarray,
-    kind: str = "auto",
-    hnsw_m: int = 32,
-    hnsw_ef_search: int = 128,
-    ivf_nprobe: int = 32,
-    seed: int = 0,
-):
-    """An inner-product index over ``vectors`` [n, d] float32; row i is id i."""
+def build_index(vectors: np.ndarray, cfg: IndexSettings, seed: int = 0):
+    """An inner-product index over ``vectors`` [n, d] float32; row i is id i.
+
+    ``cfg`` (the ``[index]`` settings) gives the kind and its search parameters.
+    """
     import faiss
 
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     n, d = vectors.shape
-    kind = choose_kind(n, kind)
+    kind = choose_kind(n, cfg.kind)
     if kind == "flat":
         index = faiss.IndexFlatIP(d)
     elif kind == "hnsw":
-        index = faiss.IndexHNSWFlat(d, hnsw_m, faiss.METRIC_INNER_PRODUCT)
-        index.hnsw.efConstruction = max(40, 2 * hnsw_m)
-        index.hnsw.efSearch = hnsw_ef_search
+        index = faiss.IndexHNSWFlat(d, cfg.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = max(40, 2 * cfg.hnsw_m)
+        index.hnsw.efSearch = cfg.hnsw_ef_search
     else:
         nlist = max(1, min(int(4 * math.sqrt(n)), n // 39))
         sub = next(m for m in (d // 4, d // 8, d // 2, d, 1) if m >= 1 and d % m == 0)
@@ -56,7 +55,7 @@ def build_index(
         rng = np.random.default_rng(seed)
         sample = vectors[rng.choice(n, size=min(n, max(nlist * 39, 10_000)), replace=False)]
         index.train(sample)
-        index.nprobe = min(ivf_nprobe, nlist)
+        index.nprobe = min(cfg.ivf_nprobe, nlist)
     index.add(vectors)
     return index
 

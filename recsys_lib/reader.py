@@ -6,7 +6,7 @@
     tables.table("user_topn")             # the whole table as Arrow
 
 Every read resolves ``latest.json`` once per call, so a call sees one version, never a mix.
-Tests: tests/unit/test_publish.py, tests/integration.
+Tests: tests/unit/recsys_lib/test_reader.py, tests/integration.
 """
 
 from __future__ import annotations
@@ -17,14 +17,11 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from recsys_lib.publish import manifest_key, read_latest
+from recsys_lib.errors import NothingPublished
+from recsys_lib.publish import read_latest
 from recsys_lib.schema import ITEM_COL, RANK_COL, USER_COL
 from recsys_lib.settings import Settings
-from recsys_lib.storage import ObjectStore, open_store
-
-
-class NothingPublished(LookupError):
-    """The store has no published version yet."""
+from recsys_lib.storage import ObjectStore, OutputTable, Storage, open_store
 
 
 class PublishedTables:
@@ -39,7 +36,7 @@ class PublishedTables:
         if version is not None:
             import json
 
-            return json.loads(self.store.read_bytes(manifest_key(version)))
+            return json.loads(self.store.read_bytes(Storage.published_manifest(version)))
         manifest = read_latest(self.store)
         if manifest is None:
             raise NothingPublished(f"nothing published yet at {self.store.uri('')}")
@@ -65,10 +62,12 @@ class PublishedTables:
 
     def recommendations_for(self, user_id: str, version: str | None = None) -> pd.DataFrame:
         user_id = str(user_id)
-        rows = self.table("user_topn", version, filters=[(USER_COL, "=", user_id)], key=user_id).to_pandas()
+        filters = [(USER_COL, "=", user_id)]
+        rows = self.table(OutputTable.USER_TOPN, version, filters=filters, key=user_id).to_pandas()
         return rows.sort_values(RANK_COL).reset_index(drop=True)
 
     def similar_items(self, item_id: str, version: str | None = None) -> pd.DataFrame:
         item_id = str(item_id)
-        rows = self.table("item_similar", version, filters=[(ITEM_COL, "=", item_id)], key=item_id).to_pandas()
+        filters = [(ITEM_COL, "=", item_id)]
+        rows = self.table(OutputTable.ITEM_SIMILAR, version, filters=filters, key=item_id).to_pandas()
         return rows.sort_values(RANK_COL).reset_index(drop=True)

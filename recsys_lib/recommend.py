@@ -1,15 +1,19 @@
-"""Ranking rules for the top-N tables, in numpy: seen-item exclusion, popularity fallback for
-users without history (per segment when users have one), item-to-item neighbours. Catalogue
-items are addressed by their row index in the embeddings table; -1 pads a row that has fewer
-than N items.
+"""The top-N tables: ranking rules in numpy, and the tables built from a retriever.
 
-Tests: tests/unit/test_recommend.py (hand-written vectors, exact expected rankings).
+Seen-item exclusion, popularity fallback for users without history (per segment when users have
+one), business rules, item-to-item neighbours, and the reason item of each recommendation.
+Catalogue items are addressed by their row index in the item vectors; -1 pads a row that has
+fewer than N items. ``user_topn`` and ``item_similar`` turn a ``Retriever``'s results into the
+published tables: the path the recommend stage serves and the evaluate stage measures.
+
+Tests: tests/unit/recsys_lib/test_recommend.py (hand-written vectors, exact expected rankings;
+the whole path through a tiny model).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import pandas as pd
@@ -18,16 +22,24 @@ import pyarrow as pa
 from recsys_lib.rules import BusinessRules
 from recsys_lib.schema import (
     DS_COL,
+    HISTORY_COL,
     ITEM_COL,
     ITEM_SIMILAR_SCHEMA,
     MODEL_VERSION_COL,
+    N_USERS_COL,
     RANK_COL,
     REASON_ITEM_COL,
     SCORE_COL,
+    SEEN_COL,
+    SEGMENT_COL,
+    SEGMENT_USERS_COL,
     SIMILAR_ITEM_COL,
     USER_COL,
     USER_TOPN_SCHEMA,
 )
+
+if TYPE_CHECKING:
+    from recsys_lib.retrieval import Retriever
 
 # (queries [q, d], k) -> (scores [q, k], ids [q, k])
 Searcher = Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]
@@ -92,6 +104,14 @@ def _finish(scores, ids, seen, n, rules):
     return exclude_and_truncate(scores, ids, [np.empty(0, np.int64)] * len(ids), n)
 
 
+def popularity_vector(item_index: pd.Index, stats: pd.DataFrame) -> np.ndarray:
+    """Distinct users per catalogue item (0 for items nobody touched yet), from ``item_stats``."""
+    pos = item_index.get_indexer(stats[ITEM_COL])
+    out = np.zeros(len(item_index), dtype=np.float64)
+    out[pos[pos >= 0]] = stats[N_USERS_COL].to_numpy()[pos >= 0]
+    return out
+
+
 def popular_unseen(
     popularity: np.ndarray, seen: list[np.ndarray], n: int, rules: BusinessRules | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -136,12 +156,12 @@ class SegmentPopularity:
     ) -> "SegmentPopularity":
         """From ``segment_popularity`` feature rows (segment, item_id, n_users, segment_users);
         segments with fewer than ``min_users`` users are left to the global fallback."""
-        frame = frame[frame["segment_users"] >= min_users]
-        pos = item_index.get_indexer(frame["item_id"])
+        frame = frame[frame[SEGMENT_USERS_COL] >= min_users]
+        pos = item_index.get_indexer(frame[ITEM_COL])
         frame, pos = frame[pos >= 0], pos[pos >= 0]
         counts = {}
-        for segment, rows in frame.groupby("segment", sort=True).indices.items():
-            counts[segment] = (pos[rows], frame["n_users"].to_numpy(np.float64)[rows])
+        for segment, rows in frame.groupby(SEGMENT_COL, sort=True).indices.items():
+            counts[segment] = (pos[rows], frame[N_USERS_COL].to_numpy(np.float64)[rows])
         return cls(counts, np.asarray(base, np.float64))
 
 
@@ -312,3 +332,57 @@ def _fallback_groups(rows, popularity, segments, segment_popularity):
     yield rows[~known], popularity
     for segment in sorted(set(keys[known])):
         yield rows[keys == segment], segment_popularity.vector(segment)
+
+
+def user_topn(
+    retriever: Retriever,
+    histories: pd.DataFrame,
+    popularity: np.ndarray,
+    n: int,
+    model_version: str,
+    ds: str,
+    rules: BusinessRules | None = None,
+    segment_popularity: SegmentPopularity | None = None,
+) -> tuple[pa.Table, dict[str, int]]:
+    """The user top-N table of ``histories`` (user_id, history, seen [, segment] rows): the
+    model's retrieval for users with a history, the (segment's) popularity fallback for the
+    others, seen items excluded, business rules applied, each row explained by a history item.
+
+    Returns:
+        (the table in USER_TOPN_SCHEMA, counts: users, fallback_users, segment_fallback_users,
+         user_rows).
+    """
+    items = retriever.items
+    history_idx = items.indices(histories[HISTORY_COL])
+    seen_idx = items.indices(histories[SEEN_COL])
+    segments = histories[SEGMENT_COL].to_numpy(dtype=object) if SEGMENT_COL in histories else None
+    queries, fallback = retriever.user_queries(history_idx)
+    scores, ids = rank_users(
+        retriever.search, queries, seen_idx, popularity, n, retriever.batch_size, fallback, rules,
+        segments=segments, segment_popularity=segment_popularity,
+    )  # fmt: skip
+    reasons = explain(items.vectors, history_idx, ids)
+    users, ranks, rows, row_scores, why = ranked_rows(histories[USER_COL].to_numpy(), ids, scores, reasons)
+    catalogue = items.ids.to_numpy()
+    reason_ids = np.where(why >= 0, catalogue[why.clip(min=0)], None)
+    table = user_topn_table(users, ranks, catalogue[rows], row_scores, model_version, ds, reason_ids)
+    by_segment = 0
+    if segments is not None and segment_popularity is not None:
+        by_segment = sum(segment in segment_popularity for segment in segments[fallback])
+    counts = {
+        "users": len(histories),
+        "fallback_users": int(fallback.sum()),
+        "segment_fallback_users": int(by_segment),
+        "user_rows": table.num_rows,
+    }
+    return table, counts
+
+
+def item_similar(
+    retriever: Retriever, n: int, model_version: str, ds: str, blocked: np.ndarray | None = None
+) -> pa.Table:
+    """The item-to-item table: every catalogue item's ``n`` nearest items by cosine similarity."""
+    scores, ids = similar_items(retriever.search, retriever.neighbour_queries(), n, blocked)
+    catalogue = retriever.items.ids.to_numpy()
+    items, ranks, similar, similar_scores = ranked_rows(catalogue, ids, scores)
+    return item_similar_table(items, ranks, catalogue[similar], similar_scores, model_version, ds)

@@ -7,7 +7,7 @@ From the ``[rules]`` settings:
   category cap       at most N items of one category (an item's first category) per list
 Candidates arrive as [q, k] (scores, catalogue indices) best first, -1 padded; rules keep that
 shape so the caller's seen-item exclusion and truncation stay one code path.
-Tests: tests/unit/test_rules.py.
+Tests: tests/unit/recsys_lib/test_rules.py.
 """
 
 from __future__ import annotations
@@ -15,6 +15,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
+
+from recsys_lib.schema import CATEGORIES_COL, ITEM_COL
+from recsys_lib.settings import RulesSettings
 
 NO_CATEGORY = -1
 
@@ -75,27 +79,26 @@ def _within_cap(category: np.ndarray, keep: np.ndarray, cap: int) -> np.ndarray:
     return out
 
 
-def load_rules(settings, item_index, item_stats, documents, read_text) -> BusinessRules:
-    """Build the rules of ``settings.rules`` for a catalogue.
+def build_rules(
+    cfg: RulesSettings, item_index: pd.Index, item_stats: pd.DataFrame, documents: pd.DataFrame, read_text
+) -> BusinessRules:
+    """The ``[rules]`` settings resolved against a catalogue.
 
     Args:
         item_index: catalogue item ids in row order.
-        item_stats: item_id, n_users (items with interactions up to ds).
+        item_stats: item_id of items with interactions up to ds.
         documents: item_id, categories (list of strings).
         read_text: reads a URI or path to text (for ``rules.blocked_items_file``).
     """
-    import pandas as pd
-
-    cfg = settings.rules
     n = len(item_index)
     blocked_ids = set(cfg.blocked_items)
     if cfg.blocked_items_file:
         blocked_ids |= {line.strip() for line in read_text(cfg.blocked_items_file).splitlines() if line.strip()}
     blocked = np.asarray(pd.Index(item_index).isin(list(blocked_ids)), dtype=bool)
-    is_new = ~np.asarray(pd.Index(item_index).isin(item_stats["item_id"]), dtype=bool)
+    is_new = ~np.asarray(pd.Index(item_index).isin(item_stats[ITEM_COL]), dtype=bool)
     category = np.full(n, NO_CATEGORY, dtype=np.int64)
     if cfg.max_per_category > 0:
-        first = documents.set_index("item_id")["categories"].reindex(item_index)
+        first = documents.set_index(ITEM_COL)[CATEGORIES_COL].reindex(item_index)
         names = [c[0] if c is not None and len(c) else None for c in first]
         codes, _ = pd.factorize(pd.Series(names), use_na_sentinel=True)
         category = np.where(codes >= 0, codes, NO_CATEGORY).astype(np.int64)
@@ -106,4 +109,17 @@ def load_rules(settings, item_index, item_stats, documents, read_text) -> Busine
         new_item_boost=cfg.new_item_boost,
         min_score=cfg.min_score,
         max_per_category=cfg.max_per_category,
+    )
+
+
+def read_rules(cfg: RulesSettings, storage, ds: str, item_index: pd.Index) -> BusinessRules:
+    """``build_rules`` for the catalogue of ds, reading what it needs from ``storage``."""
+    from recsys_lib.storage import FeatureTable
+
+    return build_rules(
+        cfg,
+        item_index,
+        storage.read_features(FeatureTable.ITEM_STATS, ds, columns=[ITEM_COL]),
+        storage.read_features(FeatureTable.ITEM_DOCUMENTS, ds, columns=[ITEM_COL, CATEGORIES_COL]),
+        storage.read_text,
     )

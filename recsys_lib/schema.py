@@ -7,7 +7,7 @@ Input contract (any of CSV with a header, Parquet, JSON lines):
                 segment whose popular items a user without history is served)
 ``timestamp``/``updated_at`` are epoch seconds or ISO-8601; ``categories``/``tags`` are lists or
 strings separated by ``|`` (``,`` and ``;`` are accepted too).
-Tests: tests/unit/test_validate.py, tests/unit/test_publish.py.
+Tests: tests/unit/recsys_lib/test_validate.py, tests/unit/recsys_lib/test_checks.py.
 """
 
 from __future__ import annotations
@@ -45,6 +45,11 @@ HISTORY_COL = "history"  # item ids, oldest first
 HISTORY_TS_COL = "history_ts"  # epoch seconds, aligned with HISTORY_COL
 SEEN_COL = "seen"  # every item the user interacted with up to ds
 VALIDATION_COL = "is_validation"  # each user's latest training event, held out for early stopping
+HOLDOUT_COL = "is_holdout"  # the time-based holdout, while the features job splits
+N_INTERACTIONS_COL = "n_interactions"  # item stats: positive events up to ds
+N_USERS_COL = "n_users"  # item stats: distinct users (the item's popularity); per segment in segment_popularity
+LAST_TS_COL = "last_ts"  # item stats: epoch seconds of the latest event
+SEGMENT_USERS_COL = "segment_users"  # segment_popularity: users of the segment with any interaction
 
 DEFAULT_EVENT_TYPE = "interaction"
 LIST_SEPARATORS = "|,;"

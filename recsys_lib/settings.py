@@ -10,7 +10,7 @@ Layers, later wins:
 ``RECSYS_DATA_ROOT`` sets the one folder that holds all local state; strings may refer to it as
 ``{data_root}``. Secrets never live here: S3 and MLflow credentials come from the standard
 environment variables (``AWS_ACCESS_KEY_ID``...) or Airflow connections.
-Tests: tests/unit/test_settings.py.
+Tests: tests/unit/recsys_lib/test_settings.py.
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ import types
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Literal, Mapping
 
-from recsys_lib.errors import NotRetryable
+from recsys_lib.errors import SettingsError
 
 CONF_DIR = Path(__file__).resolve().parent / "conf"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -32,6 +32,10 @@ ENV_PREFIX = "RECSYS__"
 
 
 # Field meanings and defaults live in conf/base.toml, the one place that sets every key.
+# Enum-like settings are Literal types: a value outside them is refused when settings load.
+Device = Literal["auto", "cpu", "cuda"]
+Split = Literal["user_chrono", "global_time"]
+IndexKind = Literal["auto", "flat", "hnsw", "ivfpq"]
 
 
 @dataclass(frozen=True)
@@ -60,7 +64,7 @@ class IngestSettings:
 
 @dataclass(frozen=True)
 class FeatureSettings:
-    split: str
+    split: Split
     holdout_fraction: float
     min_user_interactions: int
     max_history: int
@@ -80,7 +84,7 @@ class ModelSettings:
 
 @dataclass(frozen=True)
 class TrainSettings:
-    device: str
+    device: Device
     seed: int
     batch_size: int
     encoder_batch_size: int
@@ -107,12 +111,12 @@ class TrainSettings:
 @dataclass(frozen=True)
 class EmbedSettings:
     batch_size: int
-    device: str
+    device: Device
 
 
 @dataclass(frozen=True)
 class IndexSettings:
-    kind: str
+    kind: IndexKind
     recall_queries: int
     recall_k: int
     hnsw_m: int
@@ -130,8 +134,16 @@ class RecommendSettings:
 
 @dataclass(frozen=True)
 class EvaluateSettings:
-    k: tuple[int, ...]
+    k: tuple[int, ...]  # cut-offs; the first is the primary one (the gate, tuning, early stopping)
     seed: int
+
+    def __post_init__(self):
+        if not self.k or min(self.k) < 1:
+            raise SettingsError(f"evaluate.k must list cut-offs of at least 1, got {self.k!r}")
+
+    @property
+    def primary_k(self) -> int:
+        return self.k[0]
 
 
 @dataclass(frozen=True)
@@ -187,10 +199,6 @@ class Settings:
         for dotted, value in overrides.items():
             _set_dotted(tree, dotted, value)
         return _build(Settings, tree, "settings")
-
-
-class SettingsError(NotRetryable, ValueError):
-    """A settings file or override names an unknown key or holds a value of the wrong type."""
 
 
 def default_data_root() -> str:
@@ -290,6 +298,10 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
         return _build(tp, value, where)
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
+    if origin is Literal:
+        if value not in args:
+            raise SettingsError(f"{where}: expected one of {', '.join(map(str, args))}, got {value!r}")
+        return value
     if origin in (typing.Union, types.UnionType):
         if value is None or value == "" or (isinstance(value, str) and value.lower() in ("none", "null")):
             if type(None) in args:

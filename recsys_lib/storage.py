@@ -1,35 +1,44 @@
-"""Where every dataset lives: the one module that builds keys, URIs and paths.
+"""Where every dataset lives: the one module that names datasets and builds keys, URIs and paths.
 
 Two object stores, each a local directory or an ``s3://bucket/prefix`` (MinIO or AWS, endpoint
 from settings, credentials from the environment):
-  * ``work``: raw drops, the lake, features, embeddings, indexes, staged run outputs;
+  * ``work``: raw drops, the lake, features, embeddings, indexes, staged run outputs, exports;
   * ``published``: the versioned recommendation tables downstream systems read.
-Writes of single objects are atomic on both (rename on local disk, one PUT on S3), which is what
-publish builds its pointer switch on. Spark reaches the work store through ``spark_path`` (a local
-path or ``s3a://``). Tests: tests/unit/test_storage.py (local and a moto S3 server on loopback).
+``Storage`` is the catalogue: every dataset's key, format and write mode, and typed reads that
+say which stage to run when a dataset is missing. Writes of single objects are atomic on both
+stores (rename on local disk, one PUT on S3), which is what publish builds its pointer switch
+on. Spark reaches the work store through ``spark_path`` (a local path or ``s3a://``; the Spark
+side of the lake is ``recsys_lib.lake``).
+Tests: tests/unit/recsys_lib/test_storage.py (local and a moto S3 server on loopback).
 """
 
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
 import tempfile
 import uuid
 from abc import ABC, abstractmethod
+from enum import StrEnum
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from recsys_lib.errors import MissingInput, StorageError
+from recsys_lib.schema import ITEM_COL
 from recsys_lib.settings import Settings, StorageSettings
 
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from recsys_lib.evaluation.report import EvaluationReport
+
 PARQUET_SUFFIX = ".parquet"
-
-
-class StorageError(RuntimeError):
-    """A key that should exist does not, or a store cannot be reached."""
 
 
 class ObjectStore(ABC):
@@ -317,14 +326,44 @@ def open_store(root: str, settings: StorageSettings) -> ObjectStore:
     return LocalStore(root.removeprefix("file://"))
 
 
+class FeatureTable(StrEnum):
+    """The features stage's tables, under ``features/ds=<ds>/`` (jobs/features.py says what each holds)."""
+
+    ITEM_DOCUMENTS = "item_documents"
+    ITEM_STATS = "item_stats"
+    USER_HISTORIES = "user_histories"
+    SEGMENT_POPULARITY = "segment_popularity"
+    INTERACTIONS_TRAIN = "interactions_train"
+    INTERACTIONS_HOLDOUT = "interactions_holdout"
+    TRAIN_USER_HISTORIES = "train_user_histories"
+    COLD_ITEMS = "cold_items"
+    INTERACTIONS_COLD = "interactions_cold"
+
+
+class OutputTable(StrEnum):
+    """The tables a run stages under ``runs/ds=<ds>/`` and publish makes live."""
+
+    USER_TOPN = "user_topn"
+    ITEM_SIMILAR = "item_similar"
+
+
 class Storage:
-    """Keys for every dataset of the pipeline, and the stores they live in."""
+    """Keys for every dataset of the pipeline, the stores they live in, and typed reads and writes."""
+
+    INDEX_FILE = "items.faiss"
+    INDEX_ID_MAP = "id_map"
+    INDEX_MANIFEST = "manifest.json"
+    EVALUATION_REPORT = "evaluation.json"
+    EVALUATION_TABLE = "evaluation.txt"
+    # Published store: versions/<version>/<table>/part-*.parquet, versions/<version>/_manifest.json,
+    # and the pointer readers start from.
+    LATEST = "latest.json"
+    MANIFEST_FILE = "_manifest.json"
 
     def __init__(self, settings: Settings):
         self.settings = settings
         self.work = open_store(settings.storage.work_root, settings.storage)
         self.published = open_store(settings.storage.publish_root, settings.storage)
-        self.local_root = Path(settings.data_root)
 
     # Work store keys. Every stage output is keyed by ds, so a rerun overwrites its own outputs.
     @staticmethod
@@ -344,8 +383,8 @@ class Storage:
         return f"quarantine/{entity}/ds={ds}"
 
     @staticmethod
-    def features(name: str, ds: str) -> str:
-        return f"features/ds={ds}/{name}"
+    def features(name: FeatureTable, ds: str) -> str:
+        return f"features/ds={ds}/{FeatureTable(name)}"
 
     @staticmethod
     def item_embeddings(ds: str, model_version: str) -> str:
@@ -357,8 +396,27 @@ class Storage:
 
     @staticmethod
     def run_output(name: str, ds: str) -> str:
-        """Staged outputs of one run (top-N tables, metrics) before publish."""
+        """Staged outputs of one run (top-N tables, the evaluation) before publish."""
         return f"runs/ds={ds}/{name}"
+
+    @staticmethod
+    def user_topn_export(version: str) -> str:
+        return f"exports/user_topn/{version}.jsonl"
+
+    # Published store keys.
+    PUBLISHED_VERSIONS = "versions"
+
+    @staticmethod
+    def published_version(version: str) -> str:
+        return f"{Storage.PUBLISHED_VERSIONS}/{version}"
+
+    @staticmethod
+    def published_manifest(version: str) -> str:
+        return f"{Storage.published_version(version)}/{Storage.MANIFEST_FILE}"
+
+    @staticmethod
+    def published_part(version: str, table: OutputTable, part: int) -> str:
+        return f"{Storage.published_version(version)}/{OutputTable(table)}/part-{part:05d}{PARQUET_SUFFIX}"
 
     def partitions(self, prefix: str) -> list[str]:
         """The ds values of ``prefix/ds=YYYY-MM-DD`` folders in the work store, sorted."""
@@ -367,11 +425,135 @@ class Storage:
     def spark_path(self, key: str) -> str:
         return self.work.spark_path(key)
 
+    # Raw drops.
+    def replace_raw_drop(self, entity: str, ds: str, files: dict[str, bytes | Path]) -> list[str]:
+        """Make ``files`` (name -> bytes, or a local file to upload) the whole raw drop of
+        ``entity`` for ds (none: the drop has no such file); returns their URIs."""
+        prefix = self.raw(entity, ds)
+        self.work.delete_prefix(prefix + "/")
+        for name, data in files.items():
+            if isinstance(data, Path):
+                self.work.upload(data, f"{prefix}/{name}")
+            else:
+                self.work.write_bytes(f"{prefix}/{name}", data)
+        return [self.work.uri(f"{prefix}/{name}") for name in files]
+
+    def raw_files(self, entity: str, ds: str) -> list[str]:
+        """Keys of every file of the raw drop of ``entity`` for ds."""
+        return self.work.list(self.raw(entity, ds) + "/")
+
+    # Features.
+    def read_features(self, name: FeatureTable, ds: str, columns: list[str] | None = None) -> "pd.DataFrame":
+        key = self.features(name, ds)
+        if not self.work.table_exists(key):
+            raise MissingInput(f"no {name} features for {ds} at {self.work.uri(key)}: run the features stage first")
+        return self.work.read_table(key, columns=columns).to_pandas()
+
+    # Item embeddings.
+    def write_item_embeddings(self, ds: str, model_version: str, table: pa.Table) -> str:
+        key = self.item_embeddings(ds, model_version)
+        self.work.replace_table(key, table)
+        return self.work.uri(key)
+
+    def read_item_embeddings(self, ds: str, model_version: str) -> pa.Table:
+        key = self.item_embeddings(ds, model_version)
+        if not self.work.table_exists(key):
+            raise MissingInput(f"no item embeddings at {self.work.uri(key)}: run the embed_items stage first")
+        return self.work.read_table(key)
+
+    def latest_item_embeddings(self, ds: str, model_version: str) -> "pd.DataFrame | None":
+        """The latest embeddings of this model version up to ds (what an incremental run reuses)."""
+        for day in reversed([d for d in self.partitions("embeddings") if d <= ds]):
+            key = self.item_embeddings(day, model_version)
+            if self.work.table_exists(key):
+                return self.work.read_table(key).to_pandas()
+        return None
+
+    # The FAISS index: the index file, its id map (row -> item id) and its manifest.
+    def write_index(self, ds: str, model_version: str, index, item_ids: list[str], manifest: dict[str, Any]) -> str:
+        from recsys_lib.index import save_index
+
+        with self.temp_dir() as tmp:
+            path = f"{tmp}/{self.INDEX_FILE}"
+            save_index(index, path)
+            self.work.upload(path, self.index(ds, model_version, self.INDEX_FILE))
+        self.work.replace_table(self.index(ds, model_version, self.INDEX_ID_MAP), pa.table({ITEM_COL: item_ids}))
+        self.write_json(self.index(ds, model_version, self.INDEX_MANIFEST), manifest)
+        return self.work.uri(self.index(ds, model_version))
+
+    def read_index(self, ds: str, model_version: str):
+        from recsys_lib.index import load_index
+
+        key = self.index(ds, model_version, self.INDEX_FILE)
+        if not self.work.exists(key):
+            raise MissingInput(f"no item index at {self.work.uri(key)}: run the build_index stage first")
+        with self.temp_dir() as tmp:
+            path = f"{tmp}/{self.INDEX_FILE}"
+            self.work.download(key, path)
+            return load_index(path)
+
+    def read_index_manifest(self, ds: str, model_version: str) -> dict[str, Any]:
+        key = self.index(ds, model_version, self.INDEX_MANIFEST)
+        if not self.work.exists(key):
+            raise MissingInput(f"no index manifest at {self.work.uri(key)}: run the build_index stage first")
+        return json.loads(self.work.read_bytes(key))
+
+    # Staged output tables (user top-N, item-to-item).
+    def write_output_table(self, name: OutputTable, ds: str, parts: pa.Table | Iterable[pa.Table]) -> list[str]:
+        """Write a table, or an iterable of parts written one at a time (memory stays one part)."""
+        key = self.run_output(OutputTable(name), ds)
+        if isinstance(parts, pa.Table):
+            return [self.work.replace_table(key, parts)]
+        return self.work.replace_table_parts(key, parts)
+
+    def read_output_table(self, name: OutputTable, ds: str) -> pa.Table:
+        key = self.run_output(OutputTable(name), ds)
+        if not self.work.table_exists(key):
+            raise MissingInput(f"no staged {name} table at {self.work.uri(key)}: run the recommend stage first")
+        return self.work.read_table(key)
+
+    def output_uri(self, name: str, ds: str) -> str:
+        return self.work.uri(self.run_output(name, ds))
+
+    # The evaluation report: typed JSON for the gate, a text table for people.
+    def write_evaluation(self, report: "EvaluationReport") -> str:
+        self.write_json(self.run_output(self.EVALUATION_REPORT, report.ds), report.to_dict())
+        table = f"{report.model_version}, ds {report.ds}\n\n{report.to_text()}\n"
+        self.work.write_bytes(self.run_output(self.EVALUATION_TABLE, report.ds), table.encode())
+        return self.work.uri(self.run_output(self.EVALUATION_TABLE, report.ds))
+
+    def read_evaluation(self, ds: str) -> "EvaluationReport":
+        from recsys_lib.evaluation.report import EvaluationReport
+
+        key = self.run_output(self.EVALUATION_REPORT, ds)
+        if not self.work.exists(key):
+            raise MissingInput(f"no evaluation report at {self.work.uri(key)}: run the evaluate stage first")
+        return EvaluationReport.from_dict(json.loads(self.work.read_bytes(key)))
+
+    def evaluation_table(self, ds: str) -> str | None:
+        """The evaluation as the text table evaluate printed, or None before evaluate ran."""
+        key = self.run_output(self.EVALUATION_TABLE, ds)
+        return self.work.read_bytes(key).decode() if self.work.exists(key) else None
+
+    # Small files.
+    def write_json(self, key: str, data: dict[str, Any]) -> None:
+        self.work.write_bytes(key, json.dumps(data, indent=2, default=str).encode())
+
+    def read_text(self, location: str) -> str:
+        """A text file named by a path or URI in settings (e.g. ``rules.blocked_items_file``)."""
+        parent, _, name = location.rstrip("/").rpartition("/")
+        return open_store(parent or ".", self.settings.storage).read_bytes(name).decode()
+
     # Local scratch: torch and FAISS need real files; caches are safe to delete.
     def scratch(self, *parts: str) -> Path:
-        path = self.local_root.joinpath("scratch", *parts)
-        path.mkdir(parents=True, exist_ok=True)
-        return path
+        return scratch_dir(self.settings, *parts)
 
     def temp_dir(self) -> tempfile.TemporaryDirectory:
         return tempfile.TemporaryDirectory(dir=self.scratch("tmp"))
+
+
+def scratch_dir(settings: Settings, *parts: str) -> Path:
+    """A folder under ``<data_root>/scratch`` (caches, temporary files), created on first use."""
+    path = Path(settings.data_root).joinpath("scratch", *parts)
+    path.mkdir(parents=True, exist_ok=True)
+    return path

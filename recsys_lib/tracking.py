@@ -1,7 +1,7 @@
 """MLflow: runs, the model registry (one registered model, aliases ``champion``/``candidate``)
 and model checkpoints as plain artifacts (safetensors + Hugging Face files; nothing pickled).
 
-Tests: tests/unit/test_tracking.py (a real SQLite-backed store), tests/integration.
+Tests: tests/unit/recsys_lib/test_tracking.py (a real SQLite-backed store), tests/integration.
 """
 
 from __future__ import annotations
@@ -11,15 +11,21 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from recsys_lib.errors import MissingInput
 from recsys_lib.settings import PROJECT_ROOT, Settings
+from recsys_lib.storage import scratch_dir
+
+if TYPE_CHECKING:
+    from recsys_lib.evaluation.report import EvaluationReport
 
 log = logging.getLogger(__name__)
 
 CHAMPION = "champion"
 CANDIDATE = "candidate"
 MODEL_ARTIFACT = "model"
+EVALUATION_ARTIFACT = "evaluation.json"
 
 
 @dataclass(frozen=True)
@@ -68,6 +74,9 @@ class Tracker:
         import mlflow
         from mlflow import MlflowClient
 
+        from recsys_lib.logs import quiet_library_logs
+
+        quiet_library_logs()
         cfg = settings.tracking
         if cfg.tracking_uri.startswith("sqlite:///"):
             Path(cfg.tracking_uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
@@ -76,7 +85,7 @@ class Tracker:
         self.mlflow = mlflow
         self.client = MlflowClient(tracking_uri=cfg.tracking_uri)
         self.model_name = cfg.registered_model
-        self.cache_root = Path(settings.data_root) / "scratch" / "models"
+        self.cache_root = scratch_dir(settings, "models")
         experiment = self.client.get_experiment_by_name(cfg.experiment)
         if experiment is None:
             self.experiment_id = self.client.create_experiment(
@@ -115,8 +124,26 @@ class Tracker:
     def log_artifacts(self, run_id: str, local_dir: str | Path, artifact_path: str | None = None) -> None:
         self.client.log_artifacts(run_id, str(local_dir), artifact_path)
 
-    def log_dict(self, run_id: str, data: dict, artifact_file: str) -> None:
-        self.client.log_dict(run_id, data, artifact_file)
+    def log_evaluation(self, run_id: str, report: EvaluationReport) -> None:
+        """The report's metrics (``<ranker>.<metric>``...), tuned parameters and both renderings."""
+        self.log_metrics(run_id, report.mlflow_metrics())
+        self.set_tags(run_id, report.mlflow_tags())
+        self.client.log_dict(run_id, report.to_dict(), EVALUATION_ARTIFACT)
+        self.client.log_text(run_id, report.to_text(), "evaluation.txt")
+
+    def evaluation_of(self, run_id: str) -> EvaluationReport | None:
+        """The evaluation report logged to a run, or None when it has none."""
+        import json
+
+        from mlflow.exceptions import MlflowException
+
+        from recsys_lib.evaluation.report import EvaluationReport
+
+        try:
+            text = self.mlflow.artifacts.load_text(f"runs:/{run_id}/{EVALUATION_ARTIFACT}")
+        except (MlflowException, OSError):
+            return None
+        return EvaluationReport.from_dict(json.loads(text))
 
     def run_metrics(self, run_id: str) -> dict[str, float]:
         return dict(self.client.get_run(run_id).data.metrics)
@@ -170,8 +197,20 @@ class Tracker:
     def set_alias(self, alias: str, version: str) -> None:
         self.client.set_registered_model_alias(self.model_name, alias, str(version))
 
-    def set_version_tag(self, version: str, key: str, value: str) -> None:
-        self.client.set_model_version_tag(self.model_name, str(version), key, value)
+    def resolve(self, version: str | None) -> ModelVersion:
+        """The given registered version, or the current candidate when none is given."""
+        if version is not None:
+            return self.model_version(str(version))
+        mv = self.alias(CANDIDATE)
+        if mv is None:
+            raise MissingInput(f"no '{CANDIDATE}' version of model {self.model_name!r}: run the train stage first")
+        return mv
+
+    def load_model(self, mv: ModelVersion, device="cpu"):
+        """(TwoTowerModel, tokenizer) of a registered version, from the local cache."""
+        from recsys_lib.models.two_tower import TwoTowerModel
+
+        return TwoTowerModel.load(self.download_model(mv.version), device=device)
 
     def download_model(self, version: str) -> Path:
         """The checkpoint folder of a model version, downloaded once into the local cache."""

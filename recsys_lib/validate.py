@@ -2,7 +2,7 @@
 
 Every rule names its column, so a rejected share can be reported as "file, column, count".
 Transforms take and return DataFrames; reading files and writing tables is the ingest job's.
-Tests: tests/unit/test_validate.py.
+Tests: tests/unit/recsys_lib/test_validate.py.
 """
 
 from __future__ import annotations

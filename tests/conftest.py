@@ -47,6 +47,17 @@ TINY_TRAIN = {
 }
 
 
+def evaluation_report(model: dict, champion: dict | None = None, ks=(10, 20), model_version="m/2", ds="2026-01-01"):
+    """A hand-made EvaluationReport with the given all-users metrics of the model (and champion)."""
+    from recsys_lib.evaluation.report import EvaluationReport, Segment
+
+    rankers = {"model": model, **({"champion": champion} if champion is not None else {})}
+    return EvaluationReport(
+        ds=ds, model_version=model_version, ks=tuple(ks), all_users=Segment("all users (n=2)", 2, rankers),
+        light_users=Segment("light users (n=0)", 0), cold_items=Segment("cold items (n=0, users=0)", 0),
+    )  # fmt: skip
+
+
 def settings_toml(overrides: dict) -> str:
     """The same overrides as a settings file, for processes that read RECSYS_CONFIG."""
     sections: dict[str, list[str]] = {}
@@ -82,6 +93,31 @@ def tiny_encoder(tmp_path_factory) -> Path:
     from recsys_lib.models.encoder import save_random_encoder
 
     return save_random_encoder(tmp_path_factory.mktemp("tiny-encoder"), hidden_size=32, layers=2)
+
+
+@pytest.fixture(scope="session")
+def tiny_two_tower(tiny_encoder):
+    """An untrained two-tower model on the tiny encoder (32 dimensions, histories of 3, T = 0.05):
+    its user tower is the normalised mean of the history's item vectors."""
+    from recsys_lib.models.two_tower import TwoTowerModel
+
+    model, _ = TwoTowerModel.from_encoder(str(tiny_encoder), history_length=3, max_length=16, temperature=0.05)
+    return model.eval()
+
+
+def hand_made_items(bias=(0.0, 0.0, 0.0, 0.0, 15.0)):
+    """Five items in 32 dimensions with known cosines: a = e0, b = e1, c = (e0 + e1) / sqrt 2,
+    d = -e0, e = e2 (orthogonal to all but itself, lifted by its bias)."""
+    import numpy as np
+    import pandas as pd
+
+    from recsys_lib.embedding import ItemVectors
+
+    vectors = np.zeros((5, 32), np.float32)
+    vectors[0, 0] = vectors[1, 1] = vectors[4, 2] = 1.0
+    vectors[2, :2] = 1 / np.sqrt(2)
+    vectors[3, 0] = -1.0
+    return ItemVectors(pd.Index(list("abcde"), dtype=object), vectors, np.asarray(bias, np.float32))
 
 
 def _free_port() -> int:

@@ -2,7 +2,7 @@
 sample and its larger siblings (movielens.py), RecBole atomic files (atomic.py: the many public
 datasets RecBole distributes in that format), and a seeded synthetic generator for tests and
 scale benchmarks (synthetic.py). Landing a source as a raw drop is ``land_raw_drop``.
-Tests: tests/unit/test_data_sources.py.
+Tests: tests/unit/recsys_lib/data/.
 """
 
 from __future__ import annotations
@@ -30,13 +30,9 @@ def land_raw_drop(
         raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
     written = {}
     for entity, frame in (("interactions", interactions), ("items", items), ("users", users)):
-        prefix = Storage.raw(entity, ds)
-        storage.work.delete_prefix(prefix + "/")
-        if frame is None:
-            continue
-        key = f"{prefix}/{entity}.{fmt}"
-        storage.work.write_bytes(key, to_bytes(frame, fmt))
-        written[entity] = storage.work.uri(key)
+        files = {} if frame is None else {f"{entity}.{fmt}": to_bytes(frame, fmt)}
+        for uri in storage.replace_raw_drop(entity, ds, files):
+            written[entity] = uri
     return written
 
 

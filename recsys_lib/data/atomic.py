@@ -10,7 +10,7 @@ contract column takes the first field present from a short list of the names Rec
   items         title: movie_title | title | item_name | name (+ " (<release_year>)" when present)
                 categories: class | genre | categories | category
   users         segment: gender and age group (as for MovieLens 1m), else occupation
-Tests: tests/unit/test_data_sources.py.
+Tests: tests/unit/recsys_lib/data/test_atomic.py.
 """
 
 from __future__ import annotations

@@ -6,6 +6,7 @@ needs the network (the demo sample ships in ``data/movielens-latest-small``).
 Ratings become interactions with ``event_type = "rating"``; genres become categories; tags are
 the most used free-text tags of each movie. The releases with demographics (100k, 1m) also give
 users, segmented by gender and age group (e.g. ``F-25``) for the cold-user fallback.
+Tests: tests/unit/recsys_lib/data/test_movielens.py.
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ text carries the same signal as behaviour. Users prefer a few topics; within a t
 picked with Zipf-like popularity. A user's segment (the optional users input) is their favourite
 topic, so a segment's popular items differ from the global ones. Same seed, same frames.
 Vectorised: a million users and items take seconds.
+Tests: tests/unit/recsys_lib/data/test_synthetic.py.
 """
 
 from __future__ import annotations

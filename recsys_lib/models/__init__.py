@@ -3,8 +3,11 @@
 * ``encoder``: resolving and loading the pretrained text encoder (bundled MiniLM, a local path,
   or a hub name).
 * ``two_tower``: the model (item tower = fine-tuned encoder over item documents; user tower =
-  recency-aware attention pooling over the user's history item vectors), its loss, and its
-  safetensors checkpoint format.
-* ``training``: building (history -> next item) examples and the fine-tuning loop.
-Tests: tests/unit/test_two_tower.py, tests/unit/test_training.py (tiny random encoders).
+  recency-aware attention pooling over the user's history item vectors), its loss, its
+  safetensors checkpoint format and batched inference.
+* ``examples``: (history -> next item) training examples and the validation set.
+* ``train_task``: the training objective; ``forward(batch)`` returns the losses.
+* ``training``: the loop and its named parts (optimiser, schedule, sampler, early stopping),
+  warm-starting from the champion, the run fingerprint.
+Tests: tests/unit/recsys_lib/models/ (tiny random encoders).
 """

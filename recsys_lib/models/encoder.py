@@ -1,4 +1,7 @@
-"""Resolve and load the pretrained text encoder the item tower starts from."""
+"""Resolve and load the pretrained text encoder the item tower starts from.
+
+Tests: tests/unit/recsys_lib/models/test_two_tower.py (through a tiny random encoder saved here).
+"""
 
 from __future__ import annotations
 

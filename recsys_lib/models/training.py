@@ -1,180 +1,49 @@
-"""Fine-tuning the two-tower model on (user history -> next item) examples.
+"""Fine-tuning the two-tower model: the loop and its named parts.
 
-A step scores a batch of users against the batch's own next items plus uniformly drawn extra
-negatives, with every item's vector from a cache of the transformer's pooled outputs (refreshed
-every ``refresh_every`` steps) put through the item tower's heads with gradients, plus the
-item's ID embedding. Training runs in two phases (linear probing, then fine-tuning):
+Training runs in two phases (linear probing, then fine-tuning; Kumar et al., 2022):
 
-1. ``frozen_steps`` steps train everything but the transformer. The cache is exact while the
-   transformer is frozen, and a step costs no transformer pass at all.
-2. ``max_steps`` steps also fine-tune the transformer: ``encoder_batch_size`` of the batch's
-   next items (all of them on a GPU) go through it with gradients, and it learns from a softmax
-   among those items only, where every candidate carries its gradient. Against the cached
-   negatives it would receive the pull of each positive toward its user but none of the pushes
-   away from the negatives, and all item vectors would drift toward the average user.
+1. ``frozen_steps`` steps train everything but the transformer on its cached outputs, which are
+   exact while it is frozen, so a step costs no transformer pass at all;
+2. ``max_steps`` steps also fine-tune the transformer (``encoder_batch_size`` of each batch's
+   next items go through it with gradients; all of them on a GPU).
 
-Each refresh also scores the validation users (every user's last training event, held out from
-the examples); the best fine-tuning state wins, and fine-tuning stops early when NDCG@10 stops
-improving.
+The losses are ``TwoTowerTrainTask``'s; here are the optimiser (separate learning rates for the
+transformer, the heads and the ID tables), the warm-up + linear-decay schedule per phase, the
+seeded batch sampler, and early stopping: every ``refresh_every`` steps the validation users
+(each user's last training event) are ranked, the best fine-tuning state wins, and fine-tuning
+stops when NDCG at the primary cut-off stops improving.
+Tests: tests/unit/recsys_lib/models/test_training.py (tiny random encoders).
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
+import hashlib
+import json
 import logging
 import math
 import random
 import time
-from dataclasses import dataclass
-from typing import Callable
+from pathlib import Path
+from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 
-from recsys_lib.models.two_tower import (
-    NO_ID,
-    PAD,
-    TokenizedDocuments,
-    TwoTowerModel,
-    autocast,
-    embed_text,
-    embed_users,
-    sampled_softmax_loss,
-)
-from recsys_lib.schema import ITEM_COL, TIMESTAMP_COL, USER_COL, VALIDATION_COL
-from recsys_lib.settings import TrainSettings
+from recsys_lib.models.examples import TrainingExamples, ValidationSet
+from recsys_lib.models.train_task import Batch, TwoTowerTrainTask
+from recsys_lib.models.two_tower import TokenizedDocuments, TwoTowerModel, embed_users
+from recsys_lib.settings import ModelSettings, Settings, TrainSettings
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class TrainingExamples:
-    history: np.ndarray  # [n, L] catalogue indices, right-aligned, PAD where empty
-    target: np.ndarray  # [n] catalogue index of the next item
-
-    def __len__(self) -> int:
-        return len(self.target)
-
-
-@dataclass(frozen=True)
-class ValidationSet:
-    history: np.ndarray  # [u, L] each validation user's history before the held-out event
-    target: np.ndarray  # [u] the held-out item
-    exclude: list[np.ndarray]  # per user, the other items seen in training (not ranked)
-
-    def __len__(self) -> int:
-        return len(self.target)
-
-    def sample(self, n: int, seed: int) -> "ValidationSet":
-        """At most ``n`` users, drawn with ``seed``: scoring every user against the whole
-        catalogue at each refresh costs users x items, too much at millions of each."""
-        if n <= 0 or len(self) <= n:
-            return self
-        rows = np.sort(np.random.default_rng(seed).choice(len(self), size=n, replace=False))
-        return ValidationSet(self.history[rows], self.target[rows], [self.exclude[r] for r in rows])
-
-
-def _sequences(interactions: pd.DataFrame, item_ids: pd.Index) -> pd.DataFrame:
-    df = interactions.copy()
-    df["_item"] = item_ids.get_indexer(df[ITEM_COL])
-    return df[df["_item"] >= 0].sort_values([USER_COL, TIMESTAMP_COL, ITEM_COL], kind="stable")
-
-
-def build_examples(interactions: pd.DataFrame, item_ids: pd.Index, history_length: int) -> TrainingExamples:
-    """One example per event that has at least one earlier event of the same user.
-
-    Args:
-        interactions: user_id, item_id, timestamp rows (any order).
-        item_ids: the catalogue; position in it is the item's index. Unknown items are dropped.
-        history_length: how many preceding items each example keeps (latest last).
-    """
-    df = _sequences(interactions[[USER_COL, ITEM_COL, TIMESTAMP_COL]], item_ids)
-    items = df["_item"].to_numpy(np.int64)
-    users = df[USER_COL].to_numpy()
-    n = len(items)
-    if n == 0:
-        return TrainingExamples(np.empty((0, history_length), np.int64), np.empty(0, np.int64))
-    first = np.ones(n, dtype=bool)
-    first[1:] = users[1:] != users[:-1]
-    start = np.maximum.accumulate(np.where(first, np.arange(n), 0))
-    position = np.arange(n) - start
-    rows = np.flatnonzero(position >= 1)
-    history = np.full((len(rows), history_length), PAD, dtype=np.int64)
-    for k in range(1, history_length + 1):
-        ok = position[rows] >= k
-        history[ok, history_length - k] = items[rows[ok] - k]
-    return TrainingExamples(history, items[rows])
-
-
-def build_validation(
-    interactions: pd.DataFrame, item_ids: pd.Index, history_length: int
-) -> tuple[pd.DataFrame, ValidationSet]:
-    """Split training interactions into (events to train on, the validation set).
-
-    Args:
-        interactions: training interactions with a boolean ``is_validation`` column marking
-            each user's held-out validation event (see features.mark_validation).
-    """
-    flag = interactions[VALIDATION_COL].to_numpy(bool)
-    train, held = interactions[~flag], interactions[flag]
-    seq = _sequences(train[[USER_COL, ITEM_COL, TIMESTAMP_COL]], item_ids)
-    grouped = seq.groupby(USER_COL, sort=False)["_item"].agg(list)
-    held = held[held[ITEM_COL].isin(item_ids)]
-    histories = [np.asarray(grouped.get(u, []), dtype=np.int64) for u in held[USER_COL]]
-    history = np.full((len(held), history_length), PAD, dtype=np.int64)
-    for row, h in enumerate(histories):
-        h = h[-history_length:]
-        if len(h):
-            history[row, -len(h) :] = h
-    keep = (history != PAD).any(axis=1)
-    target = item_ids.get_indexer(held[ITEM_COL]).astype(np.int64)
-    exclude = [np.unique(h) for h, k in zip(histories, keep) if k]
-    return train, ValidationSet(history[keep], target[keep], exclude)
 
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def _add_lora(model: TwoTowerModel, rank: int) -> None:
-    """Fine-tune the encoder through low-rank adapters on its attention (peft's defaults per
-    architecture); the base weights stay frozen."""
-    from peft import LoraConfig, get_peft_model
-
-    config = LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.05)
-    model.item_tower.encoder = get_peft_model(model.item_tower.encoder, config)
-
-
-@torch.no_grad()
-def validation_metrics(
-    model: TwoTowerModel,
-    item_vectors: torch.Tensor,
-    item_bias: torch.Tensor,
-    validation: ValidationSet,
-    max_scores: int = 2**26,
-) -> dict[str, float]:
-    """NDCG@10 and Recall@20 of each validation user's held-out item, ranked over the catalogue.
-
-    Users are scored in batches of at most ``max_scores`` user-item scores (256 MiB)."""
-    batch_size = max(1, min(1024, max_scores // max(1, len(item_vectors))))
-    users = embed_users(model, item_vectors, validation.history)
-    ranks = []
-    for start in range(0, len(validation), batch_size):
-        scores = model.score(users[start : start + batch_size], item_vectors, item_bias)
-        rows = torch.arange(len(scores), device=scores.device)
-        target = torch.as_tensor(validation.target[start : start + batch_size], device=scores.device)
-        for row, excluded in enumerate(validation.exclude[start : start + batch_size]):
-            scores[row, torch.as_tensor(excluded, device=scores.device)] = float("-inf")
-        positive = scores[rows, target].unsqueeze(1)
-        ranks.append((scores > positive).sum(1).cpu())
-    rank = torch.cat(ranks).numpy() if ranks else np.empty(0)
-    if not len(rank):
-        return {"val_ndcg_at_10": 0.0, "val_recall_at_20": 0.0}
-    ndcg = np.where(rank < 10, 1.0 / np.log2(rank + 2), 0.0)
-    return {"val_ndcg_at_10": float(ndcg.mean()), "val_recall_at_20": float((rank < 20).mean())}
 
 
 def warmup_linear_decay(start: int, end: int, warmup_fraction: float) -> Callable[[int], float]:
@@ -191,6 +60,113 @@ def warmup_linear_decay(start: int, end: int, warmup_fraction: float) -> Callabl
     return factor
 
 
+def build_optimizer(model: TwoTowerModel, cfg: TrainSettings, frozen_steps: int, steps: int):
+    """(AdamW, its schedule): the heads and ID tables learn from step 0, the transformer (if it
+    is fine-tuned at all) from ``frozen_steps``, each with its own warm-up and decay."""
+    # ID tables and biases live on a logit scale that must move far: they get a larger step.
+    tower = model.item_tower
+    id_params = [tower.id_embedding.weight, tower.id_bias.weight, tower.text_bias.weight, tower.text_bias.bias]
+    heads = [p for p in model.head_parameters() if all(p is not q for q in id_params)]
+    groups = [
+        {"params": heads, "lr": cfg.head_learning_rate},
+        {"params": id_params, "lr": cfg.id_learning_rate, "weight_decay": 0.0},
+    ]
+    schedules = [warmup_linear_decay(0, steps, cfg.warmup_fraction)] * 2
+    if model.encoder_parameters():
+        groups.append({"params": model.encoder_parameters(), "lr": cfg.learning_rate})
+        schedules.append(warmup_linear_decay(frozen_steps, steps, cfg.warmup_fraction))
+    optimizer = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedules)
+
+
+class BatchSampler:
+    """Examples in a seeded random order, epoch after epoch, with uniformly drawn extra negatives."""
+
+    def __init__(self, examples: TrainingExamples, warm_items: torch.Tensor, batch_size: int, cfg: TrainSettings):
+        self.history = torch.as_tensor(examples.history)
+        self.target = torch.as_tensor(examples.target)
+        self.warm_items = warm_items
+        self.batch_size = batch_size
+        self.extra_negatives = cfg.extra_negatives
+        self.generator = torch.Generator().manual_seed(cfg.seed)
+        self.order = torch.randperm(len(examples), generator=self.generator)
+        self.cursor = 0
+
+    def next(self, device: torch.device, encoded: int = 0) -> Batch:
+        if self.cursor + self.batch_size > len(self.order):
+            self.order = torch.randperm(len(self.order), generator=self.generator)
+            self.cursor = 0
+        index = self.order[self.cursor : self.cursor + self.batch_size]
+        self.cursor += self.batch_size
+        draw = torch.randint(0, len(self.warm_items), (self.extra_negatives,), generator=self.generator)
+        return Batch(
+            history=self.history[index].to(device),
+            target=self.target[index].to(device),
+            negatives=self.warm_items[draw].to(device),
+            encoded=encoded,
+        )
+
+
+class EarlyStopping:
+    """Keeps the best state by ``metric`` and says when ``patience`` evaluations brought no gain."""
+
+    def __init__(self, metric: str, patience: int):
+        self.metric = metric
+        self.patience = patience
+        self.reset()
+
+    def reset(self) -> None:
+        self.best: dict[str, float] = {self.metric: -1.0, "step": 0}
+        self.state: dict | None = None
+        self.without_gain = 0
+
+    def update(self, metrics: dict[str, float], step: int, model: torch.nn.Module) -> bool:
+        """Record an evaluation at ``step``; True when it is time to stop."""
+        if metrics[self.metric] > self.best[self.metric]:
+            self.best = {**metrics, "step": step}
+            self.state = copy.deepcopy(model.state_dict())
+            self.without_gain = 0
+            return False
+        self.without_gain += 1
+        return self.without_gain >= self.patience
+
+    def restore(self, model: torch.nn.Module) -> None:
+        if self.state is not None:
+            model.load_state_dict(self.state)
+
+
+@torch.no_grad()
+def validation_metrics(
+    model: TwoTowerModel,
+    item_vectors: torch.Tensor,
+    item_bias: torch.Tensor,
+    validation: ValidationSet,
+    ks: Sequence[int],
+    max_scores: int = 2**26,
+) -> dict[str, float]:
+    """NDCG@k and Recall@k of each validation user's held-out item, ranked over the catalogue.
+
+    Users are scored in batches of at most ``max_scores`` user-item scores (256 MiB)."""
+    batch_size = max(1, min(1024, max_scores // max(1, len(item_vectors))))
+    users = embed_users(model, item_vectors, validation.history)
+    ranks = []
+    for start in range(0, len(validation), batch_size):
+        scores = model.score(users[start : start + batch_size], item_vectors, item_bias)
+        rows = torch.arange(len(scores), device=scores.device)
+        target = torch.as_tensor(validation.target[start : start + batch_size], device=scores.device)
+        for row, excluded in enumerate(validation.exclude[start : start + batch_size]):
+            scores[row, torch.as_tensor(excluded, device=scores.device)] = float("-inf")
+        positive = scores[rows, target].unsqueeze(1)
+        ranks.append((scores > positive).sum(1).cpu())
+    rank = torch.cat(ranks).numpy() if ranks else np.empty(0)
+    out = {}
+    for k in ks:
+        hit = rank < k
+        out[f"val_ndcg_at_{k}"] = float(np.where(hit, 1.0 / np.log2(rank + 2), 0.0).mean()) if len(rank) else 0.0
+        out[f"val_recall_at_{k}"] = float(hit.mean()) if len(rank) else 0.0
+    return out
+
+
 def train_two_tower(
     model: TwoTowerModel,
     documents: TokenizedDocuments,
@@ -200,6 +176,8 @@ def train_two_tower(
     device: torch.device,
     validation: ValidationSet | None = None,
     on_step: Callable[[int, dict[str, float]], None] | None = None,
+    *,
+    ks: Sequence[int],
 ) -> dict[str, float]:
     """Fine-tune ``model`` in place; returns a summary of the run.
 
@@ -207,7 +185,8 @@ def train_two_tower(
         documents: every catalogue item, tokenized; row i is catalogue index i.
         id_rows: [n_items] ID-embedding row of each catalogue item (NO_ID for cold items).
         examples: training examples over catalogue indices.
-        validation: held-out events for early stopping; None trains ``cfg.max_steps`` steps.
+        validation: held-out events for early stopping; None trains every step.
+        ks: validation cut-offs; early stopping follows NDCG at the first.
     """
     if len(examples) < 2:
         raise ValueError(f"need at least 2 training examples, got {len(examples)}: too little interaction history")
@@ -216,171 +195,54 @@ def train_two_tower(
     if cfg.lora_rank > 0:
         _add_lora(model, cfg.lora_rank)
     model.to(device).train()
-    # ID tables and biases live on a logit scale that must move far: they get a larger step.
-    tower = model.item_tower
-    id_params = [tower.id_embedding.weight, tower.id_bias.weight, tower.text_bias.weight, tower.text_bias.bias]
-    heads = [p for p in model.head_parameters() if all(p is not q for q in id_params)]
-    groups = [
-        {"params": heads, "lr": cfg.head_learning_rate},
-        {"params": id_params, "lr": cfg.id_learning_rate, "weight_decay": 0.0},
-    ]
-    if model.encoder_parameters():
-        groups.append({"params": model.encoder_parameters(), "lr": cfg.learning_rate})
-    optimizer = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
-    # Linear probing, then fine-tuning (LP-FT, Kumar et al., 2022): the first ``frozen_steps``
-    # train everything but the transformer on its cached outputs (exact while it is frozen, and
-    # a fraction of a fine-tuning step's cost), so fine-tuning starts from trained heads instead
-    # of distorting the pretrained features to fit random ones.
     fine_tunes = bool(model.encoder_parameters())
     frozen = cfg.frozen_steps if fine_tunes else 0
     steps = frozen + cfg.max_steps
-    schedules = [warmup_linear_decay(0, steps, cfg.warmup_fraction)] * 2
-    if fine_tunes:
-        schedules.append(warmup_linear_decay(frozen, steps, cfg.warmup_fraction))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedules)
-    n_items = len(documents)
+    optimizer, scheduler = build_optimizer(model, cfg, frozen, steps)
     batch_size = min(cfg.batch_size, len(examples))
     encoded = max(1, min(cfg.encoder_batch_size, batch_size))
-    extra = cfg.extra_negatives
-    # logQ: each candidate's expected count in a batch (in-batch positives + uniform extras).
-    counts = np.bincount(examples.target, minlength=n_items).astype(np.float64)
-    # Extra negatives are drawn from items that are positives somewhere in training: drawing
-    # never-seen items would teach the model that unseen texts are bad, the opposite of what
-    # cold start needs.
-    warm_items = torch.as_tensor(np.flatnonzero(counts > 0))
-    expected = batch_size * counts / counts.sum() + extra * (counts > 0) / len(warm_items)
-    log_q = torch.as_tensor(np.log(np.maximum(expected, 1e-12)), dtype=torch.float32, device=device)
-    log_popularity = torch.as_tensor(np.log(np.maximum(counts, 1e-12)), dtype=torch.float32, device=device)
-    id_rows_t = torch.as_tensor(id_rows, dtype=torch.long, device=device)
-    history = torch.as_tensor(examples.history)
-    target = torch.as_tensor(examples.target)
-    generator = torch.Generator().manual_seed(cfg.seed)
-    order = torch.randperm(len(examples), generator=generator)
-    cursor = 0
+    task = TwoTowerTrainTask(model, documents, id_rows, examples.target, cfg, batch_size, device)
+    sampler = BatchSampler(examples, task.warm_items, batch_size, cfg)
+    stopper = EarlyStopping(f"val_ndcg_at_{ks[0]}", cfg.patience)
     losses: list[float] = []
-    best = {"val_ndcg_at_10": -1.0, "step": 0}
-    best_state = None
-    evaluations_without_gain = 0
     stopped_early = False
     started = time.perf_counter()
-    # Pooled transformer outputs, refreshed every ``refresh_every`` steps; the projection on top
-    # of them is applied with gradients to every item a step touches.
-    pooled_cache = embed_text(model, documents, max(256, batch_size), device, pooled=True)
-
-    def rows_with_dropout(items: torch.Tensor) -> torch.Tensor:
-        rows = id_rows_t[items]
-        if cfg.id_dropout > 0:
-            drop = torch.rand(rows.shape, device=device) < cfg.id_dropout
-            rows = rows.masked_fill(drop, NO_ID)
-        return rows
-
     step = 0
     for step in range(steps):
-        encoder_trains = fine_tunes and step >= frozen
-        if step == frozen and fine_tunes:
+        fine_tuning = fine_tunes and step >= frozen
+        if fine_tuning and step == frozen:
             # The frozen phase prepared the heads; the model is the fine-tuned one, so its
             # checkpoints compete among themselves (the frozen ones stay in the logged curve).
-            best, best_state, evaluations_without_gain = {"val_ndcg_at_10": -1.0, "step": 0}, None, 0
-        if cursor + batch_size > len(order):
-            order = torch.randperm(len(examples), generator=generator)
-            cursor = 0
-        index = order[cursor : cursor + batch_size]
-        cursor += batch_size
-        tgt = target[index].to(device)
-        hist = history[index].to(device)
-        negatives = warm_items[torch.randint(0, len(warm_items), (extra,), generator=generator)].to(device)
-        candidate_ids = torch.cat([tgt, negatives])
-        if encoder_trains:
-            ids, mask = documents.batch(target[index[:encoded]], device)
-            # No dropout: the fresh vectors of a step are ranked against cached ones computed
-            # without it, and noisy positives among clean negatives would be a shortcut to learn.
-            model.item_tower.encoder.eval()
-            with autocast(device):
-                fresh = model.item_tower.pool(ids, mask).float()
-            pooled = torch.cat([fresh.detach(), pooled_cache[candidate_ids[encoded:]]])
-        else:
-            pooled = pooled_cache[candidate_ids]
-        candidate_text = model.item_tower.project(pooled)
-        candidate_rows = rows_with_dropout(candidate_ids)
-        candidates = model.item_tower.combine(candidate_text, candidate_rows)
-        candidate_bias = model.item_tower.bias(candidate_text, candidate_rows)
-        hist_mask = hist != PAD
-        hist_items = hist.clamp(min=0)
-        hist_text = model.item_tower.project(pooled_cache[hist_items.reshape(-1)]).reshape(*hist_items.shape, -1)
-        hist_vectors = model.item_tower.combine(hist_text, rows_with_dropout(hist_items))
-        users = model.encode_users(hist_vectors * hist_mask.unsqueeze(-1), hist_mask).float()
-        correction = log_q[candidate_ids] if cfg.logq_correction else None
-        loss = sampled_softmax_loss(
-            users, candidates.float(), tgt, candidate_ids, model.temperature, correction, candidate_bias
-        )
-        if cfg.text_loss_weight > 0:
-            # The same users against text-only items: the path a brand-new item takes.
-            text_bias = model.item_tower.bias(candidate_text, torch.zeros_like(candidate_rows))
-            loss = loss + cfg.text_loss_weight * sampled_softmax_loss(
-                users, candidate_text, tgt, candidate_ids, model.temperature, correction, text_bias
-            )
-        encoder_loss = None
-        if encoder_trains:
-            # The transformer learns from a softmax among the items that went through it. Against
-            # cached negatives it would get every pull toward the users but none of the pushes
-            # away, and all item vectors would drift toward the average user.
-            fresh_text = model.item_tower.project(fresh)
-            fresh_rows = candidate_rows[:encoded]
-            encoder_loss = sampled_softmax_loss(
-                users[:encoded],
-                model.item_tower.combine(fresh_text, fresh_rows),
-                tgt[:encoded],
-                tgt[:encoded],
-                model.temperature,
-                log_popularity[tgt[:encoded]] if cfg.logq_correction else None,
-                model.item_tower.bias(fresh_text, fresh_rows),
-            )
+            stopper.reset()
+        out = task(sampler.next(device, encoded if fine_tuning else 0))
         optimizer.zero_grad(set_to_none=True)
-        (loss if encoder_loss is None else loss + encoder_loss).backward()
+        out.total.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         scheduler.step()
-        losses.append(loss.item())
+        losses.append(out.loss.item())
         if on_step is not None and (step % 10 == 0 or step == steps - 1):
             logged = {"train_loss": losses[-1], "temperature": model.temperature.item()}
-            if encoder_loss is not None:
-                logged["encoder_loss"] = encoder_loss.item()
+            if out.encoder_loss is not None:
+                logged["encoder_loss"] = out.encoder_loss.item()
             on_step(step, logged)
-        last = step == steps - 1
-        if (cfg.refresh_every > 0 and (step + 1) % cfg.refresh_every == 0) or last or step + 1 == frozen:
-            if encoder_trains:
-                pooled_cache = embed_text(model, documents, max(256, batch_size), device, pooled=True)
-            if validation is not None and len(validation):
-                with torch.no_grad():
-                    text = model.item_tower.project(pooled_cache)
-                    item_vectors = model.item_tower.combine(text, id_rows_t)
-                    item_bias = model.item_tower.bias(text, id_rows_t)
-                metrics = validation_metrics(model, item_vectors, item_bias, validation)
-                if on_step is not None:
-                    on_step(step, metrics)
-                log.info(
-                    "step %d/%d loss %.4f val ndcg@10 %.4f recall@20 %.4f (%.0fs)",
-                    step + 1,
-                    steps,
-                    np.mean(losses[-cfg.refresh_every :]),
-                    metrics["val_ndcg_at_10"],
-                    metrics["val_recall_at_20"],
-                    time.perf_counter() - started,
-                )
-                if metrics["val_ndcg_at_10"] > best["val_ndcg_at_10"]:
-                    best = {**metrics, "step": step + 1}
-                    best_state = copy.deepcopy(model.state_dict())
-                    evaluations_without_gain = 0
-                else:
-                    evaluations_without_gain += 1
-                    if step >= frozen and evaluations_without_gain >= cfg.patience:
-                        stopped_early = True
-                        log.info("early stop: no gain in %d evaluations; best at step %d", cfg.patience, best["step"])
-                        break
-            else:
-                log.info("step %d/%d loss %.4f (%.0fs)", step + 1, steps, losses[-1], time.perf_counter() - started)
-    if best_state is not None:
-        model.load_state_dict(best_state)
+        if not ((cfg.refresh_every > 0 and (step + 1) % cfg.refresh_every == 0) or step + 1 in (frozen, steps)):
+            continue
+        if fine_tuning:
+            task.refresh()
+        if validation is None or not len(validation):
+            log.info("step %d/%d loss %.4f (%.0fs)", step + 1, steps, losses[-1], time.perf_counter() - started)
+            continue
+        metrics = validation_metrics(model, *task.item_vectors(), validation, ks)
+        if on_step is not None:
+            on_step(step, metrics)
+        log.info("step %d/%d loss %.4f %s (%.0fs)", step + 1, steps, np.mean(losses[-cfg.refresh_every :]),
+                 " ".join(f"{k} {v:.4f}" for k, v in metrics.items()), time.perf_counter() - started)  # fmt: skip
+        if stopper.update(metrics, step + 1, model) and step >= frozen:
+            stopped_early = True
+            log.info("early stop: no gain in %d evaluations; best at step %d", cfg.patience, stopper.best["step"])
+            break
+    stopper.restore(model)
     if cfg.lora_rank > 0:
         # Checkpoints hold a plain encoder: the adapters are folded into its weights.
         model.item_tower.encoder = model.item_tower.encoder.merge_and_unload()
@@ -390,15 +252,68 @@ def train_two_tower(
         "train_loss": float(np.mean(tail)),
         "first_loss": float(losses[0]),
         "steps": float(step + 1),
-        "best_step": float(best["step"] or step + 1),
+        "best_step": float(stopper.best["step"] or step + 1),
         "stopped_early": float(stopped_early),
         "examples": float(len(examples)),
         "epochs": (step + 1) * batch_size / len(examples),
         "train_seconds": time.perf_counter() - started,
         "temperature": model.temperature.item(),
     }
-    if best_state is not None:
-        report.update({k: v for k, v in best.items() if k.startswith("val_")})
+    if stopper.state is not None:
+        report.update({k: v for k, v in stopper.best.items() if k.startswith("val_")})
     if not math.isfinite(report["train_loss"]):
         raise FloatingPointError("training diverged: the loss is not finite")
     return report
+
+
+def _add_lora(model: TwoTowerModel, rank: int) -> None:
+    """Fine-tune the encoder through low-rank adapters on its attention (peft's defaults per
+    architecture); the base weights stay frozen."""
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.05)
+    model.item_tower.encoder = get_peft_model(model.item_tower.encoder, config)
+
+
+def initial_model(
+    cfg: ModelSettings, train: TrainSettings, id_vocab: pd.Index, champion: Path | None = None
+) -> tuple[TwoTowerModel, object, bool]:
+    """(model, tokenizer, warm_started): the champion's checkpoint with its ID tables grown to
+    ``id_vocab`` when it loads and has this architecture, else a fresh model around the
+    pretrained encoder ``cfg.encoder``."""
+    if champion is not None:
+        try:
+            model, tokenizer = TwoTowerModel.load(champion)
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            log.warning("cannot warm-start from %s (%s); training from the pretrained encoder", champion, e)
+        else:
+            wanted = (cfg.encoder, cfg.history_length, cfg.user_layers)
+            if (model.config.base_encoder, model.config.history_length, model.config.user_layers) == wanted:
+                return model.with_id_vocab(id_vocab), tokenizer, True
+            log.info("the champion has another architecture; training from the pretrained encoder")
+    model, tokenizer = TwoTowerModel.from_encoder(
+        cfg.encoder,
+        cfg.history_length,
+        cfg.max_length,
+        train.temperature,
+        id_vocab=id_vocab,
+        user_layers=cfg.user_layers,
+        seed=train.seed,
+    )
+    return model, tokenizer, False
+
+
+def training_fingerprint(documents: pd.DataFrame, interactions: pd.DataFrame, settings: Settings) -> str:
+    """Hash of everything that determines the trained model: data, model and train settings
+    (a rerun with the same fingerprint reuses the finished run)."""
+    h = hashlib.sha256()
+    for frame in (documents, interactions):
+        rows = np.sort(pd.util.hash_pandas_object(frame, index=False).to_numpy())
+        h.update(rows.tobytes())
+    config = {
+        "model": dataclasses.asdict(settings.model),
+        "train": dataclasses.asdict(settings.train),
+        "features": dataclasses.asdict(settings.features),
+    }
+    h.update(json.dumps(config, sort_keys=True).encode())
+    return h.hexdigest()[:16]

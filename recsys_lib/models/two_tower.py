@@ -10,6 +10,7 @@ then attention pooling; it starts as the plain mean of the history (its residual
 the pooling query are zero-initialised).
 Scores are cosine similarities; the loss is a sampled softmax over in-batch and uniformly drawn
 negatives with a popularity (logQ) correction and a learned temperature.
+Tests: tests/unit/recsys_lib/models/test_two_tower.py (a tiny random encoder).
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from recsys_lib.schema import ITEM_COL
 
 CONFIG_FILE = "two_tower.json"
 TOWERS_FILE = "towers.safetensors"
@@ -220,7 +223,7 @@ class TwoTowerModel(nn.Module):
             if not k.startswith("item_tower.encoder.")
         }
         save_file(towers, str(directory / TOWERS_FILE))
-        pq.write_table(pa.table({"item_id": pa.array(list(self.id_vocab), pa.string())}), directory / ID_VOCAB_FILE)
+        pq.write_table(pa.table({ITEM_COL: pa.array(list(self.id_vocab), pa.string())}), directory / ID_VOCAB_FILE)
         (directory / CONFIG_FILE).write_text(json.dumps(asdict(self.config), indent=2))
         return directory
 
@@ -235,7 +238,7 @@ class TwoTowerModel(nn.Module):
         config = TwoTowerConfig(**json.loads((directory / CONFIG_FILE).read_text()))
         tokenizer = AutoTokenizer.from_pretrained(directory / ENCODER_DIR)
         encoder = AutoModel.from_pretrained(directory / ENCODER_DIR)
-        id_vocab = pd.Index(pq.read_table(directory / ID_VOCAB_FILE).column("item_id").to_pylist(), dtype=object)
+        id_vocab = pd.Index(pq.read_table(directory / ID_VOCAB_FILE).column(ITEM_COL).to_pylist(), dtype=object)
         model = cls(encoder, config, id_vocab)
         missing, unexpected = model.load_state_dict(load_file(str(directory / TOWERS_FILE)), strict=False)
         missing = [k for k in missing if not k.startswith("item_tower.encoder.")]
@@ -401,22 +404,6 @@ def embed_documents(
     rows = torch.zeros(len(docs), dtype=torch.long) if id_rows is None else torch.as_tensor(id_rows)
     rows = rows.to(text.device)
     return model.item_tower.combine(text, rows), model.item_tower.bias(text, rows)
-
-
-def retrieval_items(vectors: np.ndarray, bias: np.ndarray) -> np.ndarray:
-    """Index rows [n, d + 1] = [vector, bias], so that inner products with ``retrieval_users``
-    are the model's logits and with ``retrieval_neighbours`` plain cosines."""
-    return np.hstack([vectors, bias.reshape(-1, 1)]).astype(np.float32)
-
-
-def retrieval_users(users: np.ndarray, temperature: float) -> np.ndarray:
-    """Queries [u, d + 1] = [user / temperature, 1]: inner product = cosine / T + item bias."""
-    return np.hstack([users / temperature, np.ones((len(users), 1), users.dtype)]).astype(np.float32)
-
-
-def retrieval_neighbours(vectors: np.ndarray) -> np.ndarray:
-    """Item-to-item queries [n, d + 1] = [vector, 0]: inner product = cosine similarity."""
-    return np.hstack([vectors, np.zeros((len(vectors), 1), vectors.dtype)]).astype(np.float32)
 
 
 def history_matrix(histories: list[np.ndarray], history_length: int) -> np.ndarray:

@@ -33,6 +33,12 @@ def test_dags_import_cleanly(dagbag):
     assert "recsys_nightly" in dagbag.dags
 
 
+def test_one_task_per_stage(dagbag):
+    from jobs.pipeline import STAGES
+
+    assert sorted(t.task_id for t in dagbag.dags["recsys_nightly"].tasks) == sorted(STAGES)
+
+
 def test_task_graph(dagbag):
     dag = dagbag.dags["recsys_nightly"]
     edges = {(t.task_id, d) for t in dag.tasks for d in t.downstream_task_ids}

@@ -13,16 +13,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from jobs.pipeline import STAGES
 from recsys_lib.data import land_raw_drop, synthetic
+from recsys_lib.evaluation.report import EvaluationReport
 from recsys_lib.reader import PublishedTables
 from recsys_lib.schema import ITEM_COL, SEEN_COL, USER_COL, USER_TOPN_SCHEMA
-from recsys_lib.storage import Storage
+from recsys_lib.storage import FeatureTable, Storage
 from recsys_lib.tracking import CHAMPION, Tracker
 from tests.conftest import TINY_TRAIN, make_settings, settings_toml
 
 pytestmark = [pytest.mark.slow, pytest.mark.spark]
 ROOT = Path(__file__).resolve().parents[2]
-STAGES = ["ingest", "features", "train", "embed_items", "build_index", "recommend", "evaluate", "publish"]
 
 
 def airflow(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
@@ -148,6 +149,12 @@ def test_mlflow_holds_the_run_metrics_and_champion(nightly):
         assert name in metrics, name
     assert metrics["index.recall_at_10"] == 1.0  # a flat index is exact
     assert 0 <= metrics["model.ndcg_at_10"] <= 1
+    # The live manifest carries the same evaluation, typed, and the index it was served from.
+    manifest = PublishedTables.from_settings(settings).manifest()
+    report = EvaluationReport.from_dict(manifest["evaluation"])
+    assert report.model_version == champion.label and report.ks == (10, 20)
+    assert report.model_metrics()["ndcg_at_10"] == pytest.approx(metrics["model.ndcg_at_10"])
+    assert manifest["index"]["kind"] == "flat" and manifest["gate_basis"] == "no champion"
 
 
 def test_rerunning_the_same_day_is_idempotent(nightly):
@@ -157,7 +164,7 @@ def test_rerunning_the_same_day_is_idempotent(nightly):
     assert "reusing run" in nightly["runs"][1].stdout + nightly["runs"][1].stderr
     assert storage.published.list_dirs("versions") == [PublishedTables.from_settings(settings).manifest()["version"]]
     assert Tracker(settings).alias(CHAMPION).version == "1"
-    histories = storage.work.read_table(Storage.features("user_histories", nightly["ds"])).to_pandas()
+    histories = storage.read_features(FeatureTable.USER_HISTORIES, nightly["ds"])
     assert histories[USER_COL].is_unique and len(histories[SEEN_COL]) == 64
     lake = storage.partitions(Storage.lake("interactions"))
     assert lake == [nightly["ds"]]

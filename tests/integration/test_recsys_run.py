@@ -29,7 +29,7 @@ def test_recsys_run_publishes_tables_for_every_user(tmp_path, tiny_encoder):
     config.write_text(settings_toml({**TINY_TRAIN, "model.encoder": str(tiny_encoder)}))
     out = tmp_path / "published"
     command = [
-        sys.executable, "-m", "recsys_lib.cli", "run",
+        sys.executable, "-m", "jobs.cli", "run",
         "--interactions", str(tmp_path / "events.parquet"),
         "--items", str(tmp_path / "catalogue.jsonl"),
         "--users", str(tmp_path / "users.csv"),

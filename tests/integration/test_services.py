@@ -19,7 +19,7 @@ import pyspark
 import pytest
 
 from recsys_lib.data import land_raw_drop, synthetic
-from recsys_lib.storage import Storage
+from recsys_lib.storage import FeatureTable, Storage
 from recsys_lib.tracking import CHAMPION, Tracker
 from tests.conftest import TINY_TRAIN, _free_port, make_settings, settings_toml
 
@@ -114,10 +114,10 @@ def test_ingest_and_features_run_on_a_standalone_cluster(spark_cluster, tmp_path
     apps = master_state(ui_port)["completedapps"]
     assert len(apps) >= 2, "each job ran as an application of the standalone master"
     storage = Storage(settings)
-    histories = storage.work.read_table(Storage.features("user_histories", ds), columns=["user_id"])
-    assert set(histories.column("user_id").to_pylist()) == set(data.interactions["user_id"].astype(str))
-    documents = storage.work.read_table(Storage.features("item_documents", ds), columns=["item_id"])
-    assert documents.num_rows == len(data.items)
+    histories = storage.read_features(FeatureTable.USER_HISTORIES, ds, columns=["user_id"])
+    assert set(histories["user_id"]) == set(data.interactions["user_id"].astype(str))
+    documents = storage.read_features(FeatureTable.ITEM_DOCUMENTS, ds, columns=["item_id"])
+    assert len(documents) == len(data.items)
 
 
 @pytest.mark.s3

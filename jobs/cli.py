@@ -1,0 +1,284 @@
+"""The ``recsys`` command: the pipeline and its published tables from the command line.
+
+An entry point like the stage jobs beside it: it parses arguments, calls the library (or, for
+``run``, every stage through ``jobs.pipeline``) and prints. User errors (``NotRetryable``) end
+with their one-line message, not a traceback.
+
+recsys run --interactions FILE --items FILE [--users FILE] --output DIR_OR_URI [--ds DATE] [--config FILE]
+recsys land-sample --ds DATE          stage the bundled MovieLens sample as that day's raw drop
+recsys show [--users N]               the published tables, and a few users' history and top-10
+recsys versions                       the published versions kept, the live one marked
+recsys rollback [--to VERSION]        make an earlier published version live again
+recsys movielens (--release 1m | --source DIR) --dest DIR    MovieLens as files in the input contract
+recsys atomic --source DIR --dest DIR  RecBole atomic files (.inter/.item/.user) in the input contract
+recsys synthetic --users N --items M --dest DIR [--format parquet]   a seeded synthetic dataset
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import hashlib
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from jobs._cli import logical_date
+from recsys_lib.errors import NotRetryable
+from recsys_lib.settings import default_data_root, load_settings
+
+
+def cmd_land_sample(args: argparse.Namespace) -> None:
+    from recsys_lib.data import land_raw_drop, movielens
+    from recsys_lib.storage import Storage
+
+    settings = load_settings(config_file=args.config)
+    folder = args.source or movielens.BUNDLED_SAMPLE
+    interactions, items = movielens.load(folder)
+    written = land_raw_drop(Storage(settings), args.ds, interactions, items, users=movielens.load_users(folder))
+    print(f"Landed {len(interactions):,} interactions and {len(items):,} items as the raw drop of {args.ds}:")
+    for entity, uri in written.items():
+        print(f"  {entity}: {uri}")
+
+
+def _project_root(output: str) -> str:
+    """A data root of its own for each output location, so datasets never mix in one lake."""
+    slug = hashlib.sha256(output.encode()).hexdigest()[:10]
+    return str(Path(default_data_root()) / "projects" / slug)
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    from jobs.pipeline import run_all
+    from recsys_lib.storage import Storage
+
+    output = args.output if "://" in args.output else str(Path(args.output).expanduser().resolve())
+    data_root = args.data_root or _project_root(output)
+    env = {**os.environ, "RECSYS_DATA_ROOT": data_root}
+    settings = load_settings(config_file=args.config, overrides={"storage.publish_root": output}, env=env)
+    sources = {"interactions": args.interactions, "items": args.items, "users": args.users}
+    for entity, path in sources.items():
+        if path is not None and not Path(path).expanduser().is_file():
+            raise SystemExit(f"recsys run: --{entity} {path}: no such file")
+    storage = Storage(settings)
+    for entity, path in sources.items():
+        files = {} if path is None else {Path(path).name: Path(path).expanduser()}
+        storage.replace_raw_drop(entity, args.ds, files)
+    params = {"full_retrain": True} if args.full_retrain else None
+    results = run_all(settings, args.ds, params)
+    published = results["publish"]
+    print(json.dumps(results, indent=2, default=str))
+    print(f"\nPublished version {published['version']} at {published['location']}")
+    print(f"Latest pointer: {published['latest']}   (work data, MLflow store: {data_root})")
+
+
+def cmd_show(args: argparse.Namespace) -> None:
+    import numpy as np
+
+    from recsys_lib.reader import PublishedTables
+    from recsys_lib.schema import HISTORY_COL, ITEM_COL, RANK_COL, SCORE_COL, TITLE_COL, USER_COL
+    from recsys_lib.storage import FeatureTable, Storage
+
+    settings = load_settings(config_file=args.config)
+    tables = PublishedTables.from_settings(settings)
+    manifest = tables.manifest()
+    ds = manifest["ds"]
+    print(f"Published tables (version {manifest['version']}, model {manifest['model_version']}, ds {ds}):")
+    for name, entry in manifest["tables"].items():
+        print(f"  {name:<13} {entry['rows']:>9,} rows  {tables.store.uri(entry['files'][0]['key'])}")
+    print(f"  latest pointer: {tables.store.uri(Storage.LATEST)}")
+    storage = Storage(settings)
+    evaluation = storage.evaluation_table(ds)
+    if evaluation is not None:
+        print("\nEvaluation on the holdout of " + evaluation)
+    documents = storage.read_features(FeatureTable.ITEM_DOCUMENTS, ds, columns=[ITEM_COL, TITLE_COL])
+    titles = dict(zip(documents[ITEM_COL], documents[TITLE_COL]))
+    histories = storage.read_features(FeatureTable.USER_HISTORIES, ds, columns=[USER_COL, HISTORY_COL])
+    users = args.user or sorted(
+        np.random.default_rng(args.seed)
+        .choice(histories[USER_COL].to_numpy(), size=min(args.users, len(histories)), replace=False)
+        .tolist(),
+        key=_natural,
+    )
+    by_user = dict(zip(histories[USER_COL], histories[HISTORY_COL]))
+    for user in users:
+        history = list(by_user.get(user, []))
+        print(f"\nUser {user}: {len(history)} items in history; most recent:")
+        for item in reversed(history[-5:]):
+            print(f"    - {titles.get(item, item)}")
+        recs = tables.recommendations_for(user)
+        print(f"  Top {min(10, len(recs))} recommendations:")
+        for row in recs.head(10).itertuples():
+            print(
+                f"    {getattr(row, RANK_COL):>2}. {titles.get(getattr(row, ITEM_COL), getattr(row, ITEM_COL))}"
+                f"  ({getattr(row, SCORE_COL):.3f})"
+            )
+
+
+def cmd_versions(args: argparse.Namespace) -> None:
+    from recsys_lib import publish as pub
+    from recsys_lib.evaluation.report import EvaluationReport
+    from recsys_lib.storage import OutputTable, open_store
+
+    settings = load_settings(config_file=args.config)
+    store = open_store(settings.storage.publish_root, settings.storage)
+    live = pub.read_latest(store)
+    for m in pub.list_versions(store):
+        mark = "*" if live and m["version"] == live["version"] else " "
+        rows = m["tables"][OutputTable.USER_TOPN]["rows"]
+        quality = "not evaluated"
+        if m.get("evaluation"):
+            report = EvaluationReport.from_dict(m["evaluation"])
+            quality = f"{report.primary_metric} {report.model_metrics()[report.primary_metric]:.4f}"
+        print(f"{mark} {m['version']}  {m['created_at']}  {m['model_version']:<24} {rows:>10,} rows  {quality}")
+
+
+def cmd_rollback(args: argparse.Namespace) -> None:
+    from recsys_lib import publish as pub
+    from recsys_lib.storage import open_store
+    from recsys_lib.tracking import CHAMPION, Tracker
+
+    settings = load_settings(config_file=args.config)
+    store = open_store(settings.storage.publish_root, settings.storage)
+    before, restored = pub.rollback(store, args.to)
+    print(f"latest: {before['version']} -> {restored['version']} (model {restored['model_version']})")
+    name, _, version = restored["model_version"].rpartition("/")
+    if args.keep_champion or name != settings.tracking.registered_model:
+        return
+    Tracker(settings).set_alias(CHAMPION, version)
+    print(f"MLflow alias '{CHAMPION}' -> {restored['model_version']}")
+
+
+def _natural(value: str):
+    return (0, int(value), "") if value.isdigit() else (1, 0, value)
+
+
+def cmd_movielens(args: argparse.Namespace) -> None:
+    from recsys_lib.data import movielens
+
+    folder = Path(args.source) if args.source else movielens.download(args.release, args.dest)
+    interactions, items = movielens.load(folder)
+    _write_frames(
+        Path(args.dest), args.format, interactions=interactions, items=items, users=movielens.load_users(folder)
+    )
+    print(f"MovieLens from {folder} in the input contract")
+
+
+def cmd_atomic(args: argparse.Namespace) -> None:
+    from recsys_lib.data import atomic
+
+    interactions, items, users = atomic.load(args.source)
+    _write_frames(Path(args.dest), args.format, interactions=interactions, items=items, users=users)
+    print(f"RecBole atomic dataset from {args.source} in the input contract")
+
+
+def cmd_synthetic(args: argparse.Namespace) -> None:
+    from recsys_lib.data import synthetic
+
+    data = synthetic.generate_dataset(
+        n_users=args.users,
+        n_items=args.items,
+        interactions_per_user=args.per_user,
+        seed=args.seed,
+        new_users=args.new_users,
+    )
+    _write_frames(Path(args.dest), args.format, interactions=data.interactions, items=data.items, users=data.users)
+    print(f"Latest event on {synthetic.last_day(data.interactions)} (use it as --ds)")
+
+
+def _write_frames(dest: Path, fmt: str, **frames) -> None:
+    """Contract frames as ``dest/<name>.<fmt>`` (None frames are skipped), listed on stdout."""
+    from recsys_lib.data import to_bytes
+
+    dest.mkdir(parents=True, exist_ok=True)
+    for name, frame in frames.items():
+        if frame is None:
+            continue
+        (dest / f"{name}.{fmt}").write_bytes(to_bytes(frame, fmt))
+        print(f"  {dest / f'{name}.{fmt}'}: {len(frame):,} rows")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="recsys", description="Batch recommendation pipeline.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="run the whole pipeline on your own files")
+    p.add_argument("--interactions", required=True, help="CSV / Parquet / JSON-lines file")
+    p.add_argument("--items", required=True, help="CSV / Parquet / JSON-lines file")
+    p.add_argument("--users", help="optional: registered users and their segments (same formats)")
+    p.add_argument("--output", required=True, help="where to publish: a directory or s3://bucket/prefix")
+    p.add_argument(
+        "--ds",
+        type=logical_date,
+        default=dt.datetime.now(dt.timezone.utc).date().isoformat(),
+        help="logical date (default: today, UTC); events after it are rejected",
+    )
+    p.add_argument("--config", help="settings TOML file (see recsys_lib/conf/base.toml)")
+    p.add_argument("--data-root", help="work data and MLflow store (default: one per output under RECSYS_DATA_ROOT)")
+    p.add_argument("--full-retrain", action="store_true", help="train from the pretrained encoder")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("land-sample", help="stage the bundled MovieLens sample as a raw drop")
+    p.add_argument("--ds", type=logical_date, required=True)
+    p.add_argument("--source", help="another MovieLens folder (default: the bundled latest-small)")
+    p.add_argument("--config")
+    p.set_defaults(func=cmd_land_sample)
+
+    p = sub.add_parser("show", help="print the published tables and a few users' recommendations")
+    p.add_argument("--users", type=int, default=3)
+    p.add_argument("--user", action="append", help="a user id to show (repeatable)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--config")
+    p.set_defaults(func=cmd_show)
+
+    p = sub.add_parser("versions", help="list the published versions")
+    p.add_argument("--config")
+    p.set_defaults(func=cmd_versions)
+
+    p = sub.add_parser("rollback", help="make an earlier published version live again")
+    p.add_argument("--to", help="version id (default: the one published before the live one)")
+    p.add_argument("--keep-champion", action="store_true", help="leave the MLflow champion alias where it is")
+    p.add_argument("--config")
+    p.set_defaults(func=cmd_rollback)
+
+    p = sub.add_parser("movielens", help="MovieLens as files in the input contract (downloads a release)")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--release", help="download this release first (needs internet): 100k, 1m, 10m, 20m, 25m, ...")
+    source.add_argument("--source", help="an unpacked MovieLens folder, e.g. data/movielens-latest-small")
+    p.add_argument("--dest", required=True)
+    p.add_argument("--format", choices=("csv", "parquet", "jsonl"), default="parquet")
+    p.set_defaults(func=cmd_movielens)
+
+    p = sub.add_parser("atomic", help="RecBole atomic files (.inter, .item, .user) as files in the input contract")
+    p.add_argument("--source", required=True, help="a folder with <name>.inter and <name>.item")
+    p.add_argument("--dest", required=True)
+    p.add_argument("--format", choices=("csv", "parquet", "jsonl"), default="parquet")
+    p.set_defaults(func=cmd_atomic)
+
+    p = sub.add_parser("synthetic", help="write a seeded synthetic dataset in the input contract")
+    p.add_argument("--users", type=int, default=2000)
+    p.add_argument("--items", type=int, default=1000)
+    p.add_argument("--per-user", type=float, default=20.0, help="mean interactions per user")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--new-users", type=int, default=0, help="registered users without interactions (users file)")
+    p.add_argument("--format", choices=("csv", "parquet", "jsonl"), default="parquet")
+    p.add_argument("--dest", required=True)
+    p.set_defaults(func=cmd_synthetic)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from recsys_lib.logs import quiet_library_logs
+
+    quiet_library_logs()
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except NotRetryable as e:
+        raise SystemExit(f"recsys {args.command}: {e}") from None
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,121 @@
+"""The evaluation report: what the evaluate stage measured, as one typed record.
+
+Written once by evaluate (``runs/ds=<ds>/evaluation.json`` and the MLflow run's
+``evaluation.json``), read back typed by whoever needs it: publish's quality gate, the published
+manifest, ``recsys show`` and ``recsys versions``. MLflow's flat metric names
+(``model.ndcg_at_10``, ``model.light.recall_at_20``, ``cold.tfidf.recall_at_10``) are derived from
+it for the UI and never parsed back.
+Tests: tests/unit/recsys_lib/evaluation/test_report.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+MODEL = "model"  # the candidate being evaluated
+CHAMPION = "champion"  # the current champion, re-ranked on the candidate's split
+CATALOGUE = "catalogue"  # the cold-item slice's reference row (its share of the catalogue)
+NOT_BASELINES = (MODEL, CHAMPION)
+
+Metrics = dict[str, float]
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One slice of users (or items) and every ranker's metrics on it."""
+
+    title: str
+    users: int
+    rankers: dict[str, Metrics] = field(default_factory=dict)
+    note: str = "none"  # printed instead of a table when no ranker was measured
+
+    def get(self, ranker: str) -> Metrics | None:
+        return self.rankers.get(ranker)
+
+
+@dataclass(frozen=True)
+class EvaluationReport:
+    """One candidate model against the champion and the baselines, on one ds's split.
+
+    Segments: ``all_users`` (the warm protocol), ``light_users`` (few training events) and
+    ``cold_items`` (users rank only items whose every interaction was held out).
+    """
+
+    ds: str
+    model_version: str  # registered model label, e.g. recsys_two_tower/3
+    ks: tuple[int, ...]  # the first is the primary cut-off (the gate's)
+    all_users: Segment
+    light_users: Segment
+    cold_items: Segment
+    tuned: dict[str, dict[str, Any]] = field(default_factory=dict)  # baseline -> chosen parameters
+    seconds: float = 0.0
+
+    @property
+    def primary_metric(self) -> str:
+        """The metric the quality gate compares: NDCG at the primary cut-off."""
+        return f"ndcg_at_{self.ks[0]}"
+
+    def model_metrics(self, ranker: str = MODEL) -> Metrics | None:
+        """A ranker's metrics on all users."""
+        return self.all_users.get(ranker)
+
+    def best_baseline(self) -> str | None:
+        baselines = [n for n in self.all_users.rankers if n not in NOT_BASELINES]
+        return max(baselines, key=lambda n: self.all_users.rankers[n][self.primary_metric], default=None)
+
+    # Renderings.
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "EvaluationReport":
+        segments = {name: Segment(**data[name]) for name in ("all_users", "light_users", "cold_items")}
+        rest = {k: v for k, v in data.items() if k not in segments}
+        return cls(**{**rest, "ks": tuple(rest["ks"]), **segments})
+
+    def mlflow_metrics(self) -> dict[str, float]:
+        """Flat names for the MLflow UI: ``<ranker>.<metric>``, ``<ranker>.light.<metric>``,
+        ``cold.<ranker>.<metric>``."""
+        flat = {f"{r}.{m}": v for r, ms in self.all_users.rankers.items() for m, v in ms.items()}
+        flat |= {f"{r}.light.{m}": v for r, ms in self.light_users.rankers.items() for m, v in ms.items()}
+        flat |= {f"cold.{r}.{m}": v for r, ms in self.cold_items.rankers.items() for m, v in ms.items()}
+        return {**flat, "evaluate.seconds": self.seconds}
+
+    def mlflow_tags(self) -> dict[str, str]:
+        return {f"baseline.{name}": json.dumps(params) for name, params in self.tuned.items()}
+
+    def to_text(self) -> str:
+        """The three segments as fixed-width tables, one row per ranker."""
+        k, depth = self.ks[0], max(self.ks)
+        columns = [f"{m}_at_{c}" for c in self.ks for m in ("recall", "ndcg")]
+        columns += [f"{m}_at_{k}" for m in ("map", "precision", "coverage")] + ["users"]
+        cold_columns = [f"recall_at_{k}", f"ndcg_at_{k}", f"share_in_top_{depth}"]
+        parts = []
+        for segment, cols in ((self.all_users, columns), (self.light_users, columns), (self.cold_items, cold_columns)):
+            if segment.rankers:
+                parts.append(format_table(segment.rankers, cols, segment.title))
+            else:
+                parts.append(f"{segment.title}: {segment.note}")
+        return "\n\n".join(parts)
+
+
+def format_table(rows: dict[str, Metrics], columns: Sequence[str], title: str) -> str:
+    """A fixed-width text table: one row per ranker, one column per metric (counts as integers)."""
+    width = max([len(title)] + [len(r) for r in rows]) + 2
+    cell = max([10] + [len(c) + 2 for c in columns])
+    lines = [f"{title:<{width}}" + "".join(f"{c:>{cell}}" for c in columns)]
+    for name, metrics in rows.items():
+        cells = "".join(_cell(metrics.get(c), cell) for c in columns)
+        lines.append(f"{name:<{width}}" + cells)
+    return "\n".join(lines)
+
+
+def _cell(value: float | None, width: int) -> str:
+    if value is None:
+        return f"{'-':>{width}}"
+    if float(value).is_integer() and abs(value) >= 1:
+        return f"{int(value):>{width}d}"
+    return f"{value:>{width}.4f}"

@@ -1,0 +1,124 @@
+"""What training learns from: (history -> next item) examples and the validation set, over
+catalogue indices.
+
+Tests: tests/unit/recsys_lib/models/test_examples.py (hand-written interactions).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from recsys_lib.models.two_tower import PAD, history_matrix
+from recsys_lib.schema import ITEM_COL, TIMESTAMP_COL, USER_COL, VALIDATION_COL
+
+
+@dataclass(frozen=True)
+class TrainingExamples:
+    history: np.ndarray  # [n, L] catalogue indices, right-aligned, PAD where empty
+    target: np.ndarray  # [n] catalogue index of the next item
+
+    def __len__(self) -> int:
+        return len(self.target)
+
+
+@dataclass(frozen=True)
+class ValidationSet:
+    history: np.ndarray  # [u, L] each validation user's history before the held-out event
+    target: np.ndarray  # [u] the held-out item
+    exclude: list[np.ndarray]  # per user, the other items seen in training (not ranked)
+
+    def __len__(self) -> int:
+        return len(self.target)
+
+    def sample(self, n: int, seed: int) -> "ValidationSet":
+        """At most ``n`` users, drawn with ``seed``: scoring every user against the whole
+        catalogue at each refresh costs users x items, too much at millions of each."""
+        if n <= 0 or len(self) <= n:
+            return self
+        rows = np.sort(np.random.default_rng(seed).choice(len(self), size=n, replace=False))
+        return ValidationSet(self.history[rows], self.target[rows], [self.exclude[r] for r in rows])
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """Everything the train stage feeds the model, over the catalogue ``item_ids``."""
+
+    item_ids: pd.Index  # the catalogue; position = catalogue index
+    id_vocab: pd.Index  # warm items (positives in training): they get an ID embedding
+    examples: TrainingExamples
+    validation: ValidationSet
+
+
+def _sequences(interactions: pd.DataFrame, item_ids: pd.Index) -> pd.DataFrame:
+    df = interactions.copy()
+    df["_item"] = item_ids.get_indexer(df[ITEM_COL])
+    return df[df["_item"] >= 0].sort_values([USER_COL, TIMESTAMP_COL, ITEM_COL], kind="stable")
+
+
+def build_examples(interactions: pd.DataFrame, item_ids: pd.Index, history_length: int) -> TrainingExamples:
+    """One example per event that has at least one earlier event of the same user.
+
+    Args:
+        interactions: user_id, item_id, timestamp rows (any order).
+        item_ids: the catalogue; position in it is the item's index. Unknown items are dropped.
+        history_length: how many preceding items each example keeps (latest last).
+    """
+    df = _sequences(interactions[[USER_COL, ITEM_COL, TIMESTAMP_COL]], item_ids)
+    items = df["_item"].to_numpy(np.int64)
+    users = df[USER_COL].to_numpy()
+    n = len(items)
+    if n == 0:
+        return TrainingExamples(np.empty((0, history_length), np.int64), np.empty(0, np.int64))
+    first = np.ones(n, dtype=bool)
+    first[1:] = users[1:] != users[:-1]
+    start = np.maximum.accumulate(np.where(first, np.arange(n), 0))
+    position = np.arange(n) - start
+    rows = np.flatnonzero(position >= 1)
+    history = np.full((len(rows), history_length), PAD, dtype=np.int64)
+    for k in range(1, history_length + 1):
+        ok = position[rows] >= k
+        history[ok, history_length - k] = items[rows[ok] - k]
+    return TrainingExamples(history, items[rows])
+
+
+def build_validation(
+    interactions: pd.DataFrame, item_ids: pd.Index, history_length: int
+) -> tuple[pd.DataFrame, ValidationSet]:
+    """Split training interactions into (events to train on, the validation set).
+
+    Args:
+        interactions: training interactions with a boolean ``is_validation`` column marking
+            each user's held-out validation event (see features.mark_validation).
+    """
+    flag = interactions[VALIDATION_COL].to_numpy(bool)
+    train, held = interactions[~flag], interactions[flag]
+    seq = _sequences(train[[USER_COL, ITEM_COL, TIMESTAMP_COL]], item_ids)
+    grouped = seq.groupby(USER_COL, sort=False)["_item"].agg(list)
+    held = held[held[ITEM_COL].isin(item_ids)]
+    histories = [np.asarray(grouped.get(u, []), dtype=np.int64) for u in held[USER_COL]]
+    history = history_matrix(histories, history_length)
+    keep = (history != PAD).any(axis=1)
+    target = item_ids.get_indexer(held[ITEM_COL]).astype(np.int64)
+    exclude = [np.unique(h) for h, k in zip(histories, keep) if k]
+    return train, ValidationSet(history[keep], target[keep], exclude)
+
+
+def prepare_training_data(
+    item_ids: pd.Index, interactions: pd.DataFrame, history_length: int, max_validation_users: int, seed: int
+) -> TrainingData:
+    """Examples, a validation sample and the ID vocabulary from the training interactions.
+
+    Args:
+        item_ids: the catalogue in row order.
+        interactions: user_id, item_id, timestamp, is_validation (the features stage's
+            ``interactions_train``).
+        max_validation_users: validation users kept (a sample drawn with ``seed``).
+    """
+    train, validation = build_validation(interactions, item_ids, history_length)
+    # Warm items get an ID embedding; the rest (cold, new) are known by their text alone.
+    id_vocab = pd.Index(sorted(set(train[ITEM_COL]) & set(item_ids)), dtype=object)
+    examples = build_examples(train, item_ids, history_length)
+    return TrainingData(item_ids, id_vocab, examples, validation.sample(max_validation_users, seed))

@@ -1,0 +1,51 @@
+"""The `recsys versions` and `recsys rollback` commands on a real store and MLflow registry."""
+
+import pytest
+
+from jobs import cli
+from recsys_lib import publish as pub
+from recsys_lib.reader import PublishedTables
+from recsys_lib.recommend import item_similar_table, user_topn_table
+from recsys_lib.storage import Storage
+from recsys_lib.tracking import CHAMPION, Tracker
+from tests.conftest import settings_toml
+
+
+def register(tracker, tmp_path, n):
+    run_id = tracker.start_run(f"train {n}", {"ds": f"2026-01-0{n}"})
+    (tmp_path / f"ckpt{n}").mkdir()
+    (tmp_path / f"ckpt{n}" / "w").write_bytes(b"w")
+    tracker.log_artifacts(run_id, tmp_path / f"ckpt{n}", "model")
+    tracker.finish_run(run_id)
+    return tracker.register_model(run_id, {})
+
+
+def test_versions_and_rollback_move_the_pointer_and_the_champion(settings, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("RECSYS_DATA_ROOT", settings.data_root)
+    config = tmp_path / "s.toml"
+    config.write_text(settings_toml({"model.encoder": settings.model.encoder}))
+    tracker = Tracker(settings)
+    store = Storage(settings).published
+    manifests = []
+    for n, item in ((1, "b"), (2, "c")):
+        mv = register(tracker, tmp_path, n)
+        ds = f"2026-01-0{n}"
+        tables = {
+            "user_topn": user_topn_table(["u1"], [1], [item], [0.5], mv.label, ds, ["a"]),
+            "item_similar": item_similar_table(["a"], [1], [item], [0.5], mv.label, ds),
+        }
+        manifests.append(pub.publish_version(store, ds, tables, mv.label, {}))
+        tracker.set_alias(CHAMPION, mv.version)
+
+    cli.main(["versions", "--config", str(config)])
+    listed = capsys.readouterr().out.splitlines()
+    assert listed[0].startswith(f"  {manifests[0]['version']}") and listed[1].startswith(f"* {manifests[1]['version']}")
+
+    cli.main(["rollback", "--config", str(config)])
+    out = capsys.readouterr().out
+    assert f"{manifests[1]['version']} -> {manifests[0]['version']}" in out
+    assert PublishedTables(store).recommendations_for("u1")["item_id"].tolist() == ["b"]
+    assert tracker.alias(CHAMPION).version == "1"
+
+    with pytest.raises(SystemExit, match="^recsys rollback: .* is the oldest version kept: nothing to roll back to$"):
+        cli.main(["rollback", "--config", str(config)])  # a user error: one line, no traceback

@@ -1,0 +1,82 @@
+"""The evaluation protocols on a hand-made split: hand-made item vectors and an untrained tiny
+model (whose user tower is the mean of the history), so every ranking is known."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from recsys_lib import baselines as bl
+from recsys_lib.evaluation import protocols
+from recsys_lib.evaluation.protocols import Baseline, EvaluationSplit, WarmUsers, evaluate_candidate
+from recsys_lib.retrieval import Retriever, build_item_index
+from recsys_lib.settings import IndexSettings
+from tests.conftest import hand_made_items
+
+FLAT = IndexSettings("flat", recall_queries=5, recall_k=3, hnsw_m=16, hnsw_ef_search=64, ivf_nprobe=8)
+ITEMS = hand_made_items(bias=(0.0,) * 5)  # a = e0, b = e1, c = (a + b) / sqrt 2, d = -a, e = e2
+
+
+def split(cold=()):
+    histories = pd.DataFrame(
+        {"user_id": ["u3", "u1", "u2"], "history": [["b"], ["a", "b"], ["d"]], "seen": [["b"], ["a", "b"], ["d"]]}
+    )
+    train = pd.DataFrame(
+        {
+            "user_id": ["u1", "u1", "u2", "u3"],
+            "item_id": ["a", "b", "d", "b"],
+            "is_validation": [False, True, True, False],
+        }
+    )
+    holdout = pd.DataFrame({"user_id": ["u1", "u2", "u2"], "item_id": ["c", "a", "d"]})  # u2 had seen d
+    cold_events = pd.DataFrame({"user_id": ["u2"], "item_id": ["e"]})
+    documents = pd.DataFrame({"item_id": list("edcba"), "document": ["echo", "delta", "charlie", "bravo", "alpha"]})
+    return EvaluationSplit.from_frames(
+        ITEMS.ids, histories, train, holdout, pd.DataFrame({"item_id": list(cold)}), cold_events, documents
+    )
+
+
+def test_the_split_as_catalogue_indices():
+    s = split(cold=["e"])
+    assert s.users.tolist() == ["u1", "u2", "u3"]  # sorted
+    assert [h.tolist() for h in s.history_idx] == [[0, 1], [3], [1]]
+    assert s.holdout == [{2}, {0}, set()]  # u2's d was seen in training: not relevant
+    assert s.train.toarray().tolist() == [[1, 1, 0, 0, 0], [0, 0, 0, 1, 0], [0, 1, 0, 0, 0]]
+    assert s.fit.toarray().sum() == 2  # without the two validation events
+    assert s.validation_users.tolist() == [0, 1] and s.validation_targets.tolist() == [1, 3]
+    assert s.cold_idx.tolist() == [4] and s.cold_relevant == [set(), {0}, set()]
+    assert s.documents == ["alpha", "bravo", "charlie", "delta", "echo"] and s.popularity().tolist() == [1, 2, 0, 1, 0]
+    warm = WarmUsers.of(s)
+    assert warm.rows.tolist() == [0, 1] and [e.tolist() for e in warm.exclude] == [[0, 1, 4], [3, 4]]
+
+
+@pytest.fixture
+def candidate(tiny_two_tower):
+    return Retriever(tiny_two_tower, ITEMS, build_item_index(ITEMS, FLAT).index, batch_size=2)
+
+
+def test_the_candidate_the_champion_and_a_baseline_on_one_split(candidate):
+    baselines = {"popularity": Baseline(bl.MostPopular), "item_knn": Baseline(bl.ItemKNN, {"neighbours": [1, 2]})}
+    report = evaluate_candidate(split(), candidate, candidate, baselines, ks=(1, 2), seed=0, ds="2026-01-01",
+                                model_version="m/3")  # fmt: skip
+    model = report.all_users.get("model")
+    # u1 (mean of a and b) ranks c first: a hit at rank 1. u2 (= -a) ranks a last: a miss.
+    assert model["recall_at_1"] == model["ndcg_at_1"] == model["recall_at_2"] == 0.5
+    assert model["users"] == 2 and model["coverage_at_1"] == pytest.approx(2 / 5)
+    assert report.all_users.get("champion") == model  # the same retriever, the same lists
+    assert set(report.all_users.rankers) == {"model", "champion", "popularity", "item_knn"}
+    assert report.tuned == {"item_knn": {"neighbours": 1}} or report.tuned == {"item_knn": {"neighbours": 2}}
+    assert report.light_users.users == 2 and report.light_users.get("model") == model  # 1-2 training events each
+    assert report.cold_items.rankers == {} and "too few cold items" in report.cold_items.note
+    assert report.primary_metric == "ndcg_at_1" and report.model_version == "m/3"
+
+
+def test_the_cold_item_protocol(candidate, monkeypatch):
+    monkeypatch.setattr(protocols, "MIN_COLD_ITEMS", 0)  # five items are too few for real numbers
+    s = split(cold=["e"])
+    served = np.array([[4, 2], [1, 2]])  # e was served to one user in two
+    segment = protocols.cold_item_segment(s, candidate, served, k=1, depth=2, seed=0)
+    assert segment.title == "cold items (n=1, users=1)"
+    # One cold item: every ranker ranks it first for the one user who used it.
+    assert segment.get("model") == {"recall_at_1": 1.0, "ndcg_at_1": 1.0, "share_in_top_2": 0.25}
+    assert segment.get("tfidf") == segment.get("random") == {"recall_at_1": 1.0, "ndcg_at_1": 1.0}
+    assert segment.get("catalogue") == {"share_in_top_2": 0.2}

@@ -1,0 +1,61 @@
+"""Training examples and the validation set from hand-written interactions."""
+
+import pandas as pd
+
+from recsys_lib.models.examples import build_examples, build_validation, prepare_training_data
+from recsys_lib.models.two_tower import PAD
+
+
+def test_build_examples_by_hand():
+    interactions = pd.DataFrame(
+        {
+            "user_id": ["u1", "u1", "u1", "u2", "u2", "u3"],
+            "item_id": ["b", "a", "c", "c", "zz", "a"],  # zz is not in the catalogue
+            "timestamp": [20, 10, 30, 5, 6, 1],
+        }
+    )
+    ex = build_examples(interactions, pd.Index(["a", "b", "c"]), history_length=2)
+    # u1 in time order: a(0) b(1) c(2) -> (a -> b), (a b -> c); u2: only c is known; u3: one event.
+    assert ex.history.tolist() == [[PAD, 0], [0, 1]]
+    assert ex.target.tolist() == [1, 2]
+
+
+def test_build_examples_with_no_interactions():
+    ex = build_examples(pd.DataFrame({"user_id": [], "item_id": [], "timestamp": []}), pd.Index(["a"]), 3)
+    assert len(ex) == 0 and ex.history.shape == (0, 3)
+
+
+def test_build_validation_holds_out_the_marked_event():
+    interactions = pd.DataFrame(
+        {
+            "user_id": ["u1", "u1", "u1", "u2", "u2", "u3"],
+            "item_id": ["a", "b", "c", "b", "c", "a"],
+            "timestamp": [1, 2, 3, 1, 2, 1],
+            "is_validation": [False, False, True, False, True, True],
+        }
+    )
+    train, validation = build_validation(interactions, pd.Index(["a", "b", "c"]), history_length=3)
+    assert len(train) == 3 and not train["is_validation"].any()
+    # u1: history a b -> c; u2: b -> c; u3 has nothing before its event and is left out.
+    assert validation.history.tolist() == [[PAD, 0, 1], [PAD, PAD, 1]]
+    assert validation.target.tolist() == [2, 2]
+    assert [e.tolist() for e in validation.exclude] == [[0, 1], [1]]
+    one = validation.sample(1, seed=0)
+    assert len(one) == 1 and one.target.tolist()[0] == 2 and validation.sample(5, seed=0) is validation
+
+
+def test_prepare_training_data_gives_warm_items_an_id():
+    interactions = pd.DataFrame(
+        {
+            "user_id": ["u1", "u1", "u1", "u2", "u2"],
+            "item_id": ["a", "b", "c", "b", "zz"],
+            "timestamp": [1, 2, 3, 1, 2],
+            "is_validation": [False, False, True, False, False],
+        }
+    )
+    data = prepare_training_data(pd.Index(["a", "b", "c", "d"]), interactions, history_length=2,
+                                 max_validation_users=10, seed=0)  # fmt: skip
+    # c is only a validation target and d was never used: both are known by text alone.
+    assert list(data.id_vocab) == ["a", "b"]
+    assert data.examples.history.tolist() == [[PAD, 0]] and data.examples.target.tolist() == [1]
+    assert data.validation.target.tolist() == [2]

@@ -1,0 +1,85 @@
+"""Baselines on hand-made matrices: what each ranker must rank first, and the tuning search."""
+
+from functools import partial
+
+import numpy as np
+import pytest
+
+from recsys_lib import baselines as bl
+
+# Users 0-2 like items {0, 1}, users 3-4 like {2, 3}; item 0 is the most popular.
+ROWS = np.array([0, 0, 1, 1, 2, 3, 3, 4, 4, 5])
+COLS = np.array([0, 1, 0, 1, 0, 2, 3, 2, 3, 0])
+MATRIX = bl.interaction_matrix(ROWS, COLS, n_users=6, n_items=5)
+
+
+def test_interaction_matrix_is_binary():
+    m = bl.interaction_matrix(np.array([0, 0, 1]), np.array([2, 2, 0]), 2, 3)
+    assert m.toarray().tolist() == [[0, 0, 1], [1, 0, 0]]
+
+
+def test_top_k_excludes_and_pads():
+    scores = np.array([[0.1, 0.9, 0.5], [0.3, 0.2, 0.1]])
+    lists = bl.top_k(scores, [np.array([1]), np.array([0, 1, 2])], k=4)  # k beyond the catalogue
+    assert lists.tolist() == [[2, 0, -1, -1], [-1, -1, -1, -1]]
+
+
+def test_most_popular():
+    lists = bl.rank_users(bl.MostPopular().fit(MATRIX), np.array([3]), [MATRIX[3].indices], 2)
+    assert lists.tolist() == [[0, 1]]  # item 0 (4 users), then item 1 (2 users)
+
+
+def test_item_knn_recommends_the_co_consumed_item():
+    knn = bl.ItemKNN(neighbours=2, shrink=0.0).fit(MATRIX)
+    # User 2 has only item 0; item 1 co-occurs with it, items 2-3 never do.
+    assert bl.rank_users(knn, np.array([2]), [MATRIX[2].indices], 1).tolist() == [[1]]
+    # User 3 has items 2 and 3: nothing else co-occurs, so every other score is 0.
+    assert knn.scores(np.array([3]))[0, [0, 1, 4]].tolist() == [0, 0, 0]
+
+
+def test_tfidf_profile_is_the_mean_of_the_history():
+    docs = ["red apple", "red cherry", "blue ocean", "blue sky", "green grass"]
+    content = bl.TfidfContent(docs).fit(MATRIX)
+    scores = content.scores_for_histories([np.array([0])], items=np.array([1, 2, 3]))
+    assert scores[0, 0] > 0 and scores[0, 1] == 0 and scores[0, 2] == 0  # "red" is shared
+
+
+def test_validation_ndcg_by_hand():
+    # User 2's validation item is 1, the second most popular; with item 0 excluded it is first.
+    pop = bl.MostPopular().fit(MATRIX)
+    assert bl.validation_ndcg(pop, np.array([2]), np.array([1]), [np.array([0])], k=10) == pytest.approx(1.0)
+    # Target ranked second (item 0 is not excluded): 1 / log2(3).
+    assert bl.validation_ndcg(pop, np.array([2]), np.array([1]), [np.array([], int)], k=10) == pytest.approx(
+        1 / np.log2(3)
+    )
+    assert bl.validation_ndcg(pop, np.array([2]), np.array([1]), [np.array([], int)], k=1) == 0.0  # not in the top 1
+
+
+def test_tune_searches_one_parameter_at_a_time():
+    calls = []
+
+    class Probe:
+        def __init__(self, a, b):
+            calls.append((a, b))
+            self.best = 0 if (a, b) == (3, 20) else 1  # ranks the target first only for (3, 20)
+
+        def fit(self, matrix):
+            return self
+
+        def scores(self, users):
+            s = np.zeros((len(users), 2))
+            s[:, self.best] = 1.0
+            return s
+
+    best, trials = bl.tune(Probe, {"a": [1, 2, 3], "b": [10, 20, 30]}, MATRIX, np.array([0]), np.array([0]), [[]], k=10)
+    assert best == {"a": 3, "b": 20}
+    assert calls[0] == (2, 20)  # starts from the middle values
+    assert len(calls) == len(set(calls)) == 5  # 3 + 3 - 1 shared start, no repeats, not 9
+
+
+@pytest.mark.spark
+def test_als_on_spark_separates_the_two_groups(spark):
+    als = partial(bl.ALS, spark, iterations=10, seed=1)(rank=4, reg=0.01, alpha=10.0).fit(MATRIX)
+    scores = als.scores(np.arange(6))
+    assert scores.shape == (6, 5)
+    assert scores[3, 2] > scores[3, 0] and scores[0, 1] > scores[0, 3]

@@ -1,0 +1,144 @@
+"""Feature transforms (Spark) on hand-written rows, and the features stage's table set."""
+
+import dataclasses
+import datetime as dt
+import hashlib
+
+import pytest
+from pyspark.sql import functions as F
+
+from recsys_lib import features as fx
+from recsys_lib.schema import HOLDOUT_COL
+from recsys_lib.storage import FeatureTable
+
+pytestmark = pytest.mark.spark
+
+
+def test_latest_item_rows_and_documents(spark):
+    items = spark.createDataFrame(
+        [
+            ("i1", "Old", None, [], [], None, "2026-01-01"),
+            ("i1", "Heat (1995)", None, ["Crime", "Thriller"], ["heist", "la", "pacino"], None, "2026-01-02"),
+            ("i2", "Up", "A house flies.", [], [], None, "2026-01-01"),
+        ],
+        "item_id string, title string, description string, categories array<string>, tags array<string>, "
+        "updated_at timestamp, ds string",
+    )
+    docs = {r.item_id: r for r in fx.item_documents(fx.latest_rows(items, "item_id"), max_tags=2).collect()}
+    assert docs["i1"].document == "Heat (1995). Crime, Thriller. Tags: heist, la"
+    assert docs["i2"].document == "Up. A house flies."
+    assert docs["i1"].content_hash == hashlib.sha256(b"Heat (1995). Crime, Thriller. Tags: heist, la").hexdigest()
+
+
+def events(spark, rows):
+    return spark.createDataFrame(rows, "user_id string, item_id string, timestamp long, rating double")
+
+
+def test_user_chrono_split_holds_out_each_users_latest_events(spark):
+    rows = [("u1", f"i{t}", t, None) for t in range(10)] + [("u2", "a", 1, None), ("u2", "b", 2, None)]
+    split = fx.split_holdout(events(spark, rows), "user_chrono", 0.2, min_user_interactions=3)
+    held = sorted((r.user_id, r.item_id) for r in split.where(F.col(HOLDOUT_COL)).collect())
+    # u1: floor(10 * 0.2) = 2 latest events; u2 has fewer than 3 events and keeps all in train.
+    assert held == [("u1", "i8"), ("u1", "i9")]
+
+
+def test_global_time_split(spark):
+    rows = [("u1", f"i{t}", t, None) for t in range(10)]
+    split = fx.split_holdout(events(spark, rows), "global_time", 0.3, 3)
+    assert sorted(r.timestamp for r in split.where(F.col(HOLDOUT_COL)).collect()) == [7, 8, 9]
+    with pytest.raises(ValueError, match="features.split"):
+        fx.split_holdout(events(spark, rows), "random", 0.3, 3)
+
+
+def test_user_histories_order_truncate_and_seen(spark):
+    rows = [
+        ("u1", "a", 1, 5.0),
+        ("u1", "b", 3, 1.0),
+        ("u1", "c", 2, 4.0),
+        ("u1", "a", 4, 5.0),
+        ("u1", "d", 5, 4.0),
+        ("u2", "z", 1, 1.0),
+    ]
+    all_events = events(spark, rows)
+    positives = fx.positives(all_events, min_rating=3.0)
+    got = {r.user_id: r for r in fx.user_histories(positives, all_events, max_history=2).collect()}
+    # u1 positives by latest time: c(2) a(4) d(5); keep the latest two. b (rating 1) is seen only.
+    assert got["u1"].history == ["a", "d"] and got["u1"].history_ts == [4, 5]
+    assert got["u1"].seen == ["a", "b", "c", "d"]
+    # u2 has no positive event: empty history (the popularity fallback), but z is still seen.
+    assert got["u2"].history == [] and got["u2"].seen == ["z"]
+
+
+def test_registered_users_and_segment_popularity(spark):
+    rows = [("u1", "a", 1, None), ("u1", "b", 2, None), ("u2", "a", 3, None), ("u3", "c", 4, None)]
+    all_events = events(spark, rows)
+    users = spark.createDataFrame(
+        [("u1", "kids"), ("u2", "kids"), ("u4", "kids"), ("u5", None)], "user_id string, segment string"
+    )
+    histories = fx.with_registered_users(fx.user_histories(all_events, all_events, 10), users)
+    got = {r.user_id: (r.history, r.seen, r.segment) for r in histories.collect()}
+    assert got == {
+        "u1": (["a", "b"], ["a", "b"], "kids"),
+        "u2": (["a"], ["a"], "kids"),
+        "u3": (["c"], ["c"], None),  # interacted, not registered: served, no segment
+        "u4": ([], [], "kids"),  # registered, no interactions yet: served the fallback
+        "u5": ([], [], None),
+    }
+    popularity = {
+        (r.segment, r.item_id): (r.n_users, r.segment_users) for r in fx.segment_popularity(all_events, users).collect()
+    }
+    # u3 has no segment and u4 no interaction: neither counts.
+    assert popularity == {("kids", "a"): (2, 2), ("kids", "b"): (1, 2)}
+
+
+def test_item_stats_and_dedupe(spark):
+    rows = [("u1", "a", 1, None), ("u2", "a", 2, None), ("u2", "a", 3, None), ("u1", "b", 4, None)]
+    df = events(spark, rows).withColumn("event_type", F.lit("view"))
+    stats = {r.item_id: (r.n_interactions, r.n_users, r.last_ts) for r in fx.item_stats(df).collect()}
+    assert stats == {"a": (3, 2, 3), "b": (1, 1, 4)}
+    assert fx.dedupe_interactions(df.unionByName(df)).count() == 4
+
+
+def test_cold_items_are_a_stable_seeded_share(spark):
+    rows = [("u1", f"i{n}", n, None) for n in range(2000)]
+    chosen = {r.item_id for r in fx.cold_items(events(spark, rows), 0.1, seed=17).collect()}
+    assert 150 < len(chosen) < 250  # about 10% of 2000
+    # The choice depends on the item id only: a subset of the catalogue picks the same items.
+    subset = {r.item_id for r in fx.cold_items(events(spark, rows[:500]), 0.1, seed=17).collect()}
+    assert subset == {i for i in chosen if int(i[1:]) < 500}
+    other_seed = {r.item_id for r in fx.cold_items(events(spark, rows), 0.1, seed=18).collect()}
+    assert other_seed != chosen
+    assert fx.cold_items(events(spark, rows), 0.0, seed=17).count() == 0
+
+
+def test_mark_validation_flags_each_users_latest_event(spark):
+    rows = [("u1", "a", 1, None), ("u1", "b", 3, None), ("u1", "c", 2, None), ("u2", "a", 1, None)]
+    marked = fx.mark_validation(events(spark, rows), min_user_interactions=2)
+    flagged = sorted((r.user_id, r.item_id) for r in marked.where(F.col("is_validation")).collect())
+    assert flagged == [("u1", "b")]  # u2 has too few events to give one up
+
+
+def test_build_features_makes_every_table_of_the_stage(spark, settings):
+    items = spark.createDataFrame(
+        [(f"i{n}", f"Item {n}", None, ["Drama"], [], None, "2026-01-01") for n in range(6)],
+        "item_id string, title string, description string, categories array<string>, tags array<string>, "
+        "updated_at timestamp, ds string",
+    )
+    day = dt.datetime(2026, 1, 1)
+    events = spark.createDataFrame(
+        [(u, f"i{(n + k) % 6}", day + dt.timedelta(hours=k), "rating", 4.0, 1.0, "2026-01-01")
+         for n, u in enumerate(["u1", "u2"]) for k in range(5)],
+        "user_id string, item_id string, timestamp timestamp, event_type string, rating double, weight double, "
+        "ds string",
+    )  # fmt: skip
+    users = spark.createDataFrame([("u1", "a"), ("u3", "b")], "user_id string, segment string")
+    cfg = dataclasses.replace(settings.features, cold_item_fraction=0.0, holdout_fraction=0.2)
+    features = fx.build_features(items, events, users, cfg)
+    assert set(features.tables) == set(FeatureTable)
+    assert features.counts() == {"events": {"train": 8, "holdout": 2, "cold": 0}, "cold_items": 0}
+    train = features.tables[FeatureTable.INTERACTIONS_TRAIN].collect()
+    assert sorted((r.user_id, r.item_id) for r in train if r.is_validation) == [("u1", "i3"), ("u2", "i4")]
+    histories = {r.user_id: r for r in features.tables[FeatureTable.USER_HISTORIES].collect()}
+    assert histories["u3"].history == [] and histories["u3"].segment == "b"  # registered, no events yet
+    assert histories["u1"].history == ["i0", "i1", "i2", "i3", "i4"] and histories["u1"].segment == "a"
+    features.release()

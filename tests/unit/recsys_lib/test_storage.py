@@ -1,0 +1,132 @@
+"""Object stores (local directory and a real S3 server) and the pipeline's dataset catalogue."""
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from recsys_lib.embedding import embeddings_table
+from recsys_lib.errors import MissingInput, StorageError
+from recsys_lib.storage import FeatureTable, LocalStore, OutputTable, S3Store, Storage
+from tests.conftest import evaluation_report
+
+
+def test_bytes_roundtrip_list_and_delete(object_store):
+    object_store.write_bytes("a/b/one.json", b"1")
+    object_store.write_bytes("a/b/two.json", b"2")
+    object_store.write_bytes("a/c/three.json", b"3")
+    object_store.write_bytes("ab.json", b"4")
+    assert object_store.read_bytes("a/b/two.json") == b"2"
+    assert object_store.exists("a/b/one.json") and not object_store.exists("a/b/zero.json")
+    assert object_store.list("a/") == ["a/b/one.json", "a/b/two.json", "a/c/three.json"]
+    assert object_store.list("a") == ["a/b/one.json", "a/b/two.json", "a/c/three.json", "ab.json"]
+    assert object_store.list_dirs("a") == ["b", "c"]
+    object_store.write_bytes("a/b/one.json", b"replaced")
+    assert object_store.read_bytes("a/b/one.json") == b"replaced"
+    assert object_store.delete_prefix("a/b/") == 2
+    assert object_store.list("a/") == ["a/c/three.json"]
+    with pytest.raises(StorageError, match="not found: .*a/b/one.json"):
+        object_store.read_bytes("a/b/one.json")
+
+
+def test_tables_roundtrip_and_replace(object_store):
+    first = pa.table({"x": [1, 2, 3]})
+    object_store.write_table("t", first, part=0)
+    object_store.write_table("t", pa.table({"x": [4]}), part=1)
+    assert sorted(object_store.read_table("t").column("x").to_pylist()) == [1, 2, 3, 4]
+    object_store.replace_table("t", pa.table({"x": [9]}))
+    assert object_store.read_table("t").column("x").to_pylist() == [9]
+    assert object_store.table_exists("t") and not object_store.table_exists("u")
+    with pytest.raises(StorageError, match="no Parquet table"):
+        object_store.read_table("u")
+
+
+def test_replace_table_parts_writes_a_stream_and_drops_stale_parts(object_store):
+    object_store.replace_table_parts("t", (pa.table({"x": [n]}) for n in range(3)))
+    assert sorted(object_store.read_table("t").column("x").to_pylist()) == [0, 1, 2]
+    written = object_store.replace_table_parts("t", iter([pa.table({"x": [7]})]))  # a smaller rerun
+    assert object_store.parquet_parts("t") == written
+    assert object_store.read_table("t").column("x").to_pylist() == [7]
+
+
+def test_upload_download(object_store, tmp_path):
+    src = tmp_path / "src.bin"
+    src.write_bytes(b"x" * 1000)
+    object_store.upload(src, "files/blob.bin")
+    object_store.download("files/blob.bin", tmp_path / "out" / "blob.bin")
+    assert (tmp_path / "out" / "blob.bin").read_bytes() == b"x" * 1000
+
+
+def test_spark_paths():
+    assert S3Store("s3://bucket/pre").spark_path("lake/items") == "s3a://bucket/pre/lake/items"
+    assert LocalStore("/data").spark_path("lake/items") == "/data/lake/items"
+
+
+def test_dataset_keys_are_partitioned_by_ds():
+    assert Storage.raw("items", "2026-01-02") == "raw/items/ds=2026-01-02"
+    assert Storage.lake_partition("interactions", "2026-01-02") == "lake/interactions/ds=2026-01-02"
+    assert Storage.features(FeatureTable.ITEM_DOCUMENTS, "2026-01-02") == "features/ds=2026-01-02/item_documents"
+    with pytest.raises(ValueError):
+        Storage.features("item_docs", "2026-01-02")  # a misspelt dataset is an error, not a new folder
+    assert Storage.item_embeddings("2026-01-02", "3") == "embeddings/ds=2026-01-02/model_version=3"
+    assert Storage.index("2026-01-02", "3", "items.faiss") == "index/ds=2026-01-02/model_version=3/items.faiss"
+
+
+def test_partitions_lists_ds_folders(settings):
+    storage = Storage(settings)
+    for ds in ("2026-01-03", "2026-01-01"):
+        storage.work.write_bytes(f"lake/items/ds={ds}/part-0.parquet", b"")
+    storage.work.write_bytes("lake/items/_SUCCESS/x", b"")
+    assert storage.partitions("lake/items") == ["2026-01-01", "2026-01-03"]
+
+
+def test_missing_inputs_name_the_stage_to_run(settings):
+    storage = Storage(settings)
+    reads = [
+        (lambda: storage.read_features(FeatureTable.USER_HISTORIES, "2026-01-01"), "run the features stage first"),
+        (lambda: storage.read_item_embeddings("2026-01-01", "3"), "run the embed_items stage first"),
+        (lambda: storage.read_index("2026-01-01", "3"), "run the build_index stage first"),
+        (lambda: storage.read_output_table(OutputTable.USER_TOPN, "2026-01-01"), "run the recommend stage first"),
+        (lambda: storage.read_evaluation("2026-01-01"), "run the evaluate stage first"),
+    ]
+    for read, message in reads:
+        with pytest.raises(MissingInput, match=message):
+            read()
+
+
+def test_item_embeddings_and_the_latest_earlier_ones(settings):
+    storage = Storage(settings)
+    for ds, value in (("2026-01-01", 1.0), ("2026-01-03", 3.0)):
+        table = embeddings_table(["a"], np.full((1, 2), value, np.float32), np.zeros(1), ["h"], "7")
+        storage.write_item_embeddings(ds, "7", table)
+    assert storage.read_item_embeddings("2026-01-03", "7").column("bias").to_pylist() == [0.0]
+    assert storage.latest_item_embeddings("2026-01-02", "7")["vector"][0].tolist() == [1.0, 1.0]
+    assert storage.latest_item_embeddings("2026-01-05", "7")["vector"][0].tolist() == [3.0, 3.0]
+    assert storage.latest_item_embeddings("2026-01-05", "8") is None  # another model version
+
+
+def test_index_and_evaluation_roundtrip(settings):
+    from recsys_lib.index import build_index, search
+    from recsys_lib.settings import IndexSettings
+
+    storage = Storage(settings)
+    vectors = np.eye(3, dtype=np.float32)
+    index = build_index(vectors, IndexSettings("flat", 10, 2, 32, 128, 8))
+    storage.write_index("2026-01-01", "7", index, ["a", "b", "c"], {"kind": "flat"})
+    again = storage.read_index("2026-01-01", "7")
+    assert search(again, vectors[[2]], 1)[1].tolist() == [[2]]
+    assert storage.read_index_manifest("2026-01-01", "7") == {"kind": "flat"}
+    report = evaluation_report({"ndcg_at_10": 0.25, "recall_at_10": 0.5})
+    storage.write_evaluation(report)
+    assert storage.read_evaluation(report.ds) == report
+    assert "ndcg_at_10" in storage.evaluation_table(report.ds) and storage.evaluation_table("2030-01-01") is None
+
+
+def test_raw_drops_are_replaced_whole_and_text_settings_files_read(settings, tmp_path):
+    storage = Storage(settings)
+    storage.replace_raw_drop("items", "2026-01-01", {"a.csv": b"x", "b.csv": b"y"})
+    source = tmp_path / "items.parquet"
+    source.write_bytes(b"z")
+    uris = storage.replace_raw_drop("items", "2026-01-01", {"items.parquet": source})
+    assert storage.raw_files("items", "2026-01-01") == ["raw/items/ds=2026-01-01/items.parquet"]
+    assert uris == [storage.work.uri("raw/items/ds=2026-01-01/items.parquet")]
+    assert storage.read_text(str(source)) == "z"
