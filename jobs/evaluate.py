@@ -43,7 +43,8 @@ def run(settings: Settings, ds: str, model_version: str | None = None) -> dict[s
     )
     cfg = settings.evaluate
     baselines = default_baselines(get_spark(settings, "recsys-evaluate"), cfg.seed)
-    report = evaluate_candidate(split, candidate, champion, baselines, cfg.k, cfg.seed, ds, mv.label)
+    report = evaluate_candidate(split, candidate, champion, baselines, cfg.k, cfg.seed, ds, mv.label,
+                                cfg.tune_baselines)  # fmt: skip
     location = storage.write_evaluation(report)
     tracker.log_evaluation(mv.run_id, report)
     primary = {name: m[report.primary_metric] for name, m in report.all_users.rankers.items()}

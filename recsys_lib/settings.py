@@ -136,6 +136,7 @@ class RecommendSettings:
 class EvaluateSettings:
     k: tuple[int, ...]  # cut-offs; the first is the primary one (the gate, tuning, early stopping)
     seed: int
+    tune_baselines: bool
 
     def __post_init__(self):
         if not self.k or min(self.k) < 1:

@@ -44,6 +44,7 @@ TINY_TRAIN = {
     "recommend.top_n": 5,
     "recommend.similar_n": 4,
     "recommend.users_per_part": 25,  # several parts even on tiny data
+    "evaluate.tune_baselines": False,  # one fit per baseline: tuning has unit tests of its own
 }
 
 

@@ -148,10 +148,15 @@ class Baseline:
     make: Callable[..., object]
     grid: dict[str, Sequence] | None = None
 
-    def lists(self, split: EvaluationSplit, warm: WarmUsers, depth: int, k: int) -> tuple[np.ndarray, dict]:
-        """(top-``depth`` lists of the warm users, the tuned parameters)."""
+    def lists(
+        self, split: EvaluationSplit, warm: WarmUsers, depth: int, k: int, tune: bool = True
+    ) -> tuple[np.ndarray, dict]:
+        """(top-``depth`` lists of the warm users, the parameters used): tuned on NDCG@k of the
+        validation events, or the middle of the grid when ``tune`` is false."""
         params = {}
-        if self.grid is not None:
+        if self.grid is not None and not tune:
+            params = {key: values[len(values) // 2] for key, values in self.grid.items()}
+        elif self.grid is not None:
             params, _ = bl.tune(
                 self.make, self.grid, split.fit, split.validation_users, split.validation_targets,
                 split.validation_exclude(), k,
@@ -188,6 +193,7 @@ def evaluate_candidate(
     seed: int,
     ds: str,
     model_version: str,
+    tune_baselines: bool = True,
 ) -> EvaluationReport:
     """Every protocol for one candidate; ``ks`` are the cut-offs (the first is the primary one)."""
     started = time.perf_counter()
@@ -206,7 +212,7 @@ def evaluate_candidate(
     tuned = {}
     for name, baseline in baselines.items():
         t0 = time.perf_counter()
-        lists[name], params = baseline.lists(split, warm, depth, ks[0])
+        lists[name], params = baseline.lists(split, warm, depth, ks[0], tune_baselines)
         if params:
             tuned[name] = params
         log.info("%s %s ranked in %.1fs", name, params or "", time.perf_counter() - t0)

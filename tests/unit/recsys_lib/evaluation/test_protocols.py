@@ -80,3 +80,11 @@ def test_the_cold_item_protocol(candidate, monkeypatch):
     assert segment.get("model") == {"recall_at_1": 1.0, "ndcg_at_1": 1.0, "share_in_top_2": 0.25}
     assert segment.get("tfidf") == segment.get("random") == {"recall_at_1": 1.0, "ndcg_at_1": 1.0}
     assert segment.get("catalogue") == {"share_in_top_2": 0.2}
+
+
+def test_untuned_baselines_take_the_middle_of_their_grid(candidate):
+    baselines = {"item_knn": Baseline(bl.ItemKNN, {"neighbours": [1, 2, 3], "shrink": [0.0, 5.0]})}
+    report = evaluate_candidate(split(), candidate, None, baselines, ks=(1,), seed=0, ds="2026-01-01",
+                                model_version="m/3", tune_baselines=False)  # fmt: skip
+    assert report.tuned == {"item_knn": {"neighbours": 2, "shrink": 5.0}}
+    assert "champion" not in report.all_users.rankers
