@@ -119,7 +119,9 @@ def popular_unseen(
 
     Args:
         popularity: [n_items] counts (e.g. distinct users per item).
+        rules: applied as ``rules.on_popularity()`` (no score rules on popularity scores).
     """
+    rules = None if rules is None else rules.on_popularity()
     order = np.argsort(-popularity, kind="stable")
     depth = n if rules is None else rules.depth(n)
     k = min(len(order), depth + max((len(s) for s in seen), default=0))

@@ -3,7 +3,8 @@
 From the ``[rules]`` settings:
   blocked items      never recommended, nor listed as similar (ids in the settings or a file)
   new-item boost     added to the score of catalogue items nobody has interacted with yet
-  minimum score      model candidates below it are dropped (the list is topped up by popularity)
+  minimum score      model candidates below it are dropped (the list is topped up by popularity;
+                     the score rules leave popularity-ranked rows alone: ``on_popularity``)
   category cap       at most N items of one category (an item's first category) per list
 Candidates arrive as [q, k] (scores, catalogue indices) best first, -1 padded; rules keep that
 shape so the caller's seen-item exclusion and truncation stay one code path.
@@ -12,7 +13,7 @@ Tests: tests/unit/recsys_lib/test_rules.py.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -37,6 +38,12 @@ class BusinessRules:
     def none(cls, n_items: int) -> "BusinessRules":
         """No rules: candidates pass through unchanged."""
         return cls(np.zeros(n_items, bool), np.zeros(n_items, bool), np.full(n_items, NO_CATEGORY))
+
+    def on_popularity(self) -> "BusinessRules":
+        """The rules for popularity-ranked lists (the fallback and top-ups): the score rules
+        (minimum score, new-item boost) are about the model's scores, a scale that popularity
+        scores in [0, 1] do not share; blocked items and the category cap still apply."""
+        return replace(self, new_item_boost=0.0, min_score=None)
 
     @property
     def drops_candidates(self) -> bool:

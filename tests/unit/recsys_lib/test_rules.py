@@ -87,3 +87,19 @@ def test_build_rules_from_settings(tmp_path):
     assert r.blocked.tolist() == [True, False, True, True, False]
     assert r.is_new.tolist() == [False, False, True, True, True]
     assert r.category[0] == r.category[3] != r.category[1] and r.category[2] == r.category[4] == NO_CATEGORY
+
+
+def test_a_minimum_score_above_popularity_scores_still_leaves_every_user_a_list():
+    vectors = np.eye(N_ITEMS, dtype=np.float32)
+    users = np.vstack([vectors[[0]] * 9.0, np.zeros((1, N_ITEMS), np.float32)])  # a model user, a new one
+    popularity = np.array([1.0, 2.0, 3.0, 4.0, 5.0, 6.0])
+    strict = rules(min_score=5.0, new_item_boost=100.0, is_new=np.isin(np.arange(N_ITEMS), [5]))
+    scores, ids = rec.rank_users(
+        lambda q, k: exact_search(vectors, q, k), users, [np.array([], np.int64)] * 2, popularity, 3, 10,
+        np.array([False, True]), strict,
+    )  # fmt: skip
+    # The model user: item 0 (9.0) passes, the rest (0.0) are dropped, and the list is topped up
+    # by popularity (5 is new and boosted only as a model candidate, where it scored 0 + 100).
+    assert ids[0].tolist() == [5, 0, 4] and scores[0, 0] == pytest.approx(100.0)
+    # The new user: the popularity fallback, scored in [0, 1] and not held to the minimum score.
+    assert ids[1].tolist() == [5, 4, 3] and scores[1].tolist() == pytest.approx([1.0, 5 / 6, 4 / 6])
