@@ -1,8 +1,8 @@
 """Embed items (batched torch, GPU when present): every catalogue item -> a vector.
 
 Writes ``embeddings/ds=<ds>/model_version=<v>`` (item_id, vector, bias, content_hash,
-model_version). Items whose document hash is unchanged under the same model version reuse their
-earlier vector.
+model_version) for the served model. The transformer runs only for documents whose (content
+hash, encoder fingerprint) is not in the encoder-output cache: after train, none of today's.
 """
 
 from __future__ import annotations
@@ -29,9 +29,9 @@ def run(settings: Settings, ds: str, model_version: str | None = None) -> dict[s
     started = time.perf_counter()
     _, summary = embed_version(storage, ds, model, tokenizer, mv.version, settings.embed, device)
     summary["seconds"] = time.perf_counter() - started
-    log.info("%s: embedded %d items, reused %d, in %.1fs on %s", mv.label, summary["embedded"], summary["reused"],
-             summary["seconds"], device)  # fmt: skip
-    tracker.log_metrics(mv.run_id, {f"embed.{k}": summary[k] for k in ("items", "embedded", "reused", "seconds")})
+    log.info("%s: %d items, %d through the transformer, %d from its cache, in %.1fs on %s", mv.label,
+             summary["items"], summary["encoded"], summary["cached"], summary["seconds"], device)  # fmt: skip
+    tracker.log_metrics(mv.run_id, {f"embed.{k}": summary[k] for k in ("items", "encoded", "cached", "seconds")})
     return {"ds": ds, "model_version": mv.version, **summary, "device": device.type}
 
 

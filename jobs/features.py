@@ -9,6 +9,8 @@ Writes under ``features/ds=<ds>/`` (``recsys_lib.storage.FeatureTable``):
   interactions_train    user_id, item_id, timestamp, weight, is_validation: positives before the
                         time-based holdout, cold items excluded; is_validation marks each user's
                         last training event (early stopping, baseline tuning)
+  interactions_all      every positive up to ds (holdout and cold items included): what the
+                        served model continues on after the evaluation model is measured
   interactions_holdout  the time-based holdout (positives), cold items excluded
   train_user_histories  histories from the training side (for scoring the holdout)
   cold_items            item_id: the seeded share of items whose every interaction is held out

@@ -1,9 +1,13 @@
 """Train (torch + transformers): fine-tune the two-tower model, log it to MLflow, register it.
 
-Reads ``features/ds=<ds>/{item_documents, interactions_train}``. Warm-starts from the current
-champion unless ``train.full_retrain`` is set. The new version gets the alias ``candidate``;
-publish decides whether it becomes ``champion``. A rerun with the same data and settings
-reuses the finished run instead of training again.
+Reads ``features/ds=<ds>/{item_documents, interactions_train, interactions_all}``. Trains the
+evaluation model on the split's training side, then continues it on every interaction up to ds
+into the served model (``recsys_lib.models.training.train_nightly``). Both go to one MLflow run;
+the served model is the registered version, with the alias ``candidate``; publish decides
+whether it becomes ``champion``. Warm-starts from the current champion unless
+``train.full_retrain`` is set. The transformer's outputs for the catalogue go to the
+encoder-output cache, so embed and evaluate run no transformer pass for them. A rerun with the
+same data and settings reuses the finished run instead of training again.
 """
 
 from __future__ import annotations
@@ -20,22 +24,25 @@ log = logging.getLogger(__name__)
 def run(settings: Settings, ds: str) -> dict[str, Any]:
     import pandas as pd
 
-    from recsys_lib.models.examples import prepare_training_data
-    from recsys_lib.models.training import initial_model, train_two_tower, training_fingerprint
+    from recsys_lib.embedding import EncoderOutputs
+    from recsys_lib.models.examples import prepare_serving_data, prepare_training_data
+    from recsys_lib.models.training import initial_model, train_nightly, training_fingerprint
     from recsys_lib.models.two_tower import TokenizedDocuments, resolve_device
     from recsys_lib.schema import CONTENT_HASH_COL, DOCUMENT_COL, ITEM_COL, TIMESTAMP_COL, USER_COL, VALIDATION_COL
     from recsys_lib.storage import FeatureTable, Storage
-    from recsys_lib.tracking import CANDIDATE, CHAMPION, MODEL_ARTIFACT, Tracker
+    from recsys_lib.tracking import CANDIDATE, CHAMPION, EVALUATION_MODEL_ARTIFACT, MODEL_ARTIFACT, Tracker
 
     storage, tracker = Storage(settings), Tracker(settings)
     cfg = settings.train
     documents = storage.read_features(FeatureTable.ITEM_DOCUMENTS, ds).sort_values(ITEM_COL, kind="stable")
     documents = documents.reset_index(drop=True)
     interactions = storage.read_features(FeatureTable.INTERACTIONS_TRAIN, ds)
+    all_interactions = storage.read_features(FeatureTable.INTERACTIONS_ALL, ds)
+    events = [USER_COL, ITEM_COL, TIMESTAMP_COL]
     fingerprint = training_fingerprint(
-        documents[[ITEM_COL, CONTENT_HASH_COL]], interactions[[USER_COL, ITEM_COL, TIMESTAMP_COL, VALIDATION_COL]],
+        [documents[[ITEM_COL, CONTENT_HASH_COL]], interactions[events + [VALIDATION_COL]], all_interactions[events]],
         settings,
-    )  # fmt: skip
+    )
     tags = {"ds": ds, "stage": "train", "fingerprint": fingerprint}
     previous = tracker.find_finished_run(tags)
     if previous is not None and (mv := tracker.version_for_run(previous)) is not None:
@@ -44,10 +51,11 @@ def run(settings: Settings, ds: str) -> dict[str, Any]:
         return {"ds": ds, "run_id": previous, "model_version": mv.version, "model": mv.label, "reused": True}
 
     item_ids = pd.Index(documents[ITEM_COL])
-    data = prepare_training_data(item_ids, interactions, settings.model.history_length, cfg.max_validation_users,
-                                 cfg.seed)  # fmt: skip
+    history_length = settings.model.history_length
+    train = prepare_training_data(item_ids, interactions, history_length, cfg.max_validation_users, cfg.seed)
+    everything = prepare_serving_data(item_ids, all_interactions, history_length)
     n_interactions = len(interactions)
-    del interactions  # the examples hold what training needs: gigabytes at scale
+    del interactions, all_interactions  # the examples hold what training needs: gigabytes at scale
     champion = None if cfg.full_retrain else tracker.alias(CHAMPION)
     checkpoint = None
     if champion is not None:
@@ -55,7 +63,7 @@ def run(settings: Settings, ds: str) -> dict[str, Any]:
             checkpoint = tracker.download_model(champion.version)
         except OSError as e:
             log.warning("cannot download champion %s (%s); training from the pretrained encoder", champion.label, e)
-    model, tokenizer, warm_started = initial_model(settings.model, cfg, data.id_vocab, checkpoint)
+    model, tokenizer, warm_started = initial_model(settings.model, cfg, train.id_vocab, checkpoint)
     warm_start = champion.label if warm_started else "none"
     docs = TokenizedDocuments.from_texts(tokenizer, documents[DOCUMENT_COL].tolist(), model.config.max_length)
     device = resolve_device(cfg.device)
@@ -66,17 +74,18 @@ def run(settings: Settings, ds: str) -> dict[str, Any]:
             **{f"train.{k}": v for k, v in dataclasses.asdict(cfg).items()},
             **{f"model.{k}": v for k, v in dataclasses.asdict(model.config).items()},
             "data.ds": ds, "data.items": len(item_ids), "data.train_interactions": n_interactions,
-            "data.examples": len(data.examples), "data.validation_users": len(data.validation),
-            "data.id_vocab": len(data.id_vocab),
+            "data.examples": len(train.examples), "data.validation_users": len(train.validation),
+            "data.id_vocab": len(train.id_vocab), "data.all_examples": len(everything.examples),
         })  # fmt: skip
-        report = train_two_tower(
-            model, docs, model.id_rows(item_ids), data.examples, cfg, device, data.validation,
-            on_step=lambda step, m: tracker.log_metrics(run_id, m, step), ks=settings.evaluate.k,
-        )  # fmt: skip
-        tracker.log_metrics(run_id, report)
+        models = train_nightly(model, docs, item_ids, train, everything, cfg, device, settings.evaluate.k,
+                               on_step=lambda step, m: tracker.log_metrics(run_id, m, step))  # fmt: skip
+        tracker.log_metrics(run_id, models.report)
+        outputs = EncoderOutputs(pd.Index(documents[CONTENT_HASH_COL]), models.pooled.cpu().numpy()).unique()
+        storage.add_encoder_outputs(models.served.encoder_fingerprint(), outputs.to_table())
         with storage.temp_dir() as tmp:
-            model.save(tmp, tokenizer)
-            tracker.log_artifacts(run_id, tmp, MODEL_ARTIFACT)
+            models.served.save(f"{tmp}/{MODEL_ARTIFACT}", tokenizer)
+            models.evaluation.save(f"{tmp}/{EVALUATION_MODEL_ARTIFACT}", tokenizer)
+            tracker.log_artifacts(run_id, tmp)
         mv = tracker.register_model(run_id, {"ds": ds, "fingerprint": fingerprint})
         tracker.set_alias(CANDIDATE, mv.version)
     except BaseException:
@@ -84,7 +93,7 @@ def run(settings: Settings, ds: str) -> dict[str, Any]:
         raise
     tracker.finish_run(run_id)
     return {"ds": ds, "run_id": run_id, "model_version": mv.version, "model": mv.label, "warm_start": warm_start,
-            "reused": False, **report}  # fmt: skip
+            "reused": False, **models.report}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,9 +1,12 @@
-"""Bulk item embedding with reuse, and the item vectors every later stage reads.
+"""Bulk item embedding through a cache of the transformer's outputs, and the item vectors every
+later stage reads.
 
-An item whose document hash is unchanged under the same model version keeps its vector, so a
-nightly run only encodes new and edited items. ``ItemVectors`` is the embed stage's product in
-memory: catalogue ids in row order, unit vectors and item biases.
-Tests: tests/unit/recsys_lib/test_embedding.py (incremental == full re-embedding).
+The transformer (the expensive part of the item tower) runs once per (content hash, encoder
+fingerprint): ``EncoderOutputs`` are kept in the work store across nights, so a night only
+encodes new and edited items, and models that share an encoder (a night's evaluation model
+and its served continuation) share every output. ``ItemVectors`` is the embed stage's product
+in memory: catalogue ids in row order, unit vectors and item biases.
+Tests: tests/unit/recsys_lib/test_embedding.py (cached == fully re-encoded).
 """
 
 from __future__ import annotations
@@ -20,8 +23,15 @@ from recsys_lib.schema import (
     DOCUMENT_COL,
     ITEM_COL,
     ITEM_EMBEDDINGS_SCHEMA,
-    MODEL_VERSION_COL,
+    POOLED_COL,
     VECTOR_COL,
+)
+
+ENCODER_OUTPUTS_SCHEMA = pa.schema(
+    [
+        pa.field(CONTENT_HASH_COL, pa.string(), nullable=False),
+        pa.field(POOLED_COL, pa.list_(pa.float32()), nullable=False),
+    ]
 )
 
 
@@ -50,6 +60,37 @@ class ItemVectors:
         return ItemVectors(self.ids[rows], self.vectors[rows], self.bias[rows])
 
 
+@dataclass(frozen=True)
+class EncoderOutputs:
+    """The transformer's pooled outputs of documents, by content hash, for one encoder."""
+
+    hashes: pd.Index  # content hashes, unique
+    pooled: np.ndarray  # [n, d] float32
+
+    def __len__(self) -> int:
+        return len(self.hashes)
+
+    @classmethod
+    def empty(cls, dim: int) -> "EncoderOutputs":
+        return cls(pd.Index([], dtype=object), np.zeros((0, dim), np.float32))
+
+    @classmethod
+    def from_table(cls, table: pa.Table) -> "EncoderOutputs":
+        hashes = pd.Index(table.column(CONTENT_HASH_COL).to_pylist(), dtype=object)
+        return cls(hashes, _matrix(table.column(POOLED_COL))).unique()
+
+    def to_table(self) -> pa.Table:
+        return pa.table([pa.array(self.hashes, pa.string()), _list_column(self.pooled)], schema=ENCODER_OUTPUTS_SCHEMA)
+
+    def rows(self, hashes) -> np.ndarray:
+        """Row of each hash in ``pooled``, -1 where it has none."""
+        return self.hashes.get_indexer(pd.Index(hashes, dtype=object)) if len(self) else np.full(len(hashes), -1)
+
+    def unique(self) -> "EncoderOutputs":
+        keep = ~self.hashes.duplicated()
+        return self if keep.all() else EncoderOutputs(self.hashes[keep], self.pooled[keep])
+
+
 def catalogue_indices(item_index: pd.Index, lists) -> list[np.ndarray]:
     """Map lists of item ids to catalogue indices (positions in ``item_index``), dropping ids
     outside the catalogue. One vectorised lookup for all lists, not one per list."""
@@ -64,58 +105,53 @@ def embed_catalogue(
     model,
     tokenizer,
     documents: pd.DataFrame,
-    model_version: str,
     batch_size: int,
     device,
-    previous: pd.DataFrame | None = None,
-) -> tuple[pa.Table, dict[str, int]]:
-    """Vectors for every document, reusing ``previous`` rows of the same model and content hash.
+    cached: EncoderOutputs | None = None,
+) -> tuple[ItemVectors, EncoderOutputs]:
+    """Vectors for every document; the transformer runs only for content hashes ``cached`` lacks.
+
+    The transformer's pooled output depends on the text and the encoder alone, so it is cached
+    per (content hash, encoder fingerprint); the rest of the item tower (projection, ID
+    embedding, bias) is cheap and applied to every item.
 
     Args:
         model: a ``TwoTowerModel``; tokenizer: its tokenizer.
-        documents: item_id, document, content_hash.
-        previous: an earlier embeddings table (item_id, vector, bias, content_hash, model_version).
+        documents: item_id, document, content_hash, in catalogue order.
+        cached: earlier pooled outputs of this model's encoder.
     Returns:
-        (embeddings table in ITEM_EMBEDDINGS_SCHEMA ordered like ``documents``,
-         {"embedded": n, "reused": m}).
+        (the item vectors in ``documents`` order, the pooled outputs computed now).
     """
-    from recsys_lib.models.two_tower import TokenizedDocuments, embed_documents
+    import torch
 
-    reuse: dict[tuple[str, str], tuple[np.ndarray, float]] = {}
-    if previous is not None and len(previous):
-        same = previous[previous[MODEL_VERSION_COL] == model_version]
-        reuse = {
-            (i, h): (v, b)
-            for i, h, v, b in zip(same[ITEM_COL], same[CONTENT_HASH_COL], same[VECTOR_COL], same[BIAS_COL])
-        }
-    keys = list(zip(documents[ITEM_COL], documents[CONTENT_HASH_COL]))
-    todo = [n for n, key in enumerate(keys) if key not in reuse]
-    vectors = np.zeros((len(documents), model.config.dim), dtype=np.float32)
-    bias = np.zeros(len(documents), dtype=np.float32)
-    if todo:
+    from recsys_lib.models.two_tower import TokenizedDocuments, embed_text
+
+    hashes = documents[CONTENT_HASH_COL].to_numpy(dtype=object)
+    cached = cached if cached is not None else EncoderOutputs.empty(model.config.dim)
+    rows = cached.rows(hashes)
+    todo = np.flatnonzero(rows < 0)
+    pooled = np.zeros((len(documents), model.config.dim), dtype=np.float32)
+    pooled[rows >= 0] = cached.pooled[rows[rows >= 0]]
+    computed = EncoderOutputs.empty(model.config.dim)
+    if len(todo):
         texts = documents[DOCUMENT_COL].iloc[todo].tolist()
         docs = TokenizedDocuments.from_texts(tokenizer, texts, model.config.max_length)
-        id_rows = model.id_rows(documents[ITEM_COL].iloc[todo])
-        v, b = embed_documents(model, docs, batch_size, device, id_rows)
-        vectors[todo], bias[todo] = v.cpu().numpy(), b.cpu().numpy()
-    for n, key in enumerate(keys):
-        if key in reuse:
-            vectors[n], bias[n] = reuse[key]
-    table = embeddings_table(
-        documents[ITEM_COL].tolist(), vectors, bias, documents[CONTENT_HASH_COL].tolist(), model_version
-    )
-    return table, {"embedded": len(todo), "reused": len(documents) - len(todo)}
+        fresh = embed_text(model, docs, batch_size, device, pooled=True).cpu().numpy()
+        pooled[todo] = fresh
+        computed = EncoderOutputs(pd.Index(hashes[todo], dtype=object), fresh).unique()
+    id_rows = torch.as_tensor(model.id_rows(documents[ITEM_COL]))
+    vectors, bias = model.items_from_pooled(torch.from_numpy(pooled), id_rows)
+    items = ItemVectors(pd.Index(documents[ITEM_COL], dtype=object), vectors.numpy(), bias.numpy())
+    return items, computed
 
 
 def embeddings_table(
     item_ids: list[str], vectors: np.ndarray, bias: np.ndarray, hashes: list[str], model_version: str
 ) -> pa.Table:
-    flat = pa.array(vectors.astype(np.float32, copy=False).ravel())
-    lists = pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1]).cast(pa.list_(pa.float32()))
     return pa.table(
         [
             pa.array(item_ids, pa.string()),
-            lists,
+            _list_column(vectors),
             pa.array(bias, pa.float32()),
             pa.array(hashes, pa.string()),
             pa.array([model_version] * len(item_ids), pa.string()),
@@ -126,34 +162,48 @@ def embeddings_table(
 
 def vectors_of(table: pa.Table) -> np.ndarray:
     """The [n, d] float32 matrix of an embeddings table, in row order."""
-    column = table.column(VECTOR_COL).combine_chunks()
+    return _matrix(table.column(VECTOR_COL))
+
+
+def _matrix(column) -> np.ndarray:
+    column = column.combine_chunks()
     if len(column) == 0:
         return np.zeros((0, 0), dtype=np.float32)
     dim = len(column[0])
     return column.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(len(column), dim)
 
 
-def embed_version(storage, ds: str, model, tokenizer, model_version: str, cfg, device) -> tuple[ItemVectors, dict]:
-    """Embed the catalogue of ds with one model version, reusing that version's latest earlier
-    vectors, and store the table. Shared by the embed stage and by evaluate, which re-embeds the
-    champion on today's catalogue.
+def _list_column(matrix: np.ndarray) -> pa.Array:
+    flat = pa.array(matrix.astype(np.float32, copy=False).ravel())
+    return pa.FixedSizeListArray.from_arrays(flat, matrix.shape[1]).cast(pa.list_(pa.float32()))
+
+
+def embed_version(
+    storage, ds: str, model, tokenizer, model_version: str, cfg, device, write: bool = True
+) -> tuple[ItemVectors, dict]:
+    """Embed the catalogue of ds with one model, through the encoder-output cache of its
+    encoder, and (``write``) store the vectors as that version's embeddings of ds. Shared by the
+    embed stage and by evaluate, which embeds the evaluation models of the candidate and the
+    champion.
 
     Args:
         storage: a ``Storage``; cfg: ``EmbedSettings``.
     Returns:
-        (the vectors, {"items", "embedded", "reused", "embeddings": URI}).
+        (the vectors, {"items", "encoded", "cached", "embeddings": URI or None}).
     """
     from recsys_lib.storage import FeatureTable
 
     documents = storage.read_features(FeatureTable.ITEM_DOCUMENTS, ds).sort_values(ITEM_COL, kind="stable")
-    table, counts = embed_catalogue(
-        model,
-        tokenizer,
-        documents.reset_index(drop=True),
-        model_version,
-        cfg.batch_size,
-        device,
-        previous=storage.latest_item_embeddings(ds, model_version),
-    )
-    uri = storage.write_item_embeddings(ds, model_version, table)
-    return ItemVectors.from_table(table), {"items": len(documents), **counts, "embeddings": uri}
+    documents = documents.reset_index(drop=True)
+    fingerprint = model.encoder_fingerprint()
+    cached = storage.read_encoder_outputs(fingerprint)
+    items, computed = embed_catalogue(model, tokenizer, documents, cfg.batch_size, device, cached)
+    if len(computed):
+        storage.add_encoder_outputs(fingerprint, computed.to_table())
+    uri = None
+    if write:
+        table = embeddings_table(list(items.ids), items.vectors, items.bias, documents[CONTENT_HASH_COL].tolist(),
+                                 model_version)  # fmt: skip
+        uri = storage.write_item_embeddings(ds, model_version, table)
+    encoded = int(documents[CONTENT_HASH_COL].isin(computed.hashes).sum())
+    return items, {"items": len(items), "encoded": encoded, "cached": len(items) - encoded, "embeddings": uri}

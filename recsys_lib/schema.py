@@ -35,6 +35,7 @@ SOURCE_FILE_COL = "source_file"
 DOCUMENT_COL = "document"
 CONTENT_HASH_COL = "content_hash"
 VECTOR_COL = "vector"
+POOLED_COL = "pooled"  # the transformer's mean-pooled output of a document, before the item tower's heads
 BIAS_COL = "bias"  # the model's item bias (a popularity prior), added to user-item logits
 MODEL_VERSION_COL = "model_version"
 RANK_COL = "rank"

@@ -105,6 +105,7 @@ class TrainSettings:
     text_loss_weight: float
     trainable_layers: int
     lora_rank: int
+    refit_steps: int
     full_retrain: bool
 
 

@@ -36,6 +36,7 @@ from recsys_lib.settings import Settings, StorageSettings
 if TYPE_CHECKING:
     import pandas as pd
 
+    from recsys_lib.embedding import EncoderOutputs
     from recsys_lib.evaluation.report import EvaluationReport
 
 PARQUET_SUFFIX = ".parquet"
@@ -334,6 +335,7 @@ class FeatureTable(StrEnum):
     USER_HISTORIES = "user_histories"
     SEGMENT_POPULARITY = "segment_popularity"
     INTERACTIONS_TRAIN = "interactions_train"
+    INTERACTIONS_ALL = "interactions_all"
     INTERACTIONS_HOLDOUT = "interactions_holdout"
     TRAIN_USER_HISTORIES = "train_user_histories"
     COLD_ITEMS = "cold_items"
@@ -389,6 +391,11 @@ class Storage:
     @staticmethod
     def item_embeddings(ds: str, model_version: str) -> str:
         return f"embeddings/ds={ds}/model_version={model_version}"
+
+    @staticmethod
+    def encoder_outputs(fingerprint: str) -> str:
+        """The transformer's pooled outputs by content hash, for one encoder (kept across nights)."""
+        return f"encoder_outputs/encoder={fingerprint}"
 
     @staticmethod
     def index(ds: str, model_version: str, name: str = "") -> str:
@@ -461,13 +468,18 @@ class Storage:
             raise MissingInput(f"no item embeddings at {self.work.uri(key)}: run the embed_items stage first")
         return self.work.read_table(key)
 
-    def latest_item_embeddings(self, ds: str, model_version: str) -> "pd.DataFrame | None":
-        """The latest embeddings of this model version up to ds (what an incremental run reuses)."""
-        for day in reversed([d for d in self.partitions("embeddings") if d <= ds]):
-            key = self.item_embeddings(day, model_version)
-            if self.work.table_exists(key):
-                return self.work.read_table(key).to_pandas()
-        return None
+    # The encoder-output cache.
+    def read_encoder_outputs(self, fingerprint: str) -> "EncoderOutputs | None":
+        from recsys_lib.embedding import EncoderOutputs
+
+        key = self.encoder_outputs(fingerprint)
+        return EncoderOutputs.from_table(self.work.read_table(key)) if self.work.table_exists(key) else None
+
+    def add_encoder_outputs(self, fingerprint: str, table: pa.Table) -> None:
+        """Append outputs as a new part (parts are never rewritten: readers keep the first row of
+        a hash)."""
+        key = self.encoder_outputs(fingerprint)
+        self.work.write_table(key, table, part=len(self.work.parquet_parts(key)))
 
     # The FAISS index: the index file, its id map (row -> item id) and its manifest.
     def write_index(self, ds: str, model_version: str, index, item_ids: list[str], manifest: dict[str, Any]) -> str:

@@ -1,5 +1,7 @@
 """MLflow: runs, the model registry (one registered model, aliases ``champion``/``candidate``)
 and model checkpoints as plain artifacts (safetensors + Hugging Face files; nothing pickled).
+A registered version is the served model (artifact ``model``); its run also holds the
+evaluation model it was continued from (``evaluation_model``), which is what evaluate measures.
 
 Tests: tests/unit/recsys_lib/test_tracking.py (a real SQLite-backed store), tests/integration.
 """
@@ -24,7 +26,8 @@ log = logging.getLogger(__name__)
 
 CHAMPION = "champion"
 CANDIDATE = "candidate"
-MODEL_ARTIFACT = "model"
+MODEL_ARTIFACT = "model"  # the served model: the registered version's source
+EVALUATION_MODEL_ARTIFACT = "evaluation_model"  # its twin trained on the split's training side
 EVALUATION_ARTIFACT = "evaluation.json"
 
 
@@ -206,22 +209,28 @@ class Tracker:
             raise MissingInput(f"no '{CANDIDATE}' version of model {self.model_name!r}: run the train stage first")
         return mv
 
-    def load_model(self, mv: ModelVersion, device="cpu"):
-        """(TwoTowerModel, tokenizer) of a registered version, from the local cache."""
+    def load_model(self, mv: ModelVersion, device="cpu", evaluation: bool = False):
+        """(TwoTowerModel, tokenizer) of a registered version, or of the evaluation model it was
+        continued from (``evaluation``: what the evaluate stage measures), from the local cache."""
         from recsys_lib.models.two_tower import TwoTowerModel
 
-        return TwoTowerModel.load(self.download_model(mv.version), device=device)
+        return TwoTowerModel.load(self.download_model(mv.version, evaluation), device=device)
 
-    def download_model(self, version: str) -> Path:
-        """The checkpoint folder of a model version, downloaded once into the local cache."""
+    def download_model(self, version: str, evaluation: bool = False) -> Path:
+        """The checkpoint folder of a model version (or, with ``evaluation``, of the evaluation
+        model logged beside it), downloaded once into the local cache."""
         target = self.cache_root / self.model_name / str(version)
-        if (target / ".complete").exists():
-            return target
-        if target.exists():
-            shutil.rmtree(target)
-        target.mkdir(parents=True)
-        self.mlflow.artifacts.download_artifacts(
-            artifact_uri=f"models:/{self.model_name}/{version}", dst_path=str(target), tracking_uri=self.tracking_uri
-        )
-        (target / ".complete").touch()
-        return target
+        if not (target / ".complete").exists():
+            if target.exists():
+                shutil.rmtree(target)
+            target.mkdir(parents=True)
+            # The run's two checkpoints: model/ (the registered source) and evaluation_model/.
+            run_id = self.model_version(version).run_id
+            self.mlflow.artifacts.download_artifacts(
+                run_id=run_id, dst_path=str(target), tracking_uri=self.tracking_uri
+            )
+            (target / ".complete").touch()
+        folder = target / (EVALUATION_MODEL_ARTIFACT if evaluation else MODEL_ARTIFACT)
+        if not folder.is_dir():
+            raise MissingInput(f"model version {version} of {self.model_name!r} has no {folder.name} checkpoint")
+        return folder

@@ -122,3 +122,13 @@ def prepare_training_data(
     id_vocab = pd.Index(sorted(set(train[ITEM_COL]) & set(item_ids)), dtype=object)
     examples = build_examples(train, item_ids, history_length)
     return TrainingData(item_ids, id_vocab, examples, validation.sample(max_validation_users, seed))
+
+
+def prepare_serving_data(item_ids: pd.Index, interactions: pd.DataFrame, history_length: int) -> TrainingData:
+    """Examples and the ID vocabulary from every positive interaction up to ds (the features
+    stage's ``interactions_all``): what the served model continues on. No validation set: the
+    served model has seen everything, so it is measured through its evaluation twin."""
+    id_vocab = pd.Index(sorted(set(interactions[ITEM_COL]) & set(item_ids)), dtype=object)
+    examples = build_examples(interactions, item_ids, history_length)
+    empty = ValidationSet(np.empty((0, history_length), np.int64), np.empty(0, np.int64), [])
+    return TrainingData(item_ids, id_vocab, examples, empty)

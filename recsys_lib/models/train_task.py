@@ -59,6 +59,8 @@ class TwoTowerTrainTask(nn.Module):
         id_rows: [n_items] ID-embedding row of each catalogue item (NO_ID for cold items).
         targets: [n] every training example's target (sampling probabilities for logQ).
         batch_size: examples per step (the expected in-batch counts of logQ).
+        pooled: the transformer's outputs for ``documents`` when they are known already (it is
+            frozen); None encodes them.
     """
 
     def __init__(
@@ -70,6 +72,7 @@ class TwoTowerTrainTask(nn.Module):
         cfg: TrainSettings,
         batch_size: int,
         device: torch.device,
+        pooled: torch.Tensor | None = None,
     ):
         super().__init__()
         self.model = model
@@ -87,7 +90,7 @@ class TwoTowerTrainTask(nn.Module):
         expected = batch_size * counts / counts.sum() + cfg.extra_negatives * (counts > 0) / len(self.warm_items)
         self.log_q = torch.as_tensor(np.log(np.maximum(expected, 1e-12)), dtype=torch.float32, device=device)
         self.log_popularity = torch.as_tensor(np.log(np.maximum(counts, 1e-12)), dtype=torch.float32, device=device)
-        self.pooled_cache = self.refresh()
+        self.pooled_cache = self.refresh() if pooled is None else pooled.to(self.device)
 
     def refresh(self) -> torch.Tensor:
         """Re-encode every document's pooled transformer output (exact while it is frozen)."""

@@ -25,6 +25,7 @@ import logging
 import math
 import random
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -32,9 +33,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from recsys_lib.models.examples import TrainingExamples, ValidationSet
+from recsys_lib.models.examples import TrainingData, TrainingExamples, ValidationSet
 from recsys_lib.models.train_task import Batch, TwoTowerTrainTask
-from recsys_lib.models.two_tower import TokenizedDocuments, TwoTowerModel, embed_users
+from recsys_lib.models.two_tower import TokenizedDocuments, TwoTowerModel, embed_text, embed_users
 from recsys_lib.settings import ModelSettings, Settings, TrainSettings
 
 log = logging.getLogger(__name__)
@@ -178,6 +179,7 @@ def train_two_tower(
     on_step: Callable[[int, dict[str, float]], None] | None = None,
     *,
     ks: Sequence[int],
+    pooled: torch.Tensor | None = None,
 ) -> dict[str, float]:
     """Fine-tune ``model`` in place; returns a summary of the run.
 
@@ -187,6 +189,7 @@ def train_two_tower(
         examples: training examples over catalogue indices.
         validation: held-out events for early stopping; None trains every step.
         ks: validation cut-offs; early stopping follows NDCG at the first.
+        pooled: the transformer's outputs for ``documents``, when known (see TwoTowerTrainTask).
     """
     if len(examples) < 2:
         raise ValueError(f"need at least 2 training examples, got {len(examples)}: too little interaction history")
@@ -198,10 +201,12 @@ def train_two_tower(
     fine_tunes = bool(model.encoder_parameters())
     frozen = cfg.frozen_steps if fine_tunes else 0
     steps = frozen + cfg.max_steps
+    if steps < 1:
+        raise ValueError("no training steps: train.frozen_steps + train.max_steps must be at least 1")
     optimizer, scheduler = build_optimizer(model, cfg, frozen, steps)
     batch_size = min(cfg.batch_size, len(examples))
     encoded = max(1, min(cfg.encoder_batch_size, batch_size))
-    task = TwoTowerTrainTask(model, documents, id_rows, examples.target, cfg, batch_size, device)
+    task = TwoTowerTrainTask(model, documents, id_rows, examples.target, cfg, batch_size, device, pooled)
     sampler = BatchSampler(examples, task.warm_items, batch_size, cfg)
     stopper = EarlyStopping(f"val_ndcg_at_{ks[0]}", cfg.patience)
     losses: list[float] = []
@@ -266,6 +271,53 @@ def train_two_tower(
     return report
 
 
+@dataclass
+class NightlyModels:
+    """A night's two models: the one the evaluation measures, and the one that is served."""
+
+    evaluation: TwoTowerModel  # trained on the training side of the split only
+    served: TwoTowerModel  # the evaluation model continued on every interaction up to ds
+    pooled: torch.Tensor  # [n_items] the shared transformer's outputs for the catalogue
+    report: dict[str, float]  # the evaluation model's training summary, then refit.* entries
+
+
+def refit_settings(cfg: TrainSettings) -> TrainSettings:
+    """The served model's continuation: ``refit_steps`` steps of the heads, ID tables and user
+    tower, the transformer frozen (so its outputs, cached once, stay exact and shared)."""
+    return dataclasses.replace(cfg, trainable_layers=0, lora_rank=0, frozen_steps=0, max_steps=cfg.refit_steps)
+
+
+def train_nightly(
+    model: TwoTowerModel,
+    documents: TokenizedDocuments,
+    item_ids: pd.Index,
+    train: TrainingData,
+    everything: TrainingData,
+    cfg: TrainSettings,
+    device: torch.device,
+    ks: Sequence[int],
+    on_step: Callable[[int, dict[str, float]], None] | None = None,
+) -> NightlyModels:
+    """Train the evaluation model on ``train`` (early stopping on its validation events), then
+    continue a copy of it on ``everything`` with ID tables over every item that has interactions:
+    evaluation never scores a model on its own training data, and what is served has learned
+    from all of it (the same recipe, ``train.refit_steps`` more steps)."""
+    report = train_two_tower(
+        model, documents, model.id_rows(item_ids), train.examples, cfg, device, train.validation, on_step, ks=ks
+    )
+    pooled = embed_text(model, documents, max(256, cfg.batch_size), device, pooled=True)
+    if cfg.refit_steps <= 0 or len(everything.examples) < 2:
+        return NightlyModels(model, model, pooled, report)
+    # The copy shares the transformer with the evaluation model: the refit leaves it frozen.
+    served = model.with_id_vocab(everything.id_vocab)
+    refit = train_two_tower(
+        served, documents, served.id_rows(item_ids), everything.examples, refit_settings(cfg), device,
+        pooled=pooled, ks=ks,
+    )  # fmt: skip
+    report |= {f"refit.{k}": refit[k] for k in ("train_loss", "first_loss", "steps", "epochs", "train_seconds")}
+    return NightlyModels(model, served, pooled, report | {"refit.id_vocab": float(len(everything.id_vocab))})
+
+
 def _add_lora(model: TwoTowerModel, rank: int) -> None:
     """Fine-tune the encoder through low-rank adapters on its attention (peft's defaults per
     architecture); the base weights stay frozen."""
@@ -303,11 +355,11 @@ def initial_model(
     return model, tokenizer, False
 
 
-def training_fingerprint(documents: pd.DataFrame, interactions: pd.DataFrame, settings: Settings) -> str:
-    """Hash of everything that determines the trained model: data, model and train settings
-    (a rerun with the same fingerprint reuses the finished run)."""
+def training_fingerprint(frames: Sequence[pd.DataFrame], settings: Settings) -> str:
+    """Hash of everything that determines the trained models: the data frames, model and train
+    settings (a rerun with the same fingerprint reuses the finished run)."""
     h = hashlib.sha256()
-    for frame in (documents, interactions):
+    for frame in frames:
         rows = np.sort(pd.util.hash_pandas_object(frame, index=False).to_numpy())
         h.update(rows.tobytes())
     config = {

@@ -159,6 +159,26 @@ class TwoTowerModel(nn.Module):
             return np.zeros(len(item_ids), dtype=np.int64)
         return (self.id_vocab.get_indexer(pd.Index(list(item_ids), dtype=object)) + 1).astype(np.int64)
 
+    def encoder_fingerprint(self) -> str:
+        """What the transformer's pooled outputs depend on: its weights and the token budget.
+
+        Models with the same fingerprint (a night's evaluation model and the served model
+        continued from it with the transformer frozen) share cached encoder outputs."""
+        import hashlib
+
+        h = hashlib.sha256(f"max_length={self.config.max_length}".encode())
+        for name, tensor in sorted(self.item_tower.encoder.state_dict().items()):
+            h.update(name.encode())
+            h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        return h.hexdigest()[:16]
+
+    @torch.no_grad()
+    def items_from_pooled(self, pooled: torch.Tensor, id_rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(unit item vectors [n, d], biases [n]) from the transformer's pooled outputs: the
+        cheap rest of the item tower (projection, ID embedding, bias)."""
+        text = self.item_tower.project(pooled)
+        return self.item_tower.combine(text, id_rows), self.item_tower.bias(text, id_rows)
+
     def encode_items(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, id_rows: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -157,6 +157,18 @@ def test_mlflow_holds_the_run_metrics_and_champion(nightly):
     assert manifest["index"]["kind"] == "flat" and manifest["gate_basis"] == "no champion"
 
 
+def test_the_served_model_learned_every_item_with_interactions(nightly):
+    """The evaluation model never saw the holdout nor the cold-evaluation items; the served one
+    (the registered version) has an ID for every item anyone interacted with up to ds."""
+    tracker = Tracker(nightly["settings"])
+    champion = tracker.alias(CHAMPION)
+    served, _ = tracker.load_model(champion)
+    evaluated, _ = tracker.load_model(champion, evaluation=True)
+    used = set(nightly["interactions"][ITEM_COL])
+    assert set(served.id_vocab) == used and set(evaluated.id_vocab) < used
+    assert served.encoder_fingerprint() == evaluated.encoder_fingerprint()
+
+
 def test_rerunning_the_same_day_is_idempotent(nightly):
     settings = nightly["settings"]
     storage = Storage(settings)

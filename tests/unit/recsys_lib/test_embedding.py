@@ -1,9 +1,13 @@
-"""Bulk embedding with reuse (incremental == full), and the item vectors later stages read."""
+"""Bulk embedding through the encoder-output cache (cached == fully re-encoded), and the item
+vectors later stages read."""
+
+import copy
 
 import numpy as np
 import pandas as pd
+import torch
 
-from recsys_lib.embedding import ItemVectors, catalogue_indices, embed_catalogue, embeddings_table, vectors_of
+from recsys_lib.embedding import EncoderOutputs, ItemVectors, catalogue_indices, embed_catalogue, embeddings_table
 from recsys_lib.models.two_tower import TwoTowerModel
 
 
@@ -19,26 +23,41 @@ def documents(texts):
     )
 
 
-def test_incremental_embedding_equals_full_reembedding(tiny_encoder):
-    model, tokenizer = TwoTowerModel.from_encoder(str(tiny_encoder), 3, 16, 0.05)
+def test_cached_encoder_outputs_equal_a_full_reencoding(tiny_encoder):
+    model, tokenizer = TwoTowerModel.from_encoder(str(tiny_encoder), 3, 16, 0.05, id_vocab=pd.Index(["i0"]))
+    with torch.no_grad():
+        model.item_tower.id_embedding.weight[1] = 0.5  # i0 is warm: its ID moves it
     before = documents(["alpha one", "beta two", "gamma three"])
-    first, counts = embed_catalogue(model, tokenizer, before, "7", 2, "cpu")
-    assert counts == {"embedded": 3, "reused": 0}
-    # Next night: item 1 was edited and a new item arrived.
+    _, outputs = embed_catalogue(model, tokenizer, before, 2, "cpu")
+    assert len(outputs) == 3
+    # Next night: item 1 was edited and a new item arrived; only those two texts are encoded.
     after = documents(["alpha one", "beta two, revised", "gamma three", "delta four"])
-    incremental, counts = embed_catalogue(model, tokenizer, after, "7", 2, "cpu", previous=first.to_pandas())
-    assert counts == {"embedded": 2, "reused": 2}
-    full, _ = embed_catalogue(model, tokenizer, after, "7", 2, "cpu")
-    assert np.allclose(vectors_of(incremental), vectors_of(full), atol=1e-6)
-    assert incremental.column("item_id").to_pylist() == ["i0", "i1", "i2", "i3"]
+    cached, computed = embed_catalogue(model, tokenizer, after, 2, "cpu", outputs)
+    assert sorted(computed.hashes) == sorted(after["content_hash"][[1, 3]])
+    full, _ = embed_catalogue(model, tokenizer, after, 2, "cpu")
+    np.testing.assert_allclose(cached.vectors, full.vectors, atol=1e-6)
+    np.testing.assert_allclose(cached.bias, full.bias, atol=1e-6)
+    assert list(cached.ids) == ["i0", "i1", "i2", "i3"]
+    assert not np.allclose(cached.vectors[0], full.vectors[2])  # sanity: vectors differ per item
 
 
-def test_vectors_of_another_model_version_are_not_reused(tiny_encoder):
+def test_outputs_are_shared_by_models_with_one_encoder_and_only_by_them(tiny_encoder):
     model, tokenizer = TwoTowerModel.from_encoder(str(tiny_encoder), 3, 16, 0.05)
-    docs = documents(["alpha one"])
-    old, _ = embed_catalogue(model, tokenizer, docs, "1", 2, "cpu")
-    _, counts = embed_catalogue(model, tokenizer, docs, "2", 2, "cpu", previous=old.to_pandas())
-    assert counts == {"embedded": 1, "reused": 0}
+    grown = model.with_id_vocab(pd.Index(["i0"]))  # the served continuation: same transformer
+    assert grown.encoder_fingerprint() == model.encoder_fingerprint()
+    other, _ = TwoTowerModel.from_encoder(str(tiny_encoder), 3, 12, 0.05)  # another token budget
+    assert other.encoder_fingerprint() != model.encoder_fingerprint()
+    tuned = copy.deepcopy(model)
+    with torch.no_grad():
+        next(tuned.item_tower.encoder.parameters()).add_(1e-3)  # fine-tuned a little: new outputs
+    assert tuned.encoder_fingerprint() != model.encoder_fingerprint()
+
+
+def test_encoder_outputs_roundtrip_through_a_table():
+    outputs = EncoderOutputs(pd.Index(["h1", "h2", "h1"], dtype=object), np.arange(6, dtype=np.float32).reshape(3, 2))
+    again = EncoderOutputs.from_table(outputs.to_table())
+    assert list(again.hashes) == ["h1", "h2"] and again.pooled.tolist() == [[0, 1], [2, 3]]  # first row per hash
+    assert again.rows(["h2", "zz"]).tolist() == [1, -1]
 
 
 def test_item_vectors_from_the_embeddings_table():

@@ -1,10 +1,11 @@
 """Object stores (local directory and a real S3 server) and the pipeline's dataset catalogue."""
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pytest
 
-from recsys_lib.embedding import embeddings_table
+from recsys_lib.embedding import EncoderOutputs, embeddings_table
 from recsys_lib.errors import MissingInput, StorageError
 from recsys_lib.storage import FeatureTable, LocalStore, OutputTable, S3Store, Storage
 from tests.conftest import evaluation_report
@@ -93,15 +94,16 @@ def test_missing_inputs_name_the_stage_to_run(settings):
             read()
 
 
-def test_item_embeddings_and_the_latest_earlier_ones(settings):
+def test_item_embeddings_and_encoder_outputs(settings):
     storage = Storage(settings)
-    for ds, value in (("2026-01-01", 1.0), ("2026-01-03", 3.0)):
-        table = embeddings_table(["a"], np.full((1, 2), value, np.float32), np.zeros(1), ["h"], "7")
-        storage.write_item_embeddings(ds, "7", table)
-    assert storage.read_item_embeddings("2026-01-03", "7").column("bias").to_pylist() == [0.0]
-    assert storage.latest_item_embeddings("2026-01-02", "7")["vector"][0].tolist() == [1.0, 1.0]
-    assert storage.latest_item_embeddings("2026-01-05", "7")["vector"][0].tolist() == [3.0, 3.0]
-    assert storage.latest_item_embeddings("2026-01-05", "8") is None  # another model version
+    table = embeddings_table(["a"], np.full((1, 2), 3.0, np.float32), np.zeros(1), ["h"], "7")
+    storage.write_item_embeddings("2026-01-03", "7", table)
+    assert storage.read_item_embeddings("2026-01-03", "7").equals(table)
+    assert storage.read_encoder_outputs("f00d") is None
+    for hashes in (["h1", "h2"], ["h2", "h3"]):  # a second night adds a part; h2 is there twice
+        outputs = EncoderOutputs(pd.Index(hashes, dtype=object), np.ones((2, 4), np.float32))
+        storage.add_encoder_outputs("f00d", outputs.to_table())
+    assert sorted(storage.read_encoder_outputs("f00d").hashes) == ["h1", "h2", "h3"]
 
 
 def test_index_and_evaluation_roundtrip(settings):

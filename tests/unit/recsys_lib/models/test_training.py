@@ -5,9 +5,9 @@ import pandas as pd
 import pytest
 import torch
 
-from recsys_lib.models.examples import build_examples, build_validation
-from recsys_lib.models.training import train_two_tower, warmup_linear_decay
-from recsys_lib.models.two_tower import TokenizedDocuments, TwoTowerModel
+from recsys_lib.models.examples import build_examples, build_validation, prepare_serving_data, prepare_training_data
+from recsys_lib.models.training import train_nightly, train_two_tower, warmup_linear_decay
+from recsys_lib.models.two_tower import TokenizedDocuments, TwoTowerModel, embed_users, history_matrix
 
 
 @pytest.mark.slow
@@ -74,3 +74,39 @@ def test_frozen_steps_train_the_heads_and_leave_the_encoder_as_pretrained(tiny_e
     report, changed = fit(max_steps=3)
     assert report["steps"] == 8 and any(k.startswith("item_tower.encoder.") for k in changed)
 
+
+
+@pytest.mark.slow
+def test_the_served_model_learns_from_everything_the_evaluation_model_never_saw(tiny_encoder, settings):
+    """An item that only appears in the latest events (held out from the evaluation model) gets
+    an ID in the served model, and its behaviour moves it: red-apple users took to a blue item."""
+    texts = [f"red apple {i}" for i in range(8)] + [f"blue ocean {i}" for i in range(8)]
+    items = pd.Index([str(i) for i in range(16)])
+    rng = np.random.default_rng(0)
+    rows = []
+    for u in range(40):
+        for t, item in enumerate(rng.choice(8, size=6, replace=False) + 8 * (u % 2)):
+            rows.append((f"u{u}", str(item), t))
+    train_side = pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp"]).query("item_id != '15'")
+    late = pd.DataFrame([(f"u{u}", "15", 10) for u in range(0, 40, 2)], columns=["user_id", "item_id", "timestamp"])
+    everything = pd.concat([train_side, late], ignore_index=True)
+    train = prepare_training_data(items, train_side.assign(is_validation=train_side["timestamp"] == 5), 5, 100, 0)
+    served_data = prepare_serving_data(items, everything, 5)
+    assert "15" not in train.id_vocab and "15" in served_data.id_vocab
+    cfg = settings.train.__class__(**{**settings.train.__dict__, "max_steps": 6, "batch_size": 16, "refit_steps": 40})
+    model, tokenizer = TwoTowerModel.from_encoder(str(tiny_encoder), 5, 16, 0.1, id_vocab=train.id_vocab, seed=3)
+    docs = TokenizedDocuments.from_texts(tokenizer, texts, 16)
+    models = train_nightly(model, docs, items, train, served_data, cfg, torch.device("cpu"), ks=(10,))
+    assert models.served.item_tower.encoder is models.evaluation.item_tower.encoder  # frozen, shared
+    assert models.report["refit.steps"] == 40 and models.report["refit.id_vocab"] == 16
+    assert models.evaluation.id_rows(["15"]).tolist() == [0]  # the evaluation model never saw it
+    row = models.served.id_rows(["15"])[0]
+    assert row > 0 and models.served.item_tower.id_embedding.weight[row].abs().sum() > 0
+
+    def red_user_score(m):
+        vectors, bias = m.items_from_pooled(models.pooled, torch.as_tensor(m.id_rows(items)))
+        user = embed_users(m, vectors, history_matrix([np.arange(5)], 5))
+        scores = m.score(user, vectors, bias)[0]
+        return (scores[15] - scores[8:15].mean()).item()  # the late item against the other blue ones
+
+    assert red_user_score(models.served) > red_user_score(models.evaluation)

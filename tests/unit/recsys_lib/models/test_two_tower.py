@@ -157,6 +157,7 @@ def test_checkpoint_roundtrip(model, tmp_path):
     ):
         assert torch.allclose(before, after, atol=1e-6)
     assert loaded.config == model.config
+    assert loaded.encoder_fingerprint() == model.encoder_fingerprint()  # cached outputs stay valid
     assert list(loaded.id_vocab) == ["a", "b"]
     assert (tmp_path / "ckpt" / "encoder" / "model.safetensors").exists()
 
