@@ -1,8 +1,9 @@
 """Train (torch + transformers): fine-tune the two-tower model, log it to MLflow, register it.
 
 Reads ``features/ds=<ds>/{item_documents, interactions_train, interactions_all}``. Trains the
-evaluation model on the split's training side, then continues it on every interaction up to ds
-into the served model (``recsys_lib.models.training.train_nightly``). Both go to one MLflow run;
+evaluation model on the split's training side (warm-started from the champion's evaluation
+model), then continues it on every interaction up to ds into the served model
+(``recsys_lib.models.training.train_nightly``). Both go to one MLflow run;
 the served model is the registered version, with the alias ``candidate``; publish decides
 whether it becomes ``champion``. Warm-starts from the current champion unless
 ``train.full_retrain`` is set. The transformer's outputs for the catalogue go to the
@@ -57,13 +58,7 @@ def run(settings: Settings, ds: str) -> dict[str, Any]:
     n_interactions = len(interactions)
     del interactions, all_interactions  # the examples hold what training needs: gigabytes at scale
     champion = None if cfg.full_retrain else tracker.alias(CHAMPION)
-    checkpoint = None
-    if champion is not None:
-        try:
-            checkpoint = tracker.download_model(champion.version)
-        except OSError as e:
-            log.warning("cannot download champion %s (%s); training from the pretrained encoder", champion.label, e)
-    model, tokenizer, warm_started = initial_model(settings.model, cfg, train.id_vocab, checkpoint)
+    model, tokenizer, warm_started = initial_model(settings.model, cfg, train.id_vocab, _warm_start(tracker, champion))
     warm_start = champion.label if warm_started else "none"
     docs = TokenizedDocuments.from_texts(tokenizer, documents[DOCUMENT_COL].tolist(), model.config.max_length)
     device = resolve_device(cfg.device)
@@ -94,6 +89,21 @@ def run(settings: Settings, ds: str) -> dict[str, Any]:
     tracker.finish_run(run_id)
     return {"ds": ds, "run_id": run_id, "model_version": mv.version, "model": mv.label, "warm_start": warm_start,
             "reused": False, **models.report}  # fmt: skip
+
+
+def _warm_start(tracker, champion):
+    """The champion's evaluation model, where tonight's evaluation model starts from: it learned
+    only earlier training sides, so tonight's holdout stays unseen. (Starting from the served
+    champion would leak the holdout events it continued on into tonight's evaluation.)"""
+    from recsys_lib.errors import MissingInput
+
+    if champion is None:
+        return None
+    try:
+        return tracker.download_model(champion.version, evaluation=True)
+    except (MissingInput, OSError) as e:
+        log.warning("cannot warm-start from champion %s (%s); training from the pretrained encoder", champion.label, e)
+        return None
 
 
 def main(argv: list[str] | None = None) -> None:
