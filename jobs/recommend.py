@@ -1,7 +1,8 @@
-"""Recommend (FAISS + numpy): user top-N and item-to-item tables, staged for publish.
+"""Recommend (FAISS + numpy): user top-N, item-to-item and vector tables, staged for publish.
 
 Reads user histories up to ds, the model's user tower, the item vectors and the index; writes
-``runs/ds=<ds>/{user_topn, item_similar}``. Seen items are excluded; users without a usable
+``runs/ds=<ds>/{user_topn, item_similar, item_vectors, user_vectors}`` (the vectors let a service
+retrieve online with the same model). Seen items are excluded; users without a usable
 history get the most popular items they have not seen, of their segment where the optional
 users input gives one (``rules.fallback_by_segment``). Business rules (``[rules]``: blocked
 items, new-item boost, minimum score, category cap) apply before the lists are cut to N. Users
@@ -21,6 +22,8 @@ log = logging.getLogger(__name__)
 
 
 def run(settings: Settings, ds: str, model_version: str | None = None) -> dict[str, Any]:
+    import numpy as np
+
     from recsys_lib import recommend as rec
     from recsys_lib.embedding import ItemVectors
     from recsys_lib.retrieval import Retriever
@@ -44,17 +47,19 @@ def run(settings: Settings, ds: str, model_version: str | None = None) -> dict[s
         by_segment = rec.SegmentPopularity.from_frame(segments, items.ids, popularity, settings.rules.min_segment_users)
     totals = Counter(users=0, fallback_users=0, segment_fallback_users=0, user_rows=0)
 
-    def user_topn_parts():
+    def user_parts():
         for start in range(0, len(histories), cfg.users_per_part):
             part = histories.iloc[start : start + cfg.users_per_part]
-            table, counts = rec.user_topn(retriever, part, popularity, cfg.top_n, mv.label, ds, rules, by_segment)
-            totals.update(counts)
-            yield table
+            ranked = rec.user_topn(retriever, part, popularity, cfg.top_n, mv.label, ds, rules, by_segment)
+            totals.update(ranked.counts)
+            yield {OutputTable.USER_TOPN: ranked.table, OutputTable.USER_VECTORS: ranked.vectors}
 
-    parts = storage.write_output_table(OutputTable.USER_TOPN, ds, user_topn_parts())
+    parts = storage.write_output_parts(ds, user_parts())
     similar = rec.item_similar(retriever, cfg.similar_n, mv.label, ds, rules.blocked)
     storage.write_output_table(OutputTable.ITEM_SIMILAR, ds, similar)
-    summary = {**totals, "user_parts": len(parts), "items": len(items), "item_rows": similar.num_rows,
+    active = items.subset(np.flatnonzero(~rules.blocked))  # a service must not retrieve blocked items either
+    storage.write_output_table(OutputTable.ITEM_VECTORS, ds, rec.item_vectors_table(active, mv.label))
+    summary = {**totals, "user_parts": parts, "items": len(items), "item_rows": similar.num_rows,
                "blocked_items": int(rules.blocked.sum())}  # fmt: skip
     log.info("recommend %s", summary)
     tracker.log_metrics(mv.run_id, {f"recommend.{k}": v for k, v in summary.items()})

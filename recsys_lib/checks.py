@@ -12,11 +12,13 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from recsys_lib.evaluation.metrics import catalogue_coverage
 from recsys_lib.schema import (
     ITEM_COL,
     ITEM_SIMILAR_SCHEMA,
+    ITEM_VECTORS_SCHEMA,
     RANK_COL,
     REASON_ITEM_COL,
     SCORE_COL,
@@ -24,6 +26,8 @@ from recsys_lib.schema import (
     SIMILAR_ITEM_COL,
     USER_COL,
     USER_TOPN_SCHEMA,
+    USER_VECTORS_SCHEMA,
+    VECTOR_COL,
 )
 from recsys_lib.settings import PublishSettings
 from recsys_lib.storage import OutputTable
@@ -50,6 +54,37 @@ def check_tables(
     failures = [f"user_topn: {f}" for f in check_user_topn(topn, histories, active, topn_schema)]
     failures += [f"item_similar: {f}" for f in check_item_similar(similar.to_pandas(), active, similar.schema)]
     failures += [f"user_topn: {f}" for f in check_against_previous(topn, previous_topn, len(catalogue), cfg)]
+    vectors = {
+        OutputTable.ITEM_VECTORS: (ITEM_COL, ITEM_VECTORS_SCHEMA, active, True),
+        OutputTable.USER_VECTORS: (USER_COL, USER_VECTORS_SCHEMA, set(histories[USER_COL]), False),
+    }
+    for name, (key, schema, expected, complete) in vectors.items():
+        if name in tables:
+            failures += [f"{name}: {f}" for f in check_vectors(tables[name], key, schema, expected, complete)]
+    return failures
+
+
+def check_vectors(table: pa.Table, key: str, schema: pa.Schema, expected: set[str], complete: bool) -> list[str]:
+    """A vectors table: its schema, one row per key, keys from ``expected`` (all of them when
+    ``complete``), vectors of one length, finite."""
+    if not table.schema.equals(schema):
+        return [f"schema differs from the contract: {table.schema} != {schema}"]
+    failures = []
+    keys = table.column(key).to_pandas()
+    if keys.duplicated().any():
+        failures.append(f"{int(keys.duplicated().sum())} duplicate {key} rows")
+    unknown = set(keys) - expected
+    if unknown:
+        failures.append(f"{len(unknown)} {key}s are not expected here, e.g. {sorted(unknown)[:3]}")
+    missing = expected - set(keys)
+    if complete and missing:
+        failures.append(f"{len(missing)} {key}s have no vector, e.g. {sorted(missing)[:3]}")
+    lengths = pc.list_value_length(table.column(VECTOR_COL))
+    if len(table) and pc.min_max(lengths)["min"] != pc.min_max(lengths)["max"]:
+        failures.append("vectors differ in length")
+    values = pc.list_flatten(table.column(VECTOR_COL)).to_numpy(zero_copy_only=False)
+    if not np.isfinite(values).all():
+        failures.append(f"{int((~np.isfinite(values)).sum())} vector values are not finite")
     return failures
 
 

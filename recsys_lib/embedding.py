@@ -80,7 +80,7 @@ class EncoderOutputs:
         return cls(hashes, _matrix(table.column(POOLED_COL))).unique()
 
     def to_table(self) -> pa.Table:
-        return pa.table([pa.array(self.hashes, pa.string()), _list_column(self.pooled)], schema=ENCODER_OUTPUTS_SCHEMA)
+        return pa.table([pa.array(self.hashes, pa.string()), vector_column(self.pooled)], schema=ENCODER_OUTPUTS_SCHEMA)
 
     def rows(self, hashes) -> np.ndarray:
         """Row of each hash in ``pooled``, -1 where it has none."""
@@ -151,7 +151,7 @@ def embeddings_table(
     return pa.table(
         [
             pa.array(item_ids, pa.string()),
-            _list_column(vectors),
+            vector_column(vectors),
             pa.array(bias, pa.float32()),
             pa.array(hashes, pa.string()),
             pa.array([model_version] * len(item_ids), pa.string()),
@@ -173,7 +173,8 @@ def _matrix(column) -> np.ndarray:
     return column.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(len(column), dim)
 
 
-def _list_column(matrix: np.ndarray) -> pa.Array:
+def vector_column(matrix: np.ndarray) -> pa.Array:
+    """An [n, d] matrix as a list<float32> column of n rows (how every vector table stores them)."""
     flat = pa.array(matrix.astype(np.float32, copy=False).ravel())
     return pa.FixedSizeListArray.from_arrays(flat, matrix.shape[1]).cast(pa.list_(pa.float32()))
 

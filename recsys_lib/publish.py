@@ -4,6 +4,7 @@ Layout in the published store::
 
     versions/<version>/user_topn/part-00000.parquet ...   sorted by (user_id, rank), cut at key boundaries
     versions/<version>/item_similar/part-00000.parquet ...
+    versions/<version>/{item_vectors,user_vectors}/part-00000.parquet ...   sorted by their key
     versions/<version>/_manifest.json      written after every table file
     latest.json                            {"version": ..., "manifest": ...}, switched last
 
@@ -32,7 +33,12 @@ from recsys_lib.storage import ObjectStore, OutputTable, Storage
 
 # Format 3: the evaluation is the typed report (recsys_lib.evaluation.report), not flat metrics.
 MANIFEST_FORMAT = 3
-SORT_KEYS = {OutputTable.USER_TOPN: USER_COL, OutputTable.ITEM_SIMILAR: ITEM_COL}
+SORT_KEYS = {
+    OutputTable.USER_TOPN: [USER_COL, RANK_COL],
+    OutputTable.ITEM_SIMILAR: [ITEM_COL, RANK_COL],
+    OutputTable.ITEM_VECTORS: [ITEM_COL],
+    OutputTable.USER_VECTORS: [USER_COL],
+}
 ROWS_PER_FILE = 10_000_000  # about 100-200 MB of Parquet per file
 ROW_GROUP_ROWS = 128 * 1024  # a reader of one key decodes one row group of this many rows
 
@@ -87,7 +93,7 @@ def publish_version(
             entries[name] = {
                 "files": listed,
                 "rows": sum(f["rows"] for f in listed),
-                "sort_key": [SORT_KEYS[name], RANK_COL],
+                "sort_key": SORT_KEYS[name],
                 "schema": [{"name": f.name, "type": str(f.type), "nullable": f.nullable} for f in tables[name].schema],
             }
         manifest = {
@@ -180,11 +186,13 @@ def read_latest(store: ObjectStore) -> dict[str, Any] | None:
     return json.loads(store.read_bytes(pointer["manifest"]))
 
 
-def _parquet_parts(table: pa.Table, sort_key: str, rows_per_file: int) -> list[tuple[bytes, str | None, str | None]]:
-    """(Parquet bytes, first key, last key) per file of ``table`` sorted by key then rank; no key
-    is split across files."""
-    table = table.sort_by([(sort_key, "ascending"), (RANK_COL, "ascending")])
-    keys = table.column(sort_key).to_numpy(zero_copy_only=False)
+def _parquet_parts(
+    table: pa.Table, sort_key: list[str], rows_per_file: int
+) -> list[tuple[bytes, str | None, str | None]]:
+    """(Parquet bytes, first key, last key) per file of ``table`` sorted by ``sort_key`` (the
+    key, then the rank where there is one); no key is split across files."""
+    table = table.sort_by([(column, "ascending") for column in sort_key])
+    keys = table.column(sort_key[0]).to_numpy(zero_copy_only=False)
     cuts, start = [], 0
     while start < len(keys):
         end = min(len(keys), start + rows_per_file)

@@ -19,12 +19,15 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from recsys_lib.embedding import ItemVectors, vector_column
+from recsys_lib.retrieval import retrieval_users
 from recsys_lib.rules import BusinessRules
 from recsys_lib.schema import (
     DS_COL,
     HISTORY_COL,
     ITEM_COL,
     ITEM_SIMILAR_SCHEMA,
+    ITEM_VECTORS_SCHEMA,
     MODEL_VERSION_COL,
     N_USERS_COL,
     RANK_COL,
@@ -36,6 +39,7 @@ from recsys_lib.schema import (
     SIMILAR_ITEM_COL,
     USER_COL,
     USER_TOPN_SCHEMA,
+    USER_VECTORS_SCHEMA,
 )
 
 if TYPE_CHECKING:
@@ -336,6 +340,15 @@ def _fallback_groups(rows, popularity, segments, segment_popularity):
         yield rows[keys == segment], segment_popularity.vector(segment)
 
 
+@dataclass(frozen=True)
+class UserTopN:
+    """One part of the users' output tables, and what ranking it counted."""
+
+    table: pa.Table  # USER_TOPN_SCHEMA
+    vectors: pa.Table  # USER_VECTORS_SCHEMA: users with a vector (not the popularity fallback)
+    counts: dict[str, int]  # users, fallback_users, segment_fallback_users, user_rows
+
+
 def user_topn(
     retriever: Retriever,
     histories: pd.DataFrame,
@@ -345,20 +358,18 @@ def user_topn(
     ds: str,
     rules: BusinessRules | None = None,
     segment_popularity: SegmentPopularity | None = None,
-) -> tuple[pa.Table, dict[str, int]]:
+) -> UserTopN:
     """The user top-N table of ``histories`` (user_id, history, seen [, segment] rows): the
     model's retrieval for users with a history, the (segment's) popularity fallback for the
-    others, seen items excluded, business rules applied, each row explained by a history item.
-
-    Returns:
-        (the table in USER_TOPN_SCHEMA, counts: users, fallback_users, segment_fallback_users,
-         user_rows).
+    others, seen items excluded, business rules applied, each row explained by a history item;
+    and the user vectors it ranked with.
     """
     items = retriever.items
     history_idx = items.indices(histories[HISTORY_COL])
     seen_idx = items.indices(histories[SEEN_COL])
     segments = histories[SEGMENT_COL].to_numpy(dtype=object) if SEGMENT_COL in histories else None
-    queries, fallback = retriever.user_queries(history_idx)
+    user_vectors, fallback = retriever.user_vectors(history_idx)
+    queries = retrieval_users(user_vectors, retriever.temperature)
     scores, ids = rank_users(
         retriever.search, queries, seen_idx, popularity, n, retriever.batch_size, fallback, rules,
         segments=segments, segment_popularity=segment_popularity,
@@ -377,7 +388,24 @@ def user_topn(
         "segment_fallback_users": int(by_segment),
         "user_rows": table.num_rows,
     }
-    return table, counts
+    user_ids = histories[USER_COL].to_numpy()
+    # Published as the model's queries (user / T), so a service scores dot(user, item) + bias.
+    vectors = user_vectors_table(user_ids[~fallback], queries[~fallback, :-1], model_version)
+    return UserTopN(table, vectors, counts)
+
+
+def item_vectors_table(items: ItemVectors, model_version: str) -> pa.Table:
+    """The published item vectors: every catalogue item, as served (text + ID for warm items)."""
+    return pa.table(
+        [pa.array(items.ids, pa.string()), vector_column(items.vectors), pa.array(items.bias, pa.float32()),
+         pa.array([model_version] * len(items), pa.string())],
+        schema=ITEM_VECTORS_SCHEMA,
+    )  # fmt: skip
+
+
+def user_vectors_table(user_ids, vectors: np.ndarray, model_version: str) -> pa.Table:
+    versions = pa.array([model_version] * len(user_ids), pa.string())
+    return pa.table([pa.array(user_ids, pa.string()), vector_column(vectors), versions], schema=USER_VECTORS_SCHEMA)
 
 
 def item_similar(

@@ -84,18 +84,26 @@ class Retriever:
         self.index = index
         self.batch_size = batch_size
 
-    def user_queries(self, history_idx: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        """(index queries [u, d + 1], fallback [u] bool) for users with these histories
+    @property
+    def temperature(self) -> float:
+        return self.model.temperature.item()
+
+    def user_vectors(self, history_idx: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """(unit user vectors [u, d], fallback [u] bool) for users with these histories
         (catalogue indices, oldest first). A user whose history holds no catalogue item has no
-        vector and falls back to popularity."""
+        vector (zeros) and falls back to popularity."""
         import torch
 
         from recsys_lib.models.two_tower import embed_users, history_matrix
 
         matrix = history_matrix(history_idx, self.model.config.history_length)
         vectors = embed_users(self.model, torch.from_numpy(self.items.vectors), matrix, self.batch_size).numpy()
-        fallback = np.array([len(h) == 0 for h in history_idx], dtype=bool)
-        return retrieval_users(vectors, self.model.temperature.item()), fallback
+        return vectors, np.array([len(h) == 0 for h in history_idx], dtype=bool)
+
+    def user_queries(self, history_idx: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """(index queries [u, d + 1], fallback [u] bool): ``user_vectors`` as index queries."""
+        vectors, fallback = self.user_vectors(history_idx)
+        return retrieval_users(vectors, self.temperature), fallback
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(scores [q, k], catalogue indices [q, k]) of the best index rows; -1 pads."""

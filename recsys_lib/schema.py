@@ -100,6 +100,24 @@ ITEM_SIMILAR_SCHEMA = pa.schema(
         pa.field(DS_COL, pa.string(), nullable=False),
     ]
 )
+# For online retrieval with the same model: score(user, item) = dot(user vector, item vector) +
+# item bias, exactly the model's score (user vectors are the user tower's unit vector divided by the
+# learned temperature); item-to-item similarity is dot(item vector, item vector), a cosine.
+ITEM_VECTORS_SCHEMA = pa.schema(
+    [
+        pa.field(ITEM_COL, pa.string(), nullable=False),
+        pa.field(VECTOR_COL, pa.list_(pa.float32()), nullable=False),
+        pa.field(BIAS_COL, pa.float32(), nullable=False),
+        pa.field(MODEL_VERSION_COL, pa.string(), nullable=False),
+    ]
+)
+USER_VECTORS_SCHEMA = pa.schema(
+    [
+        pa.field(USER_COL, pa.string(), nullable=False),
+        pa.field(VECTOR_COL, pa.list_(pa.float32()), nullable=False),
+        pa.field(MODEL_VERSION_COL, pa.string(), nullable=False),
+    ]
+)
 ITEM_EMBEDDINGS_SCHEMA = pa.schema(
     [
         pa.field(ITEM_COL, pa.string(), nullable=False),

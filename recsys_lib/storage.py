@@ -112,14 +112,6 @@ class ObjectStore(ABC):
         tables = [pq.read_table(self._parquet_source(p), columns=columns) for p in parts]
         return pa.concat_tables(tables, promote_options="default") if len(tables) > 1 else tables[0]
 
-    def replace_table_parts(self, key: str, tables, **parquet_options) -> list[str]:
-        """Write an iterable of tables as the parts of ``key``, one at a time (so a generator
-        keeps one part in memory), then delete parts an earlier, larger run left behind."""
-        written = [self.write_table(key, t, part=n, **parquet_options) for n, t in enumerate(tables)]
-        for stale in set(self.parquet_parts(key)) - set(written):
-            self.delete_prefix(stale)
-        return written
-
     def replace_table(self, key: str, table: pa.Table, **parquet_options) -> str:
         """Write ``table`` as the only part under ``key`` (reruns leave no stale parts)."""
         written = self.write_table(key, table, **parquet_options)
@@ -347,6 +339,8 @@ class OutputTable(StrEnum):
 
     USER_TOPN = "user_topn"
     ITEM_SIMILAR = "item_similar"
+    ITEM_VECTORS = "item_vectors"
+    USER_VECTORS = "user_vectors"
 
 
 class Storage:
@@ -511,12 +505,23 @@ class Storage:
         return json.loads(self.work.read_bytes(key))
 
     # Staged output tables (user top-N, item-to-item).
-    def write_output_table(self, name: OutputTable, ds: str, parts: pa.Table | Iterable[pa.Table]) -> list[str]:
-        """Write a table, or an iterable of parts written one at a time (memory stays one part)."""
-        key = self.run_output(OutputTable(name), ds)
-        if isinstance(parts, pa.Table):
-            return [self.work.replace_table(key, parts)]
-        return self.work.replace_table_parts(key, parts)
+    def write_output_table(self, name: OutputTable, ds: str, table: pa.Table) -> str:
+        return self.work.replace_table(self.run_output(OutputTable(name), ds), table)
+
+    def write_output_parts(self, ds: str, parts: Iterable[dict[OutputTable, pa.Table]]) -> int:
+        """Write tables that are made together in parts (e.g. each part of users' top-N lists and
+        vectors), one part at a time so memory stays one part; then delete the parts an earlier,
+        larger run left behind. Returns the number of parts."""
+        written: dict[str, set[str]] = {}
+        n = 0
+        for n, tables in enumerate(parts, start=1):
+            for name, table in tables.items():
+                key = self.run_output(OutputTable(name), ds)
+                written.setdefault(key, set()).add(self.work.write_table(key, table, part=n - 1))
+        for key, keys in written.items():
+            for stale in set(self.work.parquet_parts(key)) - keys:
+                self.work.delete_prefix(stale)
+        return n
 
     def read_output_table(self, name: OutputTable, ds: str) -> pa.Table:
         key = self.run_output(OutputTable(name), ds)

@@ -126,6 +126,20 @@ def test_published_item_to_item_table(nightly):
     assert (df.groupby("item_id")["rank"].max() == 4).all()
 
 
+def test_published_vectors_score_exactly_as_the_lists(nightly):
+    """A service that retrieves online from item_vectors and user_vectors ranks as the tables do."""
+    tables = PublishedTables.from_settings(nightly["settings"])
+    assert {"item_vectors", "user_vectors"} <= set(tables.manifest()["tables"])
+    items = tables.table("item_vectors").to_pandas().set_index(ITEM_COL)
+    users = tables.table("user_vectors").to_pandas().set_index(USER_COL)
+    assert len(items) == 50 and set(users.index) == set(nightly["interactions"][USER_COL])  # not the 4 new users
+    topn = tables.table("user_topn").to_pandas()
+    for row in topn[topn[USER_COL].isin(users.index)].head(20).itertuples():
+        item = items.loc[row.item_id]
+        score = np.dot(users.loc[row.user_id, "vector"], item["vector"]) + item["bias"]
+        assert score == pytest.approx(row.score, rel=1e-4, abs=1e-4)
+
+
 def test_mlflow_holds_the_run_metrics_and_champion(nightly):
     settings = nightly["settings"]
     tracker = Tracker(settings)

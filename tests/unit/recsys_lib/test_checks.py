@@ -102,3 +102,23 @@ def test_check_tables_names_the_table_of_each_failure():
     live = topn([("u1", 1, "d", 0.9), ("u2", 1, "b", 0.5)]).to_pandas()
     failures = checks.check_tables(good, HISTORIES, pd.Series(sorted(CATALOGUE)), live, bounds(0.0, 0.5, 0.1))
     assert failures == ["user_topn: mean overlap with the live top-N is 0.0000, below publish.min_overlap 0.1"]
+
+
+def test_vector_tables_cover_their_keys_once_with_finite_vectors():
+    import numpy as np
+
+    from recsys_lib.embedding import ItemVectors
+    from recsys_lib.recommend import item_vectors_table, user_vectors_table
+
+    items = ItemVectors(pd.Index(["a", "b"]), np.eye(2, dtype=np.float32), np.zeros(2, np.float32))
+    good = item_vectors_table(items, "m/1")
+    assert checks.check_vectors(good, "item_id", good.schema, {"a", "b"}, complete=True) == []
+    assert checks.check_vectors(good, "item_id", good.schema, {"a", "b", "c"}, complete=True) == [
+        "1 item_ids have no vector, e.g. ['c']"
+    ]
+    bad = user_vectors_table(["u1", "u1", "zz"], np.array([[1, 0], [np.nan, 0], [0, 1]], np.float32), "m/1")
+    assert checks.check_vectors(bad, "user_id", bad.schema, {"u1", "u2"}, complete=False) == [
+        "1 duplicate user_id rows",
+        "1 user_ids are not expected here, e.g. ['zz']",
+        "1 vector values are not finite",
+    ]

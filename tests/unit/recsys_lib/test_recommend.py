@@ -140,7 +140,8 @@ def test_user_topn_ranks_explains_and_falls_back(retriever):
         }
     )
     popularity = np.array([5.0, 4.0, 3.0, 2.0, 1.0])
-    table, counts = rec.user_topn(retriever, histories, popularity, 3, "m/7", "2026-01-01")
+    ranked = rec.user_topn(retriever, histories, popularity, 3, "m/7", "2026-01-01")
+    table, counts = ranked.table, ranked.counts
     assert table.schema.equals(USER_TOPN_SCHEMA)
     rows = table.to_pandas()
     by_user = {u: g.sort_values("rank") for u, g in rows.groupby("user_id")}
@@ -159,6 +160,16 @@ def test_user_topn_ranks_explains_and_falls_back(retriever):
     assert by_user["u3"]["item_id"].tolist()[:2] == ["e", "c"]
     assert set(rows["model_version"]) == {"m/7"} and set(rows["ds"]) == {"2026-01-01"}
     assert counts == {"users": 3, "fallback_users": 1, "segment_fallback_users": 0, "user_rows": 8}
+    # The vectors a service scores with: u1's is the mean of a and b over T = 0.05; u2 has none.
+    vectors = ranked.vectors.to_pandas()
+    assert vectors["user_id"].tolist() == ["u1", "u3"] and set(vectors["model_version"]) == {"m/7"}
+    expected = np.zeros(32)
+    expected[:2] = (1 / np.sqrt(2)) / 0.05
+    np.testing.assert_allclose(vectors["vector"][0], expected, rtol=1e-5)
+    # Its dot product with an item's vector, plus the item's bias, is the published score.
+    items = rec.item_vectors_table(retriever.items, "m/7").to_pandas().set_index("item_id")
+    score_e = np.dot(vectors["vector"][0], items.loc["e", "vector"]) + items.loc["e", "bias"]
+    assert score_e == pytest.approx(by_user["u1"]["score"].iloc[0], rel=1e-5)
 
 
 def test_user_topn_applies_rules_and_segment_fallback(retriever):
@@ -170,8 +181,8 @@ def test_user_topn_applies_rules_and_segment_fallback(retriever):
     rules = BusinessRules(blocked, np.zeros(5, bool), np.full(5, -1))
     segments = pd.DataFrame({"segment": ["kids"], "item_id": ["d"], "n_users": [7], "segment_users": [30]})
     by_segment = rec.SegmentPopularity.from_frame(segments, retriever.items.ids, popularity, min_users=10)
-    table, counts = rec.user_topn(retriever, histories, popularity, 2, "m/7", "2026-01-01", rules, by_segment)
-    rows = table.to_pandas()
+    ranked = rec.user_topn(retriever, histories, popularity, 2, "m/7", "2026-01-01", rules, by_segment)
+    rows, counts = ranked.table.to_pandas(), ranked.counts
     assert rows[rows.user_id == "u1"]["item_id"].tolist() == ["e", "d"]  # c would have been first
     assert rows[rows.user_id == "u2"]["item_id"].tolist() == ["d", "a"]  # the kids' favourite first
     assert counts["segment_fallback_users"] == 1

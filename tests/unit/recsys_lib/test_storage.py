@@ -41,12 +41,15 @@ def test_tables_roundtrip_and_replace(object_store):
         object_store.read_table("u")
 
 
-def test_replace_table_parts_writes_a_stream_and_drops_stale_parts(object_store):
-    object_store.replace_table_parts("t", (pa.table({"x": [n]}) for n in range(3)))
-    assert sorted(object_store.read_table("t").column("x").to_pylist()) == [0, 1, 2]
-    written = object_store.replace_table_parts("t", iter([pa.table({"x": [7]})]))  # a smaller rerun
-    assert object_store.parquet_parts("t") == written
-    assert object_store.read_table("t").column("x").to_pylist() == [7]
+def test_output_tables_written_together_in_parts_drop_stale_parts(settings):
+    storage = Storage(settings)
+    parts = ({OutputTable.USER_TOPN: pa.table({"x": [n]}), OutputTable.USER_VECTORS: pa.table({"v": [n]})}
+             for n in range(3))  # fmt: skip
+    assert storage.write_output_parts("2026-01-01", parts) == 3
+    assert sorted(storage.read_output_table(OutputTable.USER_TOPN, "2026-01-01").column("x").to_pylist()) == [0, 1, 2]
+    smaller = iter([{OutputTable.USER_TOPN: pa.table({"x": [7]}), OutputTable.USER_VECTORS: pa.table({"v": [7]})}])
+    assert storage.write_output_parts("2026-01-01", smaller) == 1  # a smaller rerun leaves no stale part
+    assert storage.read_output_table(OutputTable.USER_VECTORS, "2026-01-01").column("v").to_pylist() == [7]
 
 
 def test_upload_download(object_store, tmp_path):
