@@ -5,6 +5,7 @@ An entry point like the stage jobs beside it: it parses arguments, calls the lib
 with their one-line message, not a traceback.
 
 recsys run --interactions FILE --items FILE [--users FILE] --output DIR_OR_URI [--ds DATE] [--config FILE]
+recsys benchmark --protocol P --interactions FILE --items FILE --ds DATE    the model and baselines on one split
 recsys land-sample --ds DATE          stage the bundled MovieLens sample as that day's raw drop
 recsys show [--users N]               the published tables, and a few users' history and top-10
 recsys versions                       the published versions kept, the live one marked
@@ -23,11 +24,12 @@ import json
 import logging
 import os
 import sys
+import typing
 from pathlib import Path
 
 from jobs._cli import logical_date
 from recsys_lib.errors import NotRetryable
-from recsys_lib.settings import default_data_root, load_settings
+from recsys_lib.settings import Split, default_data_root, load_settings
 
 
 def cmd_land_sample(args: argparse.Namespace) -> None:
@@ -49,28 +51,57 @@ def _project_root(output: str) -> str:
     return str(Path(default_data_root()) / "projects" / slug)
 
 
+def _land_files(args: argparse.Namespace, settings) -> None:
+    """The --interactions, --items and --users files as the raw drop of --ds."""
+    from recsys_lib.storage import Storage
+
+    sources = {"interactions": args.interactions, "items": args.items, "users": args.users}
+    for entity, path in sources.items():
+        if path is not None and not Path(path).expanduser().is_file():
+            raise SystemExit(f"recsys {args.command}: --{entity} {path}: no such file")
+    storage = Storage(settings)
+    for entity, path in sources.items():
+        files = {} if path is None else {Path(path).name: Path(path).expanduser()}
+        storage.replace_raw_drop(entity, args.ds, files)
+
+
 def cmd_run(args: argparse.Namespace) -> None:
     from jobs.pipeline import run_all
-    from recsys_lib.storage import Storage
 
     output = args.output if "://" in args.output else str(Path(args.output).expanduser().resolve())
     data_root = args.data_root or _project_root(output)
     env = {**os.environ, "RECSYS_DATA_ROOT": data_root}
     settings = load_settings(config_file=args.config, overrides={"storage.publish_root": output}, env=env)
-    sources = {"interactions": args.interactions, "items": args.items, "users": args.users}
-    for entity, path in sources.items():
-        if path is not None and not Path(path).expanduser().is_file():
-            raise SystemExit(f"recsys run: --{entity} {path}: no such file")
-    storage = Storage(settings)
-    for entity, path in sources.items():
-        files = {} if path is None else {Path(path).name: Path(path).expanduser()}
-        storage.replace_raw_drop(entity, args.ds, files)
+    _land_files(args, settings)
     params = {"full_retrain": True} if args.full_retrain else None
     results = run_all(settings, args.ds, params)
     published = results["publish"]
     print(json.dumps(results, indent=2, default=str))
     print(f"\nPublished version {published['version']} at {published['location']}")
     print(f"Latest pointer: {published['latest']}   (work data, MLflow store: {data_root})")
+
+
+def cmd_benchmark(args: argparse.Namespace) -> None:
+    """The model (its evaluation model) and every baseline on one split of your files, in a data
+    root of its own (no champion to warm-start from, nothing published)."""
+    import tempfile
+
+    from jobs.pipeline import EVALUATION_STAGES, run_all
+    from recsys_lib.storage import Storage
+
+    base = Path(default_data_root()) / "benchmarks"
+    base.mkdir(parents=True, exist_ok=True)
+    data_root = args.data_root or tempfile.mkdtemp(prefix=f"{args.protocol}-", dir=base)
+    overrides = {"features.split": args.protocol, "features.holdout_fraction": args.holdout_fraction}
+    if not args.keep_cold_items:
+        overrides["features.cold_item_fraction"] = 0.0  # every item in the protocol, as the benchmarks have it
+    env = {**os.environ, "RECSYS_DATA_ROOT": data_root}
+    settings = load_settings(config_file=args.config, overrides=overrides, env=env)
+    _land_files(args, settings)
+    run_all(settings, args.ds, stages=EVALUATION_STAGES)
+    report = Storage(settings).read_evaluation(args.ds)
+    print(f"\n{args.protocol} split, holdout {args.holdout_fraction:.0%}, ds {args.ds}\n\n{report.to_text()}")
+    print(f"\nReport: {Storage(settings).work.uri(Storage.run_output(Storage.EVALUATION_REPORT, args.ds))}")
 
 
 def cmd_show(args: argparse.Namespace) -> None:
@@ -218,6 +249,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", help="work data and MLflow store (default: one per output under RECSYS_DATA_ROOT)")
     p.add_argument("--full-retrain", action="store_true", help="train from the pretrained encoder")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("benchmark", help="the model and every baseline on one split of your files, one table")
+    p.add_argument(
+        "--protocol", choices=typing.get_args(Split), default="user_chrono",
+        help="the split (features.split); random_item is the Microsoft Recommenders benchmark's",
+    )  # fmt: skip
+    p.add_argument("--holdout-fraction", type=float, default=0.2, help="share held out (0.25 for random_item's 75/25)")
+    p.add_argument("--interactions", required=True, help="CSV / Parquet / JSON-lines file")
+    p.add_argument("--items", required=True, help="CSV / Parquet / JSON-lines file")
+    p.add_argument("--users", help="optional: registered users and their segments")
+    p.add_argument("--ds", type=logical_date, required=True, help="logical date: the day of the latest event or later")
+    p.add_argument("--config", help="settings TOML file")
+    p.add_argument("--data-root", help="work data and MLflow store (default: a new folder under RECSYS_DATA_ROOT)")
+    p.add_argument("--keep-cold-items", action="store_true", help="keep the cold-item protocol's share of items")
+    p.set_defaults(func=cmd_benchmark)
 
     p = sub.add_parser("land-sample", help="stage the bundled MovieLens sample as a raw drop")
     p.add_argument("--ds", type=logical_date, required=True)

@@ -79,7 +79,9 @@ def build_features(items: DataFrame, interactions: DataFrame, users: DataFrame, 
     cold = cold_items(events, cfg.cold_item_fraction, cfg.cold_item_seed).persist()
     warm_events = events.join(cold, ITEM_COL, "left_anti")
     cold_events = events.join(cold, ITEM_COL, "left_semi")
-    split = split_holdout(warm_events, cfg.split, cfg.holdout_fraction, cfg.min_user_interactions).persist()
+    split = split_holdout(
+        warm_events, cfg.split, cfg.holdout_fraction, cfg.min_user_interactions, cfg.split_seed
+    ).persist()
     train_all = split.where(~F.col(HOLDOUT_COL))
     train_pos = positives(train_all, cfg.min_positive_rating)
     all_pos = positives(events, cfg.min_positive_rating)
@@ -145,15 +147,19 @@ def positives(interactions: DataFrame, min_rating: float | None) -> DataFrame:
 
 
 def split_holdout(
-    interactions: DataFrame, strategy: Split, holdout_fraction: float, min_user_interactions: int
+    interactions: DataFrame, strategy: Split, holdout_fraction: float, min_user_interactions: int, seed: int = 42
 ) -> DataFrame:
-    """Mark the time-based holdout with a boolean ``is_holdout`` column.
+    """Mark the holdout with a boolean ``is_holdout`` column.
 
     Args:
         interactions: user_id, item_id, timestamp (epoch seconds) rows.
         strategy: "user_chrono" holds out each user's latest ``floor(n * fraction)`` events
             (at least one) when the user has ``min_user_interactions`` or more; "global_time"
-            holds out every event after the ``1 - fraction`` quantile of time.
+            holds out every event after the ``1 - fraction`` quantile of time; "random_item"
+            holds out a seeded random ``fraction`` of each item's events (the last
+            ``n - round(n * (1 - fraction))`` in a hash order), the stratified random split of
+            the Microsoft Recommenders benchmarks: for comparisons, not for gating nights (an
+            event near an item's cut can change sides as the item gains events).
     """
     if strategy not in SPLITS:
         raise ValueError(f"features.split must be one of {SPLITS}, got {strategy!r}")
@@ -162,6 +168,11 @@ def split_holdout(
     if strategy == "global_time":
         (cutoff,) = interactions.approxQuantile(TIMESTAMP_COL, [1 - holdout_fraction], 0.0)
         return interactions.withColumn(HOLDOUT_COL, F.col(TIMESTAMP_COL) > F.lit(cutoff))
+    if strategy == "random_item":
+        by_item = Window.partitionBy(ITEM_COL)
+        shuffled = by_item.orderBy(F.xxhash64(F.lit(seed), USER_COL, ITEM_COL, TIMESTAMP_COL))
+        n_train = F.round(F.count(F.lit(1)).over(by_item) * F.lit(1 - holdout_fraction))
+        return interactions.withColumn(HOLDOUT_COL, F.row_number().over(shuffled) > n_train)
     by_user = Window.partitionBy(USER_COL)
     newest_first = by_user.orderBy(F.col(TIMESTAMP_COL).desc(), F.col(ITEM_COL).desc())
     n = F.count(F.lit(1)).over(by_user)

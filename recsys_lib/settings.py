@@ -34,7 +34,7 @@ ENV_PREFIX = "RECSYS__"
 # Field meanings and defaults live in conf/base.toml, the one place that sets every key.
 # Enum-like settings are Literal types: a value outside them is refused when settings load.
 Device = Literal["auto", "cpu", "cuda"]
-Split = Literal["user_chrono", "global_time"]
+Split = Literal["user_chrono", "global_time", "random_item"]
 IndexKind = Literal["auto", "flat", "hnsw", "ivfpq"]
 
 
@@ -65,6 +65,7 @@ class IngestSettings:
 @dataclass(frozen=True)
 class FeatureSettings:
     split: Split
+    split_seed: int
     holdout_fraction: float
     min_user_interactions: int
     max_history: int

@@ -48,3 +48,24 @@ def test_recsys_run_publishes_tables_for_every_user(tmp_path, tiny_encoder):
     assert set(interactions[USER_COL]) < set(data.users[USER_COL])
     assert tables.table("item_similar").num_rows > 0
     assert not (tmp_path / "unused").exists()  # --data-root holds all work state
+
+
+def test_recsys_benchmark_prints_one_table_on_the_random_item_split(tmp_path, tiny_encoder):
+    data = synthetic.generate_dataset(n_users=40, n_items=30, interactions_per_user=8, seed=6)
+    (tmp_path / "events.csv").write_bytes(to_bytes(data.interactions, "csv"))
+    (tmp_path / "items.csv").write_bytes(to_bytes(data.items, "csv"))
+    config = tmp_path / "settings.toml"
+    config.write_text(settings_toml({**TINY_TRAIN, "model.encoder": str(tiny_encoder)}))
+    command = [
+        sys.executable, "-m", "jobs.cli", "benchmark", "--protocol", "random_item", "--holdout-fraction", "0.25",
+        "--interactions", str(tmp_path / "events.csv"), "--items", str(tmp_path / "items.csv"),
+        "--ds", synthetic.last_day(data.interactions), "--config", str(config),
+    ]  # fmt: skip
+    env = {**os.environ, "RECSYS_DATA_ROOT": str(tmp_path / "root")}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    table = done.stdout[done.stdout.index("random_item split, holdout 25%") :]
+    all_users = table.split("\n\n")[1]
+    assert [line.split()[0] for line in all_users.splitlines()[1:]] == ["model", "popularity", "item_knn", "als"]
+    assert "cold items (n=0, users=0): too few cold items" in table  # every item is in the protocol
+    assert not (tmp_path / "root" / "published").exists()  # a benchmark publishes nothing

@@ -50,6 +50,18 @@ def test_global_time_split(spark):
         fx.split_holdout(events(spark, rows), "random", 0.3, 3)
 
 
+def test_random_item_split_is_stratified_by_item_and_seeded(spark):
+    rows = [(f"u{u}", item, u, None) for item, n in (("a", 8), ("b", 4), ("c", 1)) for u in range(n)]
+    split = fx.split_holdout(events(spark, rows), "random_item", 0.25, 3, seed=42)
+    held = split.where(F.col(HOLDOUT_COL)).collect()
+    # round(n * 0.75) of each item's events stay in train: a keeps 6 of 8, b 3 of 4, c its one.
+    assert sorted(r.item_id for r in held) == ["a", "a", "b"]
+    again = fx.split_holdout(events(spark, rows), "random_item", 0.25, 3, seed=42).where(F.col(HOLDOUT_COL))
+    assert sorted(r.user_id for r in again.collect()) == sorted(r.user_id for r in held)
+    other = fx.split_holdout(events(spark, rows), "random_item", 0.25, 3, seed=7).where(F.col(HOLDOUT_COL))
+    assert sorted(r.user_id for r in other.collect()) != sorted(r.user_id for r in held)
+
+
 def test_user_histories_order_truncate_and_seen(spark):
     rows = [
         ("u1", "a", 1, 5.0),
