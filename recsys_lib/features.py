@@ -75,7 +75,8 @@ def build_features(items: DataFrame, interactions: DataFrame, users: DataFrame, 
         users: user_id, segment of registered users (may be empty).
     """
     documents = item_documents(latest_rows(items, ITEM_COL), cfg.max_tags_per_item)
-    events = dedupe_interactions(interactions).withColumn(TIMESTAMP_COL, epoch_seconds()).persist()
+    events = dedupe_interactions(interactions).withColumn(TIMESTAMP_COL, epoch_seconds())
+    events = weigh_events(events, cfg.event_weight_map()).persist()
     cold = cold_items(events, cfg.cold_item_fraction, cfg.cold_item_seed).persist()
     warm_events = events.join(cold, ITEM_COL, "left_anti")
     cold_events = events.join(cold, ITEM_COL, "left_semi")
@@ -139,11 +140,22 @@ def epoch_seconds(col: str = TIMESTAMP_COL) -> Column:
     return F.unix_timestamp(F.col(col)).alias(col)
 
 
-def positives(interactions: DataFrame, min_rating: float | None) -> DataFrame:
-    """Interactions that count as positive feedback (unrated events always do)."""
-    if min_rating is None:
+def weigh_events(interactions: DataFrame, event_weights: dict[str, float]) -> DataFrame:
+    """Multiply each event's ``weight`` by its event type's weight (unlisted types: 1)."""
+    if not event_weights:
         return interactions
-    return interactions.where(F.col(RATING_COL).isNull() | (F.col(RATING_COL) >= min_rating))
+    by_type = F.create_map(*[F.lit(x) for pair in event_weights.items() for x in pair])
+    factor = F.coalesce(by_type[F.col(EVENT_TYPE_COL)], F.lit(1.0))
+    return interactions.withColumn(WEIGHT_COL, F.col(WEIGHT_COL) * factor)
+
+
+def positives(interactions: DataFrame, min_rating: float | None) -> DataFrame:
+    """Interactions that count as positive feedback: weight above 0 and, with ``min_rating``,
+    rated at least that (unrated events always do)."""
+    liked = F.col(WEIGHT_COL) > 0
+    if min_rating is not None:
+        liked &= F.col(RATING_COL).isNull() | (F.col(RATING_COL) >= min_rating)
+    return interactions.where(liked)
 
 
 def split_holdout(

@@ -70,9 +70,27 @@ class FeatureSettings:
     min_user_interactions: int
     max_history: int
     min_positive_rating: float | None
+    event_weights: tuple[str, ...]  # "event_type=weight" entries
     max_tags_per_item: int
     cold_item_fraction: float
     cold_item_seed: int
+
+    def __post_init__(self):
+        self.event_weight_map()  # refuse a malformed entry when settings load
+
+    def event_weight_map(self) -> dict[str, float]:
+        """``event_weights`` as {event type: weight}; unlisted types weigh 1."""
+        out = {}
+        for entry in self.event_weights:
+            name, sep, value = entry.partition("=")
+            try:
+                weight = float(value)
+            except ValueError:
+                weight = -1.0
+            if not sep or not name.strip() or weight < 0:
+                raise SettingsError(f"features.event_weights: expected event_type=weight (>= 0), got {entry!r}")
+            out[name.strip()] = weight
+        return out
 
 
 @dataclass(frozen=True)

@@ -12,13 +12,14 @@ import numpy as np
 import pandas as pd
 
 from recsys_lib.models.two_tower import PAD, history_matrix
-from recsys_lib.schema import ITEM_COL, TIMESTAMP_COL, USER_COL, VALIDATION_COL
+from recsys_lib.schema import ITEM_COL, TIMESTAMP_COL, USER_COL, VALIDATION_COL, WEIGHT_COL
 
 
 @dataclass(frozen=True)
 class TrainingExamples:
     history: np.ndarray  # [n, L] catalogue indices, right-aligned, PAD where empty
     target: np.ndarray  # [n] catalogue index of the next item
+    weight: np.ndarray | None = None  # [n] the target event's weight; None: every example counts 1
 
     def __len__(self) -> int:
         return len(self.target)
@@ -62,11 +63,13 @@ def build_examples(interactions: pd.DataFrame, item_ids: pd.Index, history_lengt
     """One example per event that has at least one earlier event of the same user.
 
     Args:
-        interactions: user_id, item_id, timestamp rows (any order).
+        interactions: user_id, item_id, timestamp [, weight] rows (any order); an example
+            weighs what its target event weighs (``features.event_weights`` times ``weight``).
         item_ids: the catalogue; position in it is the item's index. Unknown items are dropped.
         history_length: how many preceding items each example keeps (latest last).
     """
-    df = _sequences(interactions[[USER_COL, ITEM_COL, TIMESTAMP_COL]], item_ids)
+    columns = [USER_COL, ITEM_COL, TIMESTAMP_COL] + ([WEIGHT_COL] if WEIGHT_COL in interactions else [])
+    df = _sequences(interactions[columns], item_ids)
     items = df["_item"].to_numpy(np.int64)
     users = df[USER_COL].to_numpy()
     n = len(items)
@@ -81,7 +84,10 @@ def build_examples(interactions: pd.DataFrame, item_ids: pd.Index, history_lengt
     for k in range(1, history_length + 1):
         ok = position[rows] >= k
         history[ok, history_length - k] = items[rows[ok] - k]
-    return TrainingExamples(history, items[rows])
+    weight = df[WEIGHT_COL].to_numpy(np.float32)[rows] if WEIGHT_COL in df else None
+    if weight is not None and (weight == 1).all():
+        weight = None  # the plain mean, exactly as without weights
+    return TrainingExamples(history, items[rows], weight)
 
 
 def build_validation(

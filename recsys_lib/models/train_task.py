@@ -39,6 +39,7 @@ class Batch:
     target: torch.Tensor  # [B] the next item of each history
     negatives: torch.Tensor  # [E] extra negatives, drawn from warm items
     encoded: int  # leading targets that go through the transformer with gradients (0: frozen)
+    weight: torch.Tensor | None = None  # [B] each example's weight in the loss (None: all 1)
 
 
 @dataclass(frozen=True)
@@ -139,14 +140,16 @@ class TwoTowerTrainTask(nn.Module):
 
         correction = self.log_q[candidate_ids] if cfg.logq_correction else None
         loss = sampled_softmax_loss(
-            users, candidates.float(), batch.target, candidate_ids, model.temperature, correction, candidate_bias
-        )
+            users, candidates.float(), batch.target, candidate_ids, model.temperature, correction, candidate_bias,
+            batch.weight,
+        )  # fmt: skip
         if cfg.text_loss_weight > 0:
             # The same users against text-only items: the path a brand-new item takes.
             text_bias = tower.bias(candidate_text, torch.zeros_like(candidate_rows))
             loss = loss + cfg.text_loss_weight * sampled_softmax_loss(
-                users, candidate_text, batch.target, candidate_ids, model.temperature, correction, text_bias
-            )
+                users, candidate_text, batch.target, candidate_ids, model.temperature, correction, text_bias,
+                batch.weight,
+            )  # fmt: skip
         encoder_loss = None
         if fresh is not None:
             n = batch.encoded
@@ -159,5 +162,6 @@ class TwoTowerTrainTask(nn.Module):
                 model.temperature,
                 self.log_popularity[target] if cfg.logq_correction else None,
                 tower.bias(fresh_text, fresh_rows),
+                None if batch.weight is None else batch.weight[:n],
             )
         return TrainOutput(loss, encoder_loss)

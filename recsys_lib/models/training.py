@@ -86,6 +86,7 @@ class BatchSampler:
     def __init__(self, examples: TrainingExamples, warm_items: torch.Tensor, batch_size: int, cfg: TrainSettings):
         self.history = torch.as_tensor(examples.history)
         self.target = torch.as_tensor(examples.target)
+        self.weight = None if examples.weight is None else torch.as_tensor(examples.weight)
         self.warm_items = warm_items
         self.batch_size = batch_size
         self.extra_negatives = cfg.extra_negatives
@@ -105,6 +106,7 @@ class BatchSampler:
             target=self.target[index].to(device),
             negatives=self.warm_items[draw].to(device),
             encoded=encoded,
+            weight=None if self.weight is None else self.weight[index].to(device),
         )
 
 

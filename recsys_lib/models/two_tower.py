@@ -321,6 +321,7 @@ def sampled_softmax_loss(
     temperature: torch.Tensor | float,
     log_q: torch.Tensor | None = None,
     candidate_bias: torch.Tensor | None = None,
+    weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Softmax over candidates where row i's positive is candidate i.
 
@@ -333,6 +334,7 @@ def sampled_softmax_loss(
         log_q: [C] log of each candidate's expected count in a batch; subtracting it corrects
             the popularity bias of the sampled negatives (Yi et al., 2019).
         candidate_bias: [C] item biases added to every row's logits.
+        weights: [B] each row's weight in the mean (None: a plain mean).
     """
     logits = users @ candidates.T / temperature
     if candidate_bias is not None:
@@ -343,7 +345,10 @@ def sampled_softmax_loss(
     rows = torch.arange(users.shape[0], device=users.device)
     same[rows, rows] = False
     logits = logits.masked_fill(same, float("-inf"))
-    return F.cross_entropy(logits, rows)
+    if weights is None:
+        return F.cross_entropy(logits, rows)
+    losses = F.cross_entropy(logits, rows, reduction="none")
+    return (losses * weights).sum() / weights.sum().clamp(min=1e-12)
 
 
 # Batched inference, shared by training (cached vectors), embedding and recommendation.

@@ -30,8 +30,10 @@ def test_latest_item_rows_and_documents(spark):
     assert docs["i1"].content_hash == hashlib.sha256(b"Heat (1995). Crime, Thriller. Tags: heist, la").hexdigest()
 
 
-def events(spark, rows):
-    return spark.createDataFrame(rows, "user_id string, item_id string, timestamp long, rating double")
+def events(spark, rows, weights=None):
+    weights = weights or [1.0] * len(rows)
+    rows = [(*r, w) for r, w in zip(rows, weights)]
+    return spark.createDataFrame(rows, "user_id string, item_id string, timestamp long, rating double, weight double")
 
 
 def test_user_chrono_split_holds_out_each_users_latest_events(spark):
@@ -48,6 +50,18 @@ def test_global_time_split(spark):
     assert sorted(r.timestamp for r in split.where(F.col(HOLDOUT_COL)).collect()) == [7, 8, 9]
     with pytest.raises(ValueError, match="features.split"):
         fx.split_holdout(events(spark, rows), "random", 0.3, 3)
+
+
+def test_event_weights_scale_events_and_weight_zero_is_seen_not_liked(spark):
+    rows = [("u1", "a", 1, None, "view"), ("u1", "b", 2, None, "purchase"), ("u1", "c", 3, None, "impression"),
+            ("u1", "d", 4, None, "click")]  # fmt: skip
+    frame = spark.createDataFrame(
+        [(*r, 2.0) for r in rows], "user_id string, item_id string, timestamp long, rating double, event_type string, "
+        "weight double",
+    )  # fmt: skip
+    weighed = fx.weigh_events(frame, {"view": 0.25, "purchase": 3.0, "impression": 0.0})
+    assert {r.item_id: r.weight for r in weighed.collect()} == {"a": 0.5, "b": 6.0, "c": 0.0, "d": 2.0}
+    assert sorted(r.item_id for r in fx.positives(weighed, None).collect()) == ["a", "b", "d"]
 
 
 def test_random_item_split_is_stratified_by_item_and_seeded(spark):

@@ -1,6 +1,7 @@
 """Training examples and the validation set from hand-written interactions."""
 
 import pandas as pd
+import pytest
 
 from recsys_lib.models.examples import build_examples, build_validation, prepare_training_data
 from recsys_lib.models.two_tower import PAD
@@ -59,3 +60,13 @@ def test_prepare_training_data_gives_warm_items_an_id():
     assert list(data.id_vocab) == ["a", "b"]
     assert data.examples.history.tolist() == [[PAD, 0]] and data.examples.target.tolist() == [1]
     assert data.validation.target.tolist() == [2]
+
+
+def test_examples_weigh_what_their_target_event_weighs():
+    interactions = pd.DataFrame(
+        {"user_id": ["u1"] * 3, "item_id": ["a", "b", "c"], "timestamp": [1, 2, 3], "weight": [0.2, 3.0, 1.0]}
+    )
+    ex = build_examples(interactions, pd.Index(["a", "b", "c"]), history_length=2)
+    assert ex.target.tolist() == [1, 2] and ex.weight.tolist() == pytest.approx([3.0, 1.0])
+    uniform = build_examples(interactions.assign(weight=1.0), pd.Index(["a", "b", "c"]), history_length=2)
+    assert uniform.weight is None  # the plain mean: unweighted data trains exactly as before

@@ -183,3 +183,12 @@ def test_user_tower_layers_read_the_order_of_the_history(model):
     users = embed_users(model, items, np.vstack([forward, backward]))
     assert users.shape == (2, 32)
     assert not torch.allclose(users[0], users[1], atol=1e-4)  # recency-aware, not a bag of items
+
+
+def test_weighted_loss_is_the_weighted_mean_of_the_rows():
+    users = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    items = torch.tensor([[1.0, 0.0], [0.6, 0.8]])
+    ids = torch.tensor([0, 1])
+    rows = [sampled_softmax_loss(users[[r]], items[[r, 1 - r]], ids[[r]], ids[[r, 1 - r]], 1.0).item() for r in (0, 1)]
+    weighted = sampled_softmax_loss(users, items, ids, ids, 1.0, weights=torch.tensor([3.0, 1.0]))
+    assert weighted.item() == pytest.approx((3 * rows[0] + rows[1]) / 4, rel=1e-6)
