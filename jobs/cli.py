@@ -87,6 +87,7 @@ def cmd_benchmark(args: argparse.Namespace) -> None:
     import tempfile
 
     from jobs.pipeline import EVALUATION_STAGES, run_all
+    from recsys_lib.evaluation.protocols import BASELINES
     from recsys_lib.storage import Storage
 
     base = Path(default_data_root()) / "benchmarks"
@@ -95,6 +96,8 @@ def cmd_benchmark(args: argparse.Namespace) -> None:
     overrides = {"features.split": args.protocol, "features.holdout_fraction": args.holdout_fraction}
     if not args.keep_cold_items:
         overrides["features.cold_item_fraction"] = 0.0  # every item in the protocol, as the benchmarks have it
+    if args.baselines:
+        overrides["evaluate.baselines"] = ",".join(BASELINES) if args.baselines == "all" else args.baselines
     env = {**os.environ, "RECSYS_DATA_ROOT": data_root}
     settings = load_settings(config_file=args.config, overrides=overrides, env=env)
     _land_files(args, settings)
@@ -263,6 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="settings TOML file")
     p.add_argument("--data-root", help="work data and MLflow store (default: a new folder under RECSYS_DATA_ROOT)")
     p.add_argument("--keep-cold-items", action="store_true", help="keep the cold-item protocol's share of items")
+    p.add_argument("--baselines", help="comma-separated (evaluate.baselines), or 'all'")
     p.set_defaults(func=cmd_benchmark)
 
     p = sub.add_parser("land-sample", help="stage the bundled MovieLens sample as a raw drop")

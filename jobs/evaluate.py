@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 
 def run(settings: Settings, ds: str, model_version: str | None = None) -> dict[str, Any]:
-    from recsys_lib.evaluation.protocols import EvaluationSplit, default_baselines, evaluate_candidate
+    from recsys_lib.evaluation.protocols import EvaluationSplit, baselines, evaluate_candidate
     from recsys_lib.schema import DOCUMENT_COL, ITEM_COL, USER_COL, VALIDATION_COL
     from recsys_lib.spark import get_spark
     from recsys_lib.storage import FeatureTable, Storage
@@ -41,8 +41,8 @@ def run(settings: Settings, ds: str, model_version: str | None = None) -> dict[s
         storage.read_features(FeatureTable.ITEM_DOCUMENTS, ds, columns=[ITEM_COL, DOCUMENT_COL]),
     )
     cfg = settings.evaluate
-    baselines = default_baselines(get_spark(settings, "recsys-evaluate"), cfg.seed)
-    report = evaluate_candidate(split, candidate, champion, baselines, cfg.k, cfg.seed, ds, mv.label,
+    rankers = baselines(cfg.baselines, lambda: get_spark(settings, "recsys-evaluate"), cfg.seed)
+    report = evaluate_candidate(split, candidate, champion, rankers, cfg.k, cfg.seed, ds, mv.label,
                                 cfg.tune_baselines)  # fmt: skip
     location = storage.write_evaluation(report)
     tracker.log_evaluation(mv.run_id, report)

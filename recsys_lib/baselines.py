@@ -5,6 +5,9 @@ Every ranker scores users (rows of the training user-item matrix) against catalo
   ItemKNN       item-item cosine on the binary user-item matrix, top-k neighbours, shrinkage
   ALS           Spark MLlib ALS with implicit feedback (Hu, Koren, Volinsky 2008)
   TfidfContent  TF-IDF over item documents; a user is the mean of their history's rows
+  ImplicitALS, ImplicitBPR   the ``implicit`` library's ALS and BPR
+  Cornac        a ``cornac`` model (``cornac_bpr``, ``cornac_bivae``: the Microsoft Recommenders
+                benchmark's settings)
 ``tune`` picks hyper-parameters on the validation events (each user's last training event) and
 ``top_k`` turns scores into ranked lists with seen items excluded.
 Tests: tests/unit/recsys_lib/test_baselines.py.
@@ -147,6 +150,131 @@ class ALS:
 
     def scores(self, users: np.ndarray) -> np.ndarray:
         return self.user_factors[users] @ self.item_factors.T
+
+
+@dataclass
+class ImplicitALS:
+    """``implicit``'s ALS (Hu, Koren, Volinsky 2008): confidence 1 + alpha for observed pairs."""
+
+    factors: int = 64
+    regularization: float = 0.1
+    alpha: float = 20.0
+    iterations: int = 15
+    seed: int = 0
+    name: str = "implicit_als"
+
+    def fit(self, matrix: sp.csr_matrix) -> "ImplicitALS":
+        from implicit.cpu.als import AlternatingLeastSquares
+        from threadpoolctl import threadpool_limits
+
+        model = AlternatingLeastSquares(
+            factors=self.factors, regularization=self.regularization, alpha=self.alpha,
+            iterations=self.iterations, random_state=self.seed,
+        )  # fmt: skip
+        with threadpool_limits(1, "blas"):  # implicit parallelises itself; nested BLAS threads slow it down
+            model.fit(matrix.astype(np.float32), show_progress=False)
+        self.user_factors, self.item_factors = model.user_factors, model.item_factors
+        return self
+
+    def scores(self, users: np.ndarray) -> np.ndarray:
+        return self.user_factors[users] @ self.item_factors.T
+
+
+@dataclass
+class ImplicitBPR:
+    """``implicit``'s Bayesian personalised ranking (Rendle et al. 2009), item bias included."""
+
+    factors: int = 128
+    learning_rate: float = 0.01
+    regularization: float = 0.01
+    iterations: int = 100
+    seed: int = 0
+    name: str = "implicit_bpr"
+
+    def fit(self, matrix: sp.csr_matrix) -> "ImplicitBPR":
+        from implicit.cpu.bpr import BayesianPersonalizedRanking
+        from threadpoolctl import threadpool_limits
+
+        model = BayesianPersonalizedRanking(
+            factors=self.factors, learning_rate=self.learning_rate, regularization=self.regularization,
+            iterations=self.iterations, random_state=self.seed,
+        )  # fmt: skip
+        with threadpool_limits(1, "blas"):  # implicit parallelises itself; nested BLAS threads slow it down
+            model.fit(matrix.astype(np.float32), show_progress=False)
+        self.user_factors, self.item_factors = model.user_factors, model.item_factors
+        return self
+
+    def scores(self, users: np.ndarray) -> np.ndarray:
+        return self.user_factors[users] @ self.item_factors.T
+
+
+@dataclass
+class Cornac:
+    """A ``cornac`` model trained on the binary matrix; cornac's own user and item ids are mapped
+    back to the matrix's rows and columns (items it never saw score -inf: never recommended).
+
+    ``make`` builds the model; BPR and BiVAE score in batches, other models user by user.
+    """
+
+    make: Callable[[], object] = field(repr=False)
+    name: str = "cornac"
+
+    def fit(self, matrix: sp.csr_matrix) -> "Cornac":
+        import cornac
+
+        coo = matrix.tocoo()
+        triples = list(zip(coo.row.astype(str), coo.col.astype(str), np.ones(coo.nnz, dtype=float)))
+        data = cornac.data.Dataset.from_uir(triples, seed=0)
+        self.model = self.make()
+        self.model.fit(data)
+        self.user_index = np.full(matrix.shape[0], -1, dtype=np.int64)
+        for raw, idx in data.uid_map.items():
+            self.user_index[int(raw)] = idx
+        self.item_columns = np.empty(len(data.iid_map), dtype=np.int64)
+        for raw, idx in data.iid_map.items():
+            self.item_columns[idx] = int(raw)
+        self.n_items = matrix.shape[1]
+        return self
+
+    def _known_scores(self, internal: np.ndarray) -> np.ndarray:
+        m = self.model
+        if hasattr(m, "u_factors") and hasattr(m, "i_biases"):  # BPR
+            return m.u_factors[internal] @ m.i_factors.T + m.i_biases
+        if hasattr(m, "bivae"):  # BiVAE
+            import torch
+
+            with torch.no_grad():
+                theta = m.bivae.mu_theta[torch.as_tensor(internal)]
+                return m.bivae.decode_user(theta, m.bivae.mu_beta).cpu().numpy()
+        return np.vstack([m.score(int(u)) for u in internal])
+
+    def scores(self, users: np.ndarray) -> np.ndarray:
+        out = np.full((len(users), self.n_items), -np.inf, dtype=np.float32)
+        internal = self.user_index[users]
+        known = internal >= 0
+        if known.any():
+            rows = np.flatnonzero(known)
+            out[np.ix_(rows, self.item_columns)] = self._known_scores(internal[known])
+        return out
+
+
+def cornac_bpr(seed: int = 0) -> Cornac:
+    """cornac BPR with the Microsoft Recommenders benchmark's settings."""
+    import cornac
+
+    return Cornac(lambda: cornac.models.BPR(k=200, max_iter=100, learning_rate=0.01, lambda_reg=0.001, seed=seed,
+                                            verbose=False), name="cornac_bpr")  # fmt: skip
+
+
+def cornac_bivae(seed: int = 0) -> Cornac:
+    """cornac BiVAE with the Microsoft Recommenders benchmark's settings."""
+    import cornac
+
+    return Cornac(
+        lambda: cornac.models.BiVAECF(k=50, encoder_structure=[100], act_fn="tanh", likelihood="pois", n_epochs=500,
+                                      batch_size=128, learning_rate=0.001, seed=seed, use_gpu=False, verbose=False),
+        name="cornac_bivae",
+    )  # fmt: skip
 
 
 def _factors(df, n: int, rank: int) -> np.ndarray:

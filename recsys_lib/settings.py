@@ -36,6 +36,7 @@ ENV_PREFIX = "RECSYS__"
 Device = Literal["auto", "cpu", "cuda"]
 Split = Literal["user_chrono", "global_time", "random_item"]
 IndexKind = Literal["auto", "flat", "hnsw", "ivfpq"]
+BaselineName = Literal["popularity", "item_knn", "als", "implicit_als", "implicit_bpr", "cornac_bpr", "cornac_bivae"]
 
 
 @dataclass(frozen=True)
@@ -157,6 +158,7 @@ class EvaluateSettings:
     k: tuple[int, ...]  # cut-offs; the first is the primary one (the gate, tuning, early stopping)
     seed: int
     tune_baselines: bool
+    baselines: tuple[BaselineName, ...]
 
     def __post_init__(self):
         if not self.k or min(self.k) < 1:

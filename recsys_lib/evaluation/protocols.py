@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
+import typing
 from dataclasses import dataclass
 from functools import partial
 from typing import Callable, Sequence
@@ -31,6 +32,7 @@ from recsys_lib.evaluation.report import CATALOGUE, CHAMPION, MODEL, EvaluationR
 from recsys_lib.recommend import rank_users
 from recsys_lib.retrieval import Retriever
 from recsys_lib.schema import DOCUMENT_COL, HISTORY_COL, ITEM_COL, SEEN_COL, USER_COL, VALIDATION_COL
+from recsys_lib.settings import BaselineName
 
 log = logging.getLogger(__name__)
 LIGHT_USER_MAX_EVENTS = 5
@@ -165,13 +167,26 @@ class Baseline:
         return bl.rank_users(ranker, warm.rows, warm.exclude, depth), params
 
 
-def default_baselines(spark, seed: int) -> dict[str, Baseline]:
-    """Most-popular, tuned item-kNN and tuned Spark ALS (implicit feedback)."""
-    return {
-        "popularity": Baseline(bl.MostPopular),
-        "item_knn": Baseline(bl.ItemKNN, KNN_GRID),
-        "als": Baseline(partial(bl.ALS, spark, seed=seed), ALS_GRID),
+IMPLICIT_ALS_GRID = {"factors": [32, 64, 128], "regularization": [0.01, 0.1, 1.0], "alpha": [5.0, 20.0, 40.0]}
+IMPLICIT_BPR_GRID = {"factors": [64, 128, 256], "learning_rate": [0.005, 0.01, 0.05]}
+BASELINES = typing.get_args(BaselineName)
+
+
+def baselines(names: Sequence[str], spark_session: Callable[[], object], seed: int) -> dict[str, Baseline]:
+    """The named baselines (``evaluate.baselines``): most-popular; item-kNN, Spark ALS and the
+    ``implicit`` library's ALS and BPR, tuned on the validation events; cornac's BPR and BiVAE
+    with the Microsoft Recommenders benchmark's settings. ``spark_session`` is called only when
+    Spark ALS is asked for."""
+    made = {
+        "popularity": lambda: Baseline(bl.MostPopular),
+        "item_knn": lambda: Baseline(bl.ItemKNN, KNN_GRID),
+        "als": lambda: Baseline(partial(bl.ALS, spark_session(), seed=seed), ALS_GRID),
+        "implicit_als": lambda: Baseline(partial(bl.ImplicitALS, seed=seed), IMPLICIT_ALS_GRID),
+        "implicit_bpr": lambda: Baseline(partial(bl.ImplicitBPR, seed=seed), IMPLICIT_BPR_GRID),
+        "cornac_bpr": lambda: Baseline(lambda: bl.cornac_bpr(seed)),
+        "cornac_bivae": lambda: Baseline(lambda: bl.cornac_bivae(seed)),
     }
+    return {name: made[name]() for name in names}
 
 
 def retriever_lists(

@@ -83,3 +83,29 @@ def test_als_on_spark_separates_the_two_groups(spark):
     scores = als.scores(np.arange(6))
     assert scores.shape == (6, 5)
     assert scores[3, 2] > scores[3, 0] and scores[0, 1] > scores[0, 3]
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: bl.ImplicitALS(factors=4, regularization=0.01, alpha=10.0, iterations=10),
+        lambda: bl.ImplicitBPR(factors=4, learning_rate=0.05, iterations=200),
+        lambda: bl.Cornac(lambda: __import__("cornac").models.BPR(k=4, max_iter=300, learning_rate=0.05, seed=1,
+                                                                  verbose=False)),
+        lambda: bl.Cornac(lambda: __import__("cornac").models.BiVAECF(k=4, encoder_structure=[8], n_epochs=300,
+                                                                      batch_size=8, learning_rate=0.01,
+                                                                      likelihood="bern", seed=1, verbose=False)),
+    ],
+    ids=["implicit_als", "implicit_bpr", "cornac_bpr", "cornac_bivae"],
+)
+def test_library_peers_separate_the_two_groups(make):
+    model = make().fit(MATRIX)
+    scores = model.scores(np.arange(6))
+    assert scores.shape == (6, 5)
+    # A user of {0, 1} prefers the other item of the pair to the items of {2, 3}, and vice versa.
+    assert scores[2, 1] > max(scores[2, 2], scores[2, 3]) and scores[4, 3] > max(scores[4, 0], scores[4, 1])
+
+
+def test_cornac_never_recommends_an_item_it_never_saw():
+    model = bl.Cornac(lambda: __import__("cornac").models.BPR(k=2, max_iter=5, seed=1, verbose=False)).fit(MATRIX)
+    assert np.isneginf(model.scores(np.array([0]))[0, 4])  # item 4 has no interaction

@@ -62,6 +62,7 @@ def test_cluster_profile(tmp_path):
         ({"RECSYS__FEATURES__SPLIT": "random"}, "settings.features.split: expected one of user_chrono, global_time"),
         ({"RECSYS__TRAIN__DEVICE": "gpu"}, "settings.train.device: expected one of auto, cpu, cuda"),
         ({"RECSYS__EVALUATE__K": ""}, "evaluate.k must list cut-offs of at least 1"),
+        ({"RECSYS__EVALUATE__BASELINES": "als,lightfm"}, "settings.evaluate.baselines: expected one of popularity"),
         ({"RECSYS__FEATURES__EVENT_WEIGHTS": "view=0.2,click"}, "expected event_type=weight (>= 0), got 'click'"),
     ],
 )

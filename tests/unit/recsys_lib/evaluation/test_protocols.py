@@ -88,3 +88,11 @@ def test_untuned_baselines_take_the_middle_of_their_grid(candidate):
                                 model_version="m/3", tune_baselines=False)  # fmt: skip
     assert report.tuned == {"item_knn": {"neighbours": 2, "shrink": 5.0}}
     assert "champion" not in report.all_users.rankers
+
+
+def test_baselines_are_made_by_name_and_spark_starts_only_for_spark_als():
+    made = protocols.baselines(["popularity", "implicit_als", "cornac_bivae"], lambda: 1 / 0, seed=3)
+    assert list(made) == ["popularity", "implicit_als", "cornac_bivae"]
+    assert made["implicit_als"].grid == protocols.IMPLICIT_ALS_GRID and made["cornac_bivae"].grid is None
+    with pytest.raises(ZeroDivisionError):  # the session is asked for when ALS is
+        protocols.baselines(["als"], lambda: 1 / 0, seed=3)
