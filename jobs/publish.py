@@ -65,6 +65,7 @@ def run(settings: Settings, ds: str, model_version: str | None = None) -> dict[s
     metadata = {
         "evaluation": report.to_dict() if report else None,
         "index": storage.read_index_manifest(ds, mv.version),
+        "ranking": _ranking(settings, tracker, mv),
         "forced": forced,
         "gate": decision.refusal or "passed",
         "gate_basis": decision.basis,
@@ -87,6 +88,12 @@ def run(settings: Settings, ds: str, model_version: str | None = None) -> dict[s
         "forced": forced,
         "latest": storage.published.uri(Storage.LATEST),
     }
+
+
+def _ranking(settings: Settings, tracker, mv) -> str:
+    """How the user top-N was ordered: what its scores are (the manifest says it to readers)."""
+    ranker = tracker.load_ranker(mv) if settings.rank.enabled else None
+    return "retrieval+ranker" if ranker is not None and ranker.use else "retrieval"
 
 
 def _evaluation_of(storage, ds: str, mv):

@@ -45,12 +45,13 @@ def run(settings: Settings, ds: str, model_version: str | None = None) -> dict[s
     if settings.rules.fallback_by_segment:
         segments = storage.read_features(FeatureTable.SEGMENT_POPULARITY, ds)
         by_segment = rec.SegmentPopularity.from_frame(segments, items.ids, popularity, settings.rules.min_segment_users)
+    ranking = _served_ranking(settings, storage, tracker, mv, ds, items)
     totals = Counter(users=0, fallback_users=0, segment_fallback_users=0, user_rows=0)
 
     def user_parts():
         for start in range(0, len(histories), cfg.users_per_part):
             part = histories.iloc[start : start + cfg.users_per_part]
-            ranked = rec.user_topn(retriever, part, popularity, cfg.top_n, mv.label, ds, rules, by_segment)
+            ranked = rec.user_topn(retriever, part, popularity, cfg.top_n, mv.label, ds, rules, by_segment, ranking)
             totals.update(ranked.counts)
             yield {OutputTable.USER_TOPN: ranked.table, OutputTable.USER_VECTORS: ranked.vectors}
 
@@ -60,11 +61,32 @@ def run(settings: Settings, ds: str, model_version: str | None = None) -> dict[s
     active = items.subset(np.flatnonzero(~rules.blocked))  # a service must not retrieve blocked items either
     storage.write_output_table(OutputTable.ITEM_VECTORS, ds, rec.item_vectors_table(active, mv.label))
     summary = {**totals, "user_parts": parts, "items": len(items), "item_rows": similar.num_rows,
-               "blocked_items": int(rules.blocked.sum())}  # fmt: skip
+               "blocked_items": int(rules.blocked.sum()), "ranker": float(ranking is not None)}  # fmt: skip
     log.info("recommend %s", summary)
     tracker.log_metrics(mv.run_id, {f"recommend.{k}": v for k, v in summary.items()})
     outputs = {name.value: storage.output_uri(name, ds) for name in OutputTable}
     return {"ds": ds, "model_version": mv.version, **outputs, **summary}
+
+
+def _served_ranking(settings: Settings, storage, tracker, mv, ds: str, items):
+    """The version's ranker with every user's features as of the end of ds, when ranking is on
+    and the ranker won its check; else None (retrieval order)."""
+    import datetime as dt
+
+    from recsys_lib.ranker import EventLog, RankingContext, ServedRanking
+    from recsys_lib.rules import first_categories
+    from recsys_lib.schema import CATEGORIES_COL, ITEM_COL, TIMESTAMP_COL
+    from recsys_lib.storage import FeatureTable
+
+    ranker = tracker.load_ranker(mv) if settings.rank.enabled else None
+    if ranker is None or not ranker.use:
+        return None
+    documents = storage.read_features(FeatureTable.ITEM_DOCUMENTS, ds, columns=[ITEM_COL, CATEGORIES_COL])
+    events = storage.read_features(FeatureTable.INTERACTIONS_ALL, ds, columns=[ITEM_COL, TIMESTAMP_COL])
+    context = RankingContext(items, first_categories(documents, items.ids), EventLog.from_frame(events, items.ids),
+                             ranker.recent_days)  # fmt: skip
+    end = int((dt.datetime.fromisoformat(ds).replace(tzinfo=dt.timezone.utc) + dt.timedelta(days=1)).timestamp())
+    return ServedRanking(ranker, context, end)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -31,7 +31,14 @@ def run(settings: Settings, ds: str) -> dict[str, Any]:
     from recsys_lib.models.two_tower import TokenizedDocuments, resolve_device
     from recsys_lib.schema import CONTENT_HASH_COL, DOCUMENT_COL, ITEM_COL, TIMESTAMP_COL, USER_COL, VALIDATION_COL
     from recsys_lib.storage import FeatureTable, Storage
-    from recsys_lib.tracking import CANDIDATE, CHAMPION, EVALUATION_MODEL_ARTIFACT, MODEL_ARTIFACT, Tracker
+    from recsys_lib.tracking import (
+        CANDIDATE,
+        CHAMPION,
+        EVALUATION_MODEL_ARTIFACT,
+        MODEL_ARTIFACT,
+        RANKER_ARTIFACT,
+        Tracker,
+    )
 
     storage, tracker = Storage(settings), Tracker(settings)
     cfg = settings.train
@@ -56,6 +63,7 @@ def run(settings: Settings, ds: str) -> dict[str, Any]:
     train = prepare_training_data(item_ids, interactions, history_length, cfg.max_validation_users, cfg.seed)
     everything = prepare_serving_data(item_ids, all_interactions, history_length)
     n_interactions = len(interactions)
+    fit_events = interactions.loc[~interactions[VALIDATION_COL].to_numpy(bool), [ITEM_COL, TIMESTAMP_COL]]
     del interactions, all_interactions  # the examples hold what training needs: gigabytes at scale
     champion = None if cfg.full_retrain else tracker.alias(CHAMPION)
     model, tokenizer, warm_started = initial_model(settings.model, cfg, train.id_vocab, _warm_start(tracker, champion))
@@ -74,12 +82,15 @@ def run(settings: Settings, ds: str) -> dict[str, Any]:
         })  # fmt: skip
         models = train_nightly(model, docs, item_ids, train, everything, cfg, device, settings.evaluate.k,
                                on_step=lambda step, m: tracker.log_metrics(run_id, m, step))  # fmt: skip
-        tracker.log_metrics(run_id, models.report)
+        ranker = _fit_ranker(settings, models, item_ids, documents, fit_events, train.validation, device)
+        tracker.log_metrics(run_id, models.report | _ranker_metrics(ranker))
         outputs = EncoderOutputs(pd.Index(documents[CONTENT_HASH_COL]), models.pooled.cpu().numpy()).unique()
         storage.add_encoder_outputs(models.served.encoder_fingerprint(), outputs.to_table())
         with storage.temp_dir() as tmp:
             models.served.save(f"{tmp}/{MODEL_ARTIFACT}", tokenizer)
             models.evaluation.save(f"{tmp}/{EVALUATION_MODEL_ARTIFACT}", tokenizer)
+            if ranker is not None:
+                ranker.save(f"{tmp}/{RANKER_ARTIFACT}")
             tracker.log_artifacts(run_id, tmp)
         mv = tracker.register_model(run_id, {"ds": ds, "fingerprint": fingerprint})
         tracker.set_alias(CANDIDATE, mv.version)
@@ -89,6 +100,34 @@ def run(settings: Settings, ds: str) -> dict[str, Any]:
     tracker.finish_run(run_id)
     return {"ds": ds, "run_id": run_id, "model_version": mv.version, "model": mv.label, "warm_start": warm_start,
             "reused": False, **models.report}  # fmt: skip
+
+
+def _fit_ranker(settings: Settings, models, item_ids, documents, fit_events, validation, device):
+    """The second stage, learned on the evaluation model's candidates for the validation events
+    (recsys_lib/ranker.py); None when ranking is off or too few users can teach it."""
+    import torch
+
+    from recsys_lib.embedding import ItemVectors
+    from recsys_lib.ranker import fit_ranker
+    from recsys_lib.retrieval import Retriever
+    from recsys_lib.rules import first_categories
+
+    if not settings.rank.enabled or validation.time is None or not len(validation):
+        return None
+    model = models.evaluation.cpu()
+    vectors, bias = model.items_from_pooled(models.pooled.cpu(), torch.as_tensor(model.id_rows(item_ids)))
+    items = ItemVectors(item_ids, vectors.numpy(), bias.numpy())
+    retriever = Retriever.with_index(model, items, settings.index, settings.recommend.user_batch_size)
+    ranker = fit_ranker(retriever, first_categories(documents, item_ids), fit_events, validation, settings.rank,
+                        settings.evaluate.primary_k, settings.train.seed)  # fmt: skip
+    model.to(device)
+    return ranker
+
+
+def _ranker_metrics(ranker) -> dict[str, float]:
+    if ranker is None:
+        return {}
+    return {"ranker.used": float(ranker.use), **{f"ranker.{k}": float(v) for k, v in ranker.check.items()}}
 
 
 def _warm_start(tracker, champion):

@@ -43,6 +43,7 @@ from recsys_lib.schema import (
 )
 
 if TYPE_CHECKING:
+    from recsys_lib.ranker import ServedRanking
     from recsys_lib.retrieval import Retriever
 
 # (queries [q, d], k) -> (scores [q, k], ids [q, k])
@@ -97,10 +98,11 @@ def top_n(
     depth = n if rules is None else rules.depth(n)
     k = min(n_items, depth + max(len(s) for s in seen))
     scores, ids = searcher(user_vectors, k)
-    return _finish(scores, ids, seen, n, rules)
+    return finish_lists(scores, ids, seen, n, rules)
 
 
-def _finish(scores, ids, seen, n, rules):
+def finish_lists(scores, ids, seen, n, rules):
+    """Candidates [q, k] best first -> top-``n``: seen items out, then the business rules."""
     if rules is None:
         return exclude_and_truncate(scores, ids, seen, n)
     scores, ids = exclude_and_truncate(scores, ids, seen, ids.shape[1])
@@ -132,7 +134,7 @@ def popular_unseen(
     top = np.broadcast_to(order[:k], (len(seen), k))
     peak = popularity.max() if len(popularity) and popularity.max() > 0 else 1.0
     scores = np.broadcast_to((popularity[order[:k]] / peak).astype(np.float32), (len(seen), k))
-    return _finish(np.array(scores), np.array(top), seen, n, rules)
+    return finish_lists(np.array(scores), np.array(top), seen, n, rules)
 
 
 @dataclass(frozen=True)
@@ -358,11 +360,12 @@ def user_topn(
     ds: str,
     rules: BusinessRules | None = None,
     segment_popularity: SegmentPopularity | None = None,
+    ranking: ServedRanking | None = None,
 ) -> UserTopN:
     """The user top-N table of ``histories`` (user_id, history, seen [, segment] rows): the
-    model's retrieval for users with a history, the (segment's) popularity fallback for the
-    others, seen items excluded, business rules applied, each row explained by a history item;
-    and the user vectors it ranked with.
+    model's retrieval (re-ordered by ``ranking``'s ranker when given) for users with a history,
+    the (segment's) popularity fallback for the others, seen items excluded, business rules
+    applied last, each row explained by a history item; and the user vectors it ranked with.
     """
     items = retriever.items
     history_idx = items.indices(histories[HISTORY_COL])
@@ -370,10 +373,21 @@ def user_topn(
     segments = histories[SEGMENT_COL].to_numpy(dtype=object) if SEGMENT_COL in histories else None
     user_vectors, fallback = retriever.user_vectors(history_idx)
     queries = retrieval_users(user_vectors, retriever.temperature)
-    scores, ids = rank_users(
-        retriever.search, queries, seen_idx, popularity, n, retriever.batch_size, fallback, rules,
-        segments=segments, segment_popularity=segment_popularity,
+    # With a ranker, the popularity fallback alone goes through rank_users: others are re-ranked.
+    ranked_here = fallback if ranking is not None else np.ones(len(fallback), dtype=bool)
+    rows_here = np.flatnonzero(ranked_here)
+    scores = np.full((len(fallback), n), -np.inf, dtype=np.float32)
+    ids = np.full((len(fallback), n), -1, dtype=np.int64)
+    scores[rows_here], ids[rows_here] = rank_users(
+        retriever.search, queries[rows_here], [seen_idx[r] for r in rows_here], popularity, n, retriever.batch_size,
+        fallback[rows_here], rules, segments=None if segments is None else segments[rows_here],
+        segment_popularity=segment_popularity,
     )  # fmt: skip
+    if ranking is not None and (~fallback).any():
+        warm = np.flatnonzero(~fallback)
+        scores[warm], ids[warm] = ranking.rerank_users(
+            retriever, [history_idx[r] for r in warm], [seen_idx[r] for r in warm], n, rules, popularity
+        )
     reasons = explain(items.vectors, history_idx, ids)
     users, ranks, rows, row_scores, why = ranked_rows(histories[USER_COL].to_numpy(), ids, scores, reasons)
     catalogue = items.ids.to_numpy()

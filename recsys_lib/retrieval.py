@@ -84,6 +84,13 @@ class Retriever:
         self.index = index
         self.batch_size = batch_size
 
+    @classmethod
+    def with_index(cls, model, items: ItemVectors, cfg: IndexSettings, batch_size: int = 4096) -> "Retriever":
+        """A retriever over a new in-memory index of ``items``, built as ``cfg`` says."""
+        from recsys_lib.index import build_index
+
+        return cls(model, items, build_index(retrieval_items(items.vectors, items.bias), cfg), batch_size)
+
     @property
     def temperature(self) -> float:
         return self.model.temperature.item()

@@ -103,12 +103,7 @@ def build_rules(
         blocked_ids |= {line.strip() for line in read_text(cfg.blocked_items_file).splitlines() if line.strip()}
     blocked = np.asarray(pd.Index(item_index).isin(list(blocked_ids)), dtype=bool)
     is_new = ~np.asarray(pd.Index(item_index).isin(item_stats[ITEM_COL]), dtype=bool)
-    category = np.full(n, NO_CATEGORY, dtype=np.int64)
-    if cfg.max_per_category > 0:
-        first = documents.set_index(ITEM_COL)[CATEGORIES_COL].reindex(item_index)
-        names = [c[0] if c is not None and len(c) else None for c in first]
-        codes, _ = pd.factorize(pd.Series(names), use_na_sentinel=True)
-        category = np.where(codes >= 0, codes, NO_CATEGORY).astype(np.int64)
+    category = first_categories(documents, item_index) if cfg.max_per_category > 0 else np.full(n, NO_CATEGORY)
     return BusinessRules(
         blocked=blocked,
         is_new=is_new,
@@ -117,6 +112,18 @@ def build_rules(
         min_score=cfg.min_score,
         max_per_category=cfg.max_per_category,
     )
+
+
+def first_categories(documents: pd.DataFrame, item_index: pd.Index) -> np.ndarray:
+    """[n_items] a code of each item's first category, NO_CATEGORY where it has none.
+
+    Args:
+        documents: item_id, categories (lists of strings).
+    """
+    first = documents.set_index(ITEM_COL)[CATEGORIES_COL].reindex(item_index)
+    names = [c[0] if c is not None and len(c) else None for c in first]
+    codes, _ = pd.factorize(pd.Series(names), use_na_sentinel=True)
+    return np.where(codes >= 0, codes, NO_CATEGORY).astype(np.int64)
 
 
 def read_rules(cfg: RulesSettings, storage, ds: str, item_index: pd.Index) -> BusinessRules:

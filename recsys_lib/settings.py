@@ -154,6 +154,17 @@ class RecommendSettings:
 
 
 @dataclass(frozen=True)
+class RankSettings:
+    enabled: bool
+    candidates: int
+    recent_days: int
+    rounds: int
+    learning_rate: float
+    num_leaves: int
+    min_users: int
+
+
+@dataclass(frozen=True)
 class EvaluateSettings:
     k: tuple[int, ...]  # cut-offs; the first is the primary one (the gate, tuning, early stopping)
     seed: int
@@ -211,6 +222,7 @@ class Settings:
     embed: EmbedSettings
     index: IndexSettings
     recommend: RecommendSettings
+    rank: RankSettings
     rules: RulesSettings
     evaluate: EvaluateSettings
     tracking: TrackingSettings

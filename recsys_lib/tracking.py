@@ -28,6 +28,7 @@ CHAMPION = "champion"
 CANDIDATE = "candidate"
 MODEL_ARTIFACT = "model"  # the served model: the registered version's source
 EVALUATION_MODEL_ARTIFACT = "evaluation_model"  # its twin trained on the split's training side
+RANKER_ARTIFACT = "ranker"  # the second stage, when one was learned
 EVALUATION_ARTIFACT = "evaluation.json"
 
 
@@ -208,6 +209,13 @@ class Tracker:
         if mv is None:
             raise MissingInput(f"no '{CANDIDATE}' version of model {self.model_name!r}: run the train stage first")
         return mv
+
+    def load_ranker(self, mv: ModelVersion):
+        """The version's ranker (recsys_lib.ranker.Ranker), or None when it has none."""
+        from recsys_lib.ranker import Ranker
+
+        folder = self.download_model(mv.version).parent / RANKER_ARTIFACT
+        return Ranker.load(folder) if folder.is_dir() else None
 
     def load_model(self, mv: ModelVersion, device="cpu", evaluation: bool = False):
         """(TwoTowerModel, tokenizer) of a registered version, or of the evaluation model it was

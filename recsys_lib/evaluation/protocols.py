@@ -29,6 +29,7 @@ from recsys_lib import baselines as bl
 from recsys_lib.embedding import catalogue_indices
 from recsys_lib.evaluation.metrics import cold_item_slice, ranking_metrics, segment, share_of
 from recsys_lib.evaluation.report import CATALOGUE, CHAMPION, MODEL, EvaluationReport, Segment
+from recsys_lib.ranker import EventLog, Ranker, RankingContext, retrieve
 from recsys_lib.recommend import rank_users
 from recsys_lib.retrieval import Retriever
 from recsys_lib.schema import DOCUMENT_COL, HISTORY_COL, ITEM_COL, SEEN_COL, USER_COL, VALIDATION_COL
@@ -37,6 +38,8 @@ from recsys_lib.settings import BaselineName
 log = logging.getLogger(__name__)
 LIGHT_USER_MAX_EVENTS = 5
 MIN_COLD_ITEMS = 10  # fewer cold items than this make the cold-item numbers noise
+RETRIEVAL_ONLY = "retrieval_only"  # the candidate without the ranker it serves with
+WITH_RANKER = "with_ranker"  # the candidate with a ranker it does not serve (it lost its check)
 # Searched coordinate-wise from the middle values (see recsys_lib.baselines.tune).
 KNN_GRID = {"neighbours": [5, 10, 20, 50, 100, 200], "shrink": [0.0, 10.0, 50.0]}
 ALS_GRID = {"rank": [32, 64, 128], "reg": [0.01, 0.1, 1.0], "alpha": [5.0, 20.0, 40.0]}
@@ -199,6 +202,31 @@ def retriever_lists(
     return [rank_users(retriever.search, queries, ex, popularity, depth, batch, fallback)[1] for ex in excludes]
 
 
+@dataclass(frozen=True)
+class Ranking:
+    """What ranking the split's users like the served path needs beyond the retrievers."""
+
+    categories: np.ndarray  # [n_items] first-category codes
+    events: EventLog  # the training side's events
+    times: np.ndarray  # [split users] each user's cut-off: their first held-out event's time
+    histories: list[np.ndarray]  # [split users] their histories (catalogue indices, oldest first)
+
+
+def ranked_lists(
+    retriever: Retriever, ranker: Ranker, ranking: Ranking, rows: np.ndarray, exclude, fallback_lists, depth: int
+) -> np.ndarray:
+    """The retriever's candidates for split users ``rows`` re-ordered by ``ranker`` as of each
+    user's cut-off, cut to ``depth``; users without candidates keep ``fallback_lists``."""
+    histories = [ranking.histories[r] for r in rows]
+    scores, ids = retrieve(retriever, histories, exclude, max(ranker.candidates, depth))
+    context = RankingContext(retriever.items, ranking.categories, ranking.events, ranker.recent_days)
+    _, ids = ranker.rerank(context, histories, ranking.times[rows], scores, ids)
+    ids = ids[:, :depth]
+    empty = (ids < 0).all(axis=1)
+    ids[empty] = fallback_lists[empty]
+    return ids
+
+
 def evaluate_candidate(
     split: EvaluationSplit,
     candidate: Retriever,
@@ -209,8 +237,14 @@ def evaluate_candidate(
     ds: str,
     model_version: str,
     tune_baselines: bool = True,
+    ranking: Ranking | None = None,
+    rankers: tuple[Ranker | None, Ranker | None] = (None, None),
 ) -> EvaluationReport:
-    """Every protocol for one candidate; ``ks`` are the cut-offs (the first is the primary one)."""
+    """Every protocol for one candidate; ``ks`` are the cut-offs (the first is the primary one).
+
+    With ``ranking`` and ``rankers`` (the candidate's, the champion's), each model is measured on
+    the path it serves: re-ranked when its ranker is used. The candidate's other path is shown
+    too: ``retrieval_only`` when its ranker is used, ``with_ranker`` when it is not."""
     started = time.perf_counter()
     ks = tuple(ks)
     depth = max(ks)
@@ -224,6 +258,16 @@ def evaluate_candidate(
     lists = {MODEL: model_lists}
     if champion is not None:
         (lists[CHAMPION],) = retriever_lists(champion, histories, [warm.exclude], popularity, depth)
+    candidate_ranker, champion_ranker = rankers if ranking is not None else (None, None)
+    if candidate_ranker is not None:
+        reranked = ranked_lists(candidate, candidate_ranker, ranking, warm.rows, warm.exclude, model_lists, depth)
+        if candidate_ranker.use:
+            lists[MODEL], lists[RETRIEVAL_ONLY] = reranked, model_lists
+        else:
+            lists[WITH_RANKER] = reranked
+    if champion is not None and champion_ranker is not None and champion_ranker.use:
+        lists[CHAMPION] = ranked_lists(champion, champion_ranker, ranking, warm.rows, warm.exclude,
+                                       lists[CHAMPION], depth)  # fmt: skip
     tuned = {}
     for name, baseline in baselines.items():
         t0 = time.perf_counter()

@@ -18,7 +18,7 @@ from typing import Any, Sequence
 MODEL = "model"  # the candidate being evaluated
 CHAMPION = "champion"  # the current champion, re-ranked on the candidate's split
 CATALOGUE = "catalogue"  # the cold-item slice's reference row (its share of the catalogue)
-NOT_BASELINES = (MODEL, CHAMPION)
+NOT_BASELINES = (MODEL, CHAMPION, "retrieval_only", "with_ranker")
 
 Metrics = dict[str, float]
 

@@ -30,6 +30,7 @@ class ValidationSet:
     history: np.ndarray  # [u, L] each validation user's history before the held-out event
     target: np.ndarray  # [u] the held-out item
     exclude: list[np.ndarray]  # per user, the other items seen in training (not ranked)
+    time: np.ndarray | None = None  # [u] epoch seconds of the held-out event (the ranker's cut-off)
 
     def __len__(self) -> int:
         return len(self.target)
@@ -40,7 +41,8 @@ class ValidationSet:
         if n <= 0 or len(self) <= n:
             return self
         rows = np.sort(np.random.default_rng(seed).choice(len(self), size=n, replace=False))
-        return ValidationSet(self.history[rows], self.target[rows], [self.exclude[r] for r in rows])
+        time = None if self.time is None else self.time[rows]
+        return ValidationSet(self.history[rows], self.target[rows], [self.exclude[r] for r in rows], time)
 
 
 @dataclass(frozen=True)
@@ -109,7 +111,8 @@ def build_validation(
     keep = (history != PAD).any(axis=1)
     target = item_ids.get_indexer(held[ITEM_COL]).astype(np.int64)
     exclude = [np.unique(h) for h, k in zip(histories, keep) if k]
-    return train, ValidationSet(history[keep], target[keep], exclude)
+    time = held[TIMESTAMP_COL].to_numpy(np.int64)[keep]
+    return train, ValidationSet(history[keep], target[keep], exclude, time)
 
 
 def prepare_training_data(
@@ -136,5 +139,5 @@ def prepare_serving_data(item_ids: pd.Index, interactions: pd.DataFrame, history
     served model has seen everything, so it is measured through its evaluation twin."""
     id_vocab = pd.Index(sorted(set(interactions[ITEM_COL]) & set(item_ids)), dtype=object)
     examples = build_examples(interactions, item_ids, history_length)
-    empty = ValidationSet(np.empty((0, history_length), np.int64), np.empty(0, np.int64), [])
+    empty = ValidationSet(np.empty((0, history_length), np.int64), np.empty(0, np.int64), [], np.empty(0, np.int64))
     return TrainingData(item_ids, id_vocab, examples, empty)

@@ -35,8 +35,9 @@ def airflow(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess
 def nightly(tmp_path_factory, tiny_encoder):
     """Land a synthetic drop, run the DAG twice for the same ds; yields what the test needs."""
     base = tmp_path_factory.mktemp("nightly")
-    # Segments of about five users: a small minimum so that they get a fallback of their own.
-    overrides = {"model.encoder": str(tiny_encoder), "rules.min_segment_users": 2}
+    # Segments of about five users: a small minimum so that they get a fallback of their own; and
+    # a ranker from the 17 validation events tiny data has.
+    overrides = {"model.encoder": str(tiny_encoder), "rules.min_segment_users": 2, "rank.min_users": 5}
     config = base / "settings.toml"
     config.write_text(settings_toml({**TINY_TRAIN, **overrides}))
     settings = make_settings(base / "data", **overrides)
@@ -133,11 +134,16 @@ def test_published_vectors_score_exactly_as_the_lists(nightly):
     items = tables.table("item_vectors").to_pandas().set_index(ITEM_COL)
     users = tables.table("user_vectors").to_pandas().set_index(USER_COL)
     assert len(items) == 50 and set(users.index) == set(nightly["interactions"][USER_COL])  # not the 4 new users
+    similar = tables.table("item_similar").to_pandas().head(20)
+    for row in similar.itertuples():  # item-to-item scores are cosines of the item vectors
+        cosine = np.dot(items.loc[row.item_id, "vector"], items.loc[row.similar_item_id, "vector"])
+        assert cosine == pytest.approx(row.score, rel=1e-4, abs=1e-5)
     topn = tables.table("user_topn").to_pandas()
-    for row in topn[topn[USER_COL].isin(users.index)].head(20).itertuples():
-        item = items.loc[row.item_id]
-        score = np.dot(users.loc[row.user_id, "vector"], item["vector"]) + item["bias"]
-        assert score == pytest.approx(row.score, rel=1e-4, abs=1e-4)
+    rows = topn[topn[USER_COL].isin(users.index)].head(20)
+    scores = [np.dot(users.loc[r.user_id, "vector"], items.loc[r.item_id, "vector"]) + items.loc[r.item_id, "bias"]
+              for r in rows.itertuples()]  # fmt: skip
+    if tables.manifest()["ranking"] == "retrieval":  # else the ranker's scores are published
+        assert scores == pytest.approx(rows["score"].tolist(), rel=1e-4, abs=1e-4)
 
 
 def test_mlflow_holds_the_run_metrics_and_champion(nightly):
@@ -169,6 +175,11 @@ def test_mlflow_holds_the_run_metrics_and_champion(nightly):
     assert report.model_version == champion.label and report.ks == (10, 20)
     assert report.model_metrics()["ndcg_at_10"] == pytest.approx(metrics["model.ndcg_at_10"])
     assert manifest["index"]["kind"] == "flat" and manifest["gate_basis"] == "no champion"
+    # The ranker learned from the validation events; the table shows the path the model does not
+    # serve beside the one it does, and the manifest says which ordered the lists.
+    used = metrics["ranker.used"] == 1.0
+    assert ("retrieval_only" if used else "with_ranker") in report.all_users.rankers
+    assert manifest["ranking"] == ("retrieval+ranker" if used else "retrieval")
 
 
 def test_the_served_model_learned_every_item_with_interactions(nightly):

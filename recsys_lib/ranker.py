@@ -1,0 +1,306 @@
+"""The second stage: a learned ranker re-orders the retriever's candidates.
+
+The two-tower model retrieves ``rank.candidates`` items per user; a LightGBM LambdaRank model
+re-orders them with features the towers do not see well:
+
+  retrieval_score, retrieval_rank, item_bias     what the first stage said
+  log_popularity, log_recent, recent_share       the item's events before the user's cut-off,
+                                                 overall and in the last ``rank.recent_days``
+  item_age_days, days_since_last                 since the item's first and latest event
+  user_log_events                                how much the user has done
+  category_affinity                              share of the user's history in the item's category
+  sim_recent, sim_history, sim_max               cosine to the latest 5 history items' mean, to the
+                                                 whole history's mean, and to the closest one
+
+Every feature is taken *as of a time per user* from an ``EventLog``: strictly earlier events
+only, so nothing after the moment being predicted leaks in. The ranker learns from the
+validation events (each user's last training event, which the evaluation model never trained
+on), as of each one's own time; it is checked on a quarter of those users against the retrieval
+order and used only when it wins there. Business rules apply after it.
+Tests: tests/unit/recsys_lib/test_ranker.py.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from recsys_lib.embedding import ItemVectors
+from recsys_lib.schema import ITEM_COL, TIMESTAMP_COL
+from recsys_lib.settings import RankSettings
+
+log = logging.getLogger(__name__)
+FEATURES = (
+    "retrieval_score", "retrieval_rank", "item_bias", "log_popularity", "log_recent", "recent_share",
+    "item_age_days", "days_since_last", "user_log_events", "category_affinity", "sim_recent", "sim_history",
+    "sim_max",
+)  # fmt: skip
+DAY = 86_400
+RECENT_ITEMS = 5
+MODEL_FILE = "ranker.txt"
+META_FILE = "ranker.json"
+
+
+@dataclass(frozen=True)
+class EventLog:
+    """Positive events as sorted (item, time) keys: counts and first/last times of any items as of
+    any times, by binary search."""
+
+    keys: np.ndarray  # sorted item << 32 | seconds
+    start: np.ndarray  # [n_items + 1] first key of each item
+
+    @classmethod
+    def from_frame(cls, events: pd.DataFrame, item_ids: pd.Index) -> "EventLog":
+        """From rows with item_id and timestamp (epoch seconds); items outside ``item_ids`` are dropped."""
+        items = item_ids.get_indexer(events[ITEM_COL])
+        times = events[TIMESTAMP_COL].to_numpy(np.int64)
+        ok = items >= 0
+        keys = np.sort((items[ok].astype(np.int64) << 32) | times[ok])
+        start = np.searchsorted(keys, np.arange(len(item_ids) + 1, dtype=np.int64) << 32)
+        return cls(keys, start)
+
+    def count_before(self, items: np.ndarray, times: np.ndarray) -> np.ndarray:
+        """Events of each item strictly before the paired time."""
+        items = items.astype(np.int64)
+        return np.searchsorted(self.keys, (items << 32) | times.astype(np.int64)) - self.start[items]
+
+    def first_last_before(self, items: np.ndarray, times: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(first, latest) event time of each item strictly before the paired time; NaN if none."""
+        count = self.count_before(items, times)
+        first = np.full(len(items), np.nan)
+        last = np.full(len(items), np.nan)
+        has = count > 0
+        base = self.start[items.astype(np.int64)]
+        first[has] = self.keys[base[has]] & 0xFFFFFFFF
+        last[has] = self.keys[base[has] + count[has] - 1] & 0xFFFFFFFF
+        return first, last
+
+
+@dataclass(frozen=True)
+class RankingContext:
+    """What features are computed from: the item vectors, categories and the event log."""
+
+    items: ItemVectors
+    categories: np.ndarray  # [n_items] first-category code, -1 where none
+    events: EventLog
+    recent_days: int
+
+
+def candidate_features(
+    ctx: RankingContext,
+    histories: list[np.ndarray],
+    times: np.ndarray,
+    ids: np.ndarray,
+    scores: np.ndarray,
+) -> np.ndarray:
+    """Features [u, m, len(FEATURES)] of each user's candidates, as of each user's time.
+
+    Args:
+        histories: per user, catalogue indices of their history, oldest first.
+        times: [u] epoch seconds: only events strictly before count.
+        ids, scores: [u, m] the retriever's candidates (-1 pads), best first.
+    """
+    u, m = ids.shape
+    valid = ids >= 0
+    safe = ids.clip(min=0)
+    flat_items = safe.ravel()
+    flat_times = np.repeat(times.astype(np.int64), m)
+    recent_from = flat_times - ctx.recent_days * DAY
+    total = ctx.events.count_before(flat_items, flat_times).astype(np.float64)
+    recent = total - ctx.events.count_before(flat_items, recent_from)
+    first, last = ctx.events.first_last_before(flat_items, flat_times)
+    vectors = ctx.items.vectors
+    out = np.full((u, m, len(FEATURES)), np.nan, dtype=np.float32)
+    out[..., 0] = scores
+    out[..., 1] = np.arange(m)[None, :]
+    out[..., 2] = ctx.items.bias[safe]
+    out[..., 3] = np.log1p(total).reshape(u, m)
+    out[..., 4] = np.log1p(recent).reshape(u, m)
+    out[..., 5] = (recent / np.maximum(total, 1)).reshape(u, m)
+    out[..., 6] = ((flat_times - first) / DAY).reshape(u, m)
+    out[..., 7] = ((flat_times - last) / DAY).reshape(u, m)
+    for row, history in enumerate(histories):
+        history = np.asarray(history, dtype=np.int64)
+        out[row, :, 8] = np.log1p(len(history))
+        if not len(history):
+            continue
+        cand = vectors[safe[row]]
+        hist = vectors[history]
+        sims = cand @ hist.T  # [m, h]
+        out[row, :, 9] = (ctx.categories[history][None, :] == ctx.categories[safe[row]][:, None]).mean(1)
+        out[row, :, 9][ctx.categories[safe[row]] < 0] = 0.0
+        out[row, :, 10] = cand @ _unit(hist[-RECENT_ITEMS:].mean(0))
+        out[row, :, 11] = cand @ _unit(hist.mean(0))
+        out[row, :, 12] = sims.max(1)
+    out[~valid] = np.nan
+    return out
+
+
+def _unit(v: np.ndarray) -> np.ndarray:
+    return v / max(float(np.linalg.norm(v)), 1e-12)
+
+
+@dataclass
+class Ranker:
+    booster: object  # lightgbm.Booster
+    candidates: int
+    recent_days: int
+    use: bool  # it beat the retrieval order on its check users
+    check: dict  # retrieval_ndcg, ranker_ndcg, users (its check on held-aside users)
+
+    def score(self, features: np.ndarray) -> np.ndarray:
+        """Ranker scores [u, m] of features [u, m, f]; -inf where the candidate is padding."""
+        u, m, f = features.shape
+        flat = features.reshape(-1, f)
+        out = np.full(len(flat), -np.inf, dtype=np.float32)
+        valid = ~np.isnan(flat[:, 0])
+        if valid.any():
+            out[valid] = self.booster.predict(flat[valid])
+        return out.reshape(u, m)
+
+    def rerank(self, ctx: RankingContext, histories, times, scores, ids) -> tuple[np.ndarray, np.ndarray]:
+        """The candidates re-ordered by the ranker (its scores replace the retrieval's)."""
+        ranked = self.score(candidate_features(ctx, histories, times, ids, scores))
+        order = np.argsort(-ranked, axis=1, kind="stable")
+        new_ids = np.take_along_axis(np.where(ids >= 0, ids, -1), order, axis=1)
+        return np.take_along_axis(ranked, order, axis=1), new_ids
+
+    def save(self, folder: str | Path) -> Path:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.booster.save_model(str(folder / MODEL_FILE))
+        meta = {"features": list(FEATURES), **{k: v for k, v in asdict(self).items() if k != "booster"}}
+        (folder / META_FILE).write_text(json.dumps(meta, indent=2))
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "Ranker":
+        import lightgbm
+
+        folder = Path(folder)
+        meta = json.loads((folder / META_FILE).read_text())
+        if tuple(meta.pop("features")) != FEATURES:
+            raise ValueError(f"{folder}: the ranker was trained on other features")
+        return cls(lightgbm.Booster(model_file=str(folder / MODEL_FILE)), **meta)
+
+
+@dataclass(frozen=True)
+class ServedRanking:
+    """The ranker as the recommend stage applies it: every user's features as of one time."""
+
+    ranker: Ranker
+    context: RankingContext
+    time: int  # epoch seconds: the end of ds
+
+    def rerank_users(self, retriever, histories, seen, n: int, rules, popularity) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``n`` (scores, ids) of users with a history: the retriever's candidates re-ordered
+        by the ranker, then the business rules (topped up with popular items where they drop)."""
+        from recsys_lib.recommend import finish_lists, top_up
+
+        scores, ids = retrieve(retriever, histories, seen, max(n, self.ranker.candidates))
+        scores, ids = self.ranker.rerank(self.context, histories, np.full(len(histories), self.time), scores, ids)
+        scores, ids = finish_lists(scores, ids, [np.empty(0, np.int64)] * len(ids), n, rules)
+        if rules is not None and rules.drops_candidates:
+            scores, ids = top_up(scores, ids, popularity, seen, rules)
+        return scores, ids
+
+
+def ndcg_of_lists(ids: np.ndarray, target: np.ndarray, k: int) -> float:
+    """Mean NDCG@k of one relevant item per user in ranked lists [u, m]."""
+    hit = ids[:, :k] == target[:, None]
+    return float((hit / np.log2(np.arange(2, hit.shape[1] + 2))).sum(1).mean()) if len(ids) else 0.0
+
+
+def train_ranker(
+    ctx: RankingContext,
+    histories: list[np.ndarray],
+    times: np.ndarray,
+    target: np.ndarray,
+    scores: np.ndarray,
+    ids: np.ndarray,
+    cfg: RankSettings,
+    k: int,
+    seed: int,
+) -> Ranker | None:
+    """LambdaRank on the retriever's candidates of held-out events, checked on a quarter of the
+    users against the retrieval order; None when too few users have their event among their
+    candidates (``rank.min_users``).
+
+    Args:
+        histories, times, target: per user, the history before the held-out event, its time and
+            its item (catalogue indices).
+        scores, ids: [u, m] the retriever's candidates for those histories.
+    """
+    import lightgbm
+
+    hit = (ids == target[:, None]).any(1)
+    if hit.sum() < cfg.min_users:
+        log.info("ranker: %d users have their event among the candidates (< rank.min_users): none", hit.sum())
+        return None
+    rows = np.flatnonzero(hit)
+    features = candidate_features(ctx, [histories[r] for r in rows], times[rows], ids[rows], scores[rows])
+    labels = (ids[rows] == target[rows, None]).astype(np.float32)
+    check = np.random.default_rng(seed).random(len(rows)) < 0.25
+    params = {
+        "objective": "lambdarank", "metric": "ndcg", "eval_at": [k], "learning_rate": cfg.learning_rate,
+        "num_leaves": cfg.num_leaves, "min_data_in_leaf": 20, "seed": seed, "deterministic": True,
+        "num_threads": 2, "verbosity": -1,
+    }  # fmt: skip
+
+    def fit(mask):
+        valid = ids[rows][mask] >= 0
+        data = lightgbm.Dataset(features[mask][valid], labels[mask][valid], group=valid.sum(1))
+        return lightgbm.train(params, data, num_boost_round=cfg.rounds)
+
+    ranker = Ranker(fit(~check), cfg.candidates, cfg.recent_days, False, {})
+    _, reranked = ranker.rerank(ctx, [histories[r] for r in rows[check]], times[rows[check]],
+                                scores[rows[check]], ids[rows[check]])  # fmt: skip
+    before = ndcg_of_lists(ids[rows[check]], target[rows[check]], k)
+    after = ndcg_of_lists(reranked, target[rows[check]], k)
+    ranker.check = {"retrieval_ndcg": before, "ranker_ndcg": after, "users": int(check.sum())}
+    ranker.use = after > before
+    ranker.booster = fit(np.ones(len(rows), dtype=bool))  # the same recipe on every user
+    log.info("ranker: NDCG@%d %.4f -> %.4f on %d check users: %s", k, before, after, check.sum(),
+             "used" if ranker.use else "not used")  # fmt: skip
+    return ranker
+
+
+def retrieve(retriever, histories: list[np.ndarray], exclude: list[np.ndarray], m: int):
+    """(scores, ids) [u, m]: each user's best ``m`` retrieved items, ``exclude`` left out (users
+    without a history get padding)."""
+    from recsys_lib.recommend import top_n
+
+    queries, fallback = retriever.user_queries(histories)
+    scores = np.full((len(histories), m), -np.inf, dtype=np.float32)
+    ids = np.full((len(histories), m), -1, dtype=np.int64)
+    rows = np.flatnonzero(~fallback)
+    for start in range(0, len(rows), retriever.batch_size):
+        batch = rows[start : start + retriever.batch_size]
+        s, i = top_n(retriever.search, queries[batch], [exclude[r] for r in batch], m, len(retriever.items))
+        scores[batch], ids[batch] = s, i
+    return scores, ids
+
+
+def fit_ranker(
+    retriever, categories: np.ndarray, events: pd.DataFrame, validation, cfg: RankSettings, k: int, seed: int
+) -> Ranker | None:
+    """Train the ranker on the evaluation model's candidates for the validation events.
+
+    Args:
+        retriever: the evaluation model over its item vectors.
+        categories: [n_items] first-category codes (``rules.first_categories``).
+        events: the training side without the validation events (item_id, timestamp): the
+            features' event log, cut at each validation event's time.
+        validation: a ``ValidationSet`` with times.
+    """
+    from recsys_lib.models.two_tower import PAD
+
+    histories = [row[row != PAD] for row in validation.history]
+    scores, ids = retrieve(retriever, histories, validation.exclude, cfg.candidates)
+    ctx = RankingContext(retriever.items, categories, EventLog.from_frame(events, retriever.items.ids), cfg.recent_days)
+    return train_ranker(ctx, histories, validation.time, validation.target, scores, ids, cfg, k, seed)

@@ -1,0 +1,140 @@
+"""The second stage: features as of a cut-off (no later event leaks in), LambdaRank that learns a
+signal the retriever misses and is used only when it wins, and rules after it."""
+
+import dataclasses
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from recsys_lib.embedding import ItemVectors
+from recsys_lib.ranker import (
+    FEATURES,
+    EventLog,
+    Ranker,
+    RankingContext,
+    ServedRanking,
+    candidate_features,
+    ndcg_of_lists,
+    train_ranker,
+)
+from recsys_lib.rules import BusinessRules
+from recsys_lib.settings import RankSettings
+
+DAY = 86_400
+ITEMS = pd.Index(["a", "b", "c"], dtype=object)
+CFG = RankSettings(enabled=True, candidates=3, recent_days=30, rounds=50, learning_rate=0.1, num_leaves=7,
+                   min_users=20)  # fmt: skip
+
+
+def log_of(rows):
+    return EventLog.from_frame(pd.DataFrame(rows, columns=["item_id", "timestamp"]), ITEMS)
+
+
+def test_the_event_log_counts_only_earlier_events():
+    events = log_of([("a", 10 * DAY), ("a", 50 * DAY), ("b", 20 * DAY), ("zz", DAY)])  # zz: not in the catalogue
+    items, times = np.array([0, 0, 1, 2]), np.array([50 * DAY, 51 * DAY, 20 * DAY, 99 * DAY])
+    assert events.count_before(items, times).tolist() == [1, 2, 0, 0]  # strictly before: the event at 50 is not
+    first, last = events.first_last_before(items, times)
+    assert first[:2].tolist() == [10 * DAY, 10 * DAY] and last[:2].tolist() == [10 * DAY, 50 * DAY]
+    assert np.isnan(first[2:]).all()
+
+
+def context(rows):
+    vectors = np.array([[1, 0], [0, 1], [0.6, 0.8]], np.float32)
+    items = ItemVectors(ITEMS, vectors, np.array([0.5, -0.5, 0.0], np.float32))
+    return RankingContext(items, np.array([0, 1, -1]), log_of(rows), recent_days=30)
+
+
+def test_features_by_hand_and_nothing_after_the_cut_off_changes_them():
+    rows = [("a", 10 * DAY), ("a", 45 * DAY), ("b", 44 * DAY)]
+    ids, scores = np.array([[1, 0, -1]]), np.array([[2.0, 1.0, -np.inf]], np.float32)
+    at = np.array([50 * DAY])
+    f = candidate_features(context(rows), [np.array([0, 0])], at, ids, scores)
+    named = dict(zip(FEATURES, f[0, 1]))  # candidate a, second in the retrieval order
+    assert named["retrieval_score"] == 1.0 and named["retrieval_rank"] == 1 and named["item_bias"] == 0.5
+    assert named["log_popularity"] == pytest.approx(np.log1p(2)) and named["log_recent"] == pytest.approx(np.log1p(1))
+    assert named["recent_share"] == 0.5 and named["item_age_days"] == 40 and named["days_since_last"] == 5
+    assert named["category_affinity"] == 1.0 and named["sim_recent"] == pytest.approx(1.0)  # the history is a, a
+    assert dict(zip(FEATURES, f[0, 0]))["category_affinity"] == 0.0  # b is in another category
+    assert np.isnan(f[0, 2]).all()  # padding
+    later = rows + [("a", 50 * DAY), ("b", 60 * DAY), ("c", 70 * DAY)]  # at or after the cut-off
+    np.testing.assert_array_equal(candidate_features(context(later), [np.array([0, 0])], at, ids, scores), f)
+
+
+def problem(n_users=200, seed=0):
+    """Users whose held-out item is the one of their three candidates that was popular lately,
+    while the retrieval order is random: a signal only the ranker's features carry."""
+    rng = np.random.default_rng(seed)
+    n_items = 30
+    vectors = rng.normal(size=(n_items, 4)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    item_ids = pd.Index([f"i{n}" for n in range(n_items)], dtype=object)
+    times = np.full(n_users, 400 * DAY)
+    # Items 0-14 trend lately, 15-29 do not; each user's candidates hold one of each kind and
+    # another dull one, in random order, and the user takes the trending one.
+    target = rng.integers(0, 15, n_users)
+    ids = np.stack([rng.permutation([t, *rng.choice(np.arange(15, 30), 2, replace=False)]) for t in target])
+    events = [(item_ids[i], 390 * DAY - k) for i in range(15) for k in range(5)]  # lately
+    events += [(item_ids[i], 100 * DAY + k) for i in range(n_items) for k in range(5)]  # everyone, long ago
+    ctx = RankingContext(
+        ItemVectors(item_ids, vectors, np.zeros(n_items, np.float32)),
+        np.full(n_items, -1),
+        EventLog.from_frame(pd.DataFrame(events, columns=["item_id", "timestamp"]), item_ids),
+        30,
+    )
+    scores = np.sort(rng.random((n_users, 3)).astype(np.float32), axis=1)[:, ::-1].copy()
+    histories = [rng.choice(n_items, 4) for _ in range(n_users)]
+    return ctx, histories, times, target, scores, ids
+
+
+def test_the_ranker_learns_what_the_retriever_misses_and_is_used_when_it_wins():
+    ctx, histories, times, target, scores, ids = problem()
+    ranker = train_ranker(ctx, histories, times, target, scores, ids, CFG, k=1, seed=0)
+    assert ranker.use and ranker.check["ranker_ndcg"] > ranker.check["retrieval_ndcg"] + 0.3
+    _, reranked = ranker.rerank(ctx, histories, times, scores, ids)
+    assert ndcg_of_lists(reranked, target, 1) > 0.9 > ndcg_of_lists(ids, target, 1)
+
+
+def test_too_few_users_teach_no_ranker(tmp_path):
+    ctx, histories, times, target, scores, ids = problem(n_users=10)
+    assert train_ranker(ctx, histories, times, target, scores, ids, CFG, k=1, seed=0) is None
+
+
+def test_a_saved_ranker_scores_the_same(tmp_path):
+    ctx, histories, times, target, scores, ids = problem()
+    ranker = train_ranker(ctx, histories, times, target, scores, ids, CFG, k=1, seed=0)
+    again = Ranker.load(ranker.save(tmp_path / "ranker"))
+    features = candidate_features(ctx, histories[:5], times[:5], ids[:5], scores[:5])
+    np.testing.assert_array_equal(again.score(features), ranker.score(features))
+    assert (again.use, again.check, again.candidates) == (ranker.use, ranker.check, 3)
+
+
+class FixedRetriever:
+    """Three candidates per user in a fixed order (the ServedRanking's first stage)."""
+
+    def __init__(self, items, order):
+        self.items, self.order, self.batch_size = items, order, 16
+
+    def user_queries(self, histories):
+        return np.zeros((len(histories), 1), np.float32), np.zeros(len(histories), bool)
+
+    def search(self, queries, k):
+        return np.tile([3.0, 2.0, 1.0], (len(queries), 1))[:, :k], np.tile(self.order, (len(queries), 1))[:, :k]
+
+
+def test_business_rules_apply_after_the_ranker():
+    ctx, histories, times, target, scores, ids = problem()
+    ranker = train_ranker(ctx, histories, times, target, scores, ids, CFG, k=1, seed=0)
+    user = 0
+    favourite = target[user]  # what the ranker puts first for this user
+    others = [i for i in ids[user] if i != favourite]
+    retriever = FixedRetriever(ctx.items, np.array(others + [favourite]))
+    served = ServedRanking(dataclasses.replace(ranker, candidates=3), ctx, int(times[user]))
+    n_items = len(ctx.items)
+    none = BusinessRules.none(n_items)
+    _, top = served.rerank_users(retriever, [histories[user]], [np.empty(0, np.int64)], 2, none, np.ones(n_items))
+    assert top[0, 0] == favourite  # re-ranked from last to first
+    blocked = dataclasses.replace(none, blocked=np.isin(np.arange(n_items), [favourite]))
+    _, top = served.rerank_users(retriever, [histories[user]], [np.empty(0, np.int64)], 2, blocked, np.ones(n_items))
+    assert favourite not in top[0] and (top[0] >= 0).all()  # blocked after ranking, the list still full
