@@ -9,7 +9,8 @@ validate    ingest validation rules (Spark)                        features  fea
 models/     the two-tower model (two_tower), its encoder, examples, train task and training loop
 embedding   bulk item embedding with reuse; ItemVectors           index     FAISS
 retrieval   the model's vectors as index rows and queries; the Retriever over an index
-recommend   top-N and item-to-item tables: ranking, fallback, reasons (numpy)
+ranker      the second stage: candidate features as of a cut-off, LightGBM LambdaRank
+recommend   top-N, item-to-item and vector tables: ranking, fallback, reasons (numpy)
 rules       business rules on candidate lists                      baselines popularity, item-kNN, ALS, TF-IDF
 evaluation/ metrics (numpy reference), protocols, the typed EvaluationReport
 checks      the staged tables' contract checks                     gate      the quality gate
