@@ -40,7 +40,7 @@ def run(settings: Settings, ds: str, model_version: str | None = None) -> dict[s
     retriever = Retriever(model, items, storage.read_index(ds, mv.version), cfg.user_batch_size)
     histories = storage.read_features(FeatureTable.USER_HISTORIES, ds).sort_values(USER_COL, kind="stable")
     popularity = rec.popularity_vector(items.ids, storage.read_features(FeatureTable.ITEM_STATS, ds))
-    rules = read_rules(settings.rules, storage, ds, items.ids)
+    rules = read_rules(settings.rules, storage, ds, items.ids, items.vectors)
     by_segment = None
     if settings.rules.fallback_by_segment:
         segments = storage.read_features(FeatureTable.SEGMENT_POPULARITY, ds)

@@ -21,7 +21,7 @@ import pyarrow as pa
 
 from recsys_lib.embedding import ItemVectors, vector_column
 from recsys_lib.retrieval import retrieval_users
-from recsys_lib.rules import BusinessRules
+from recsys_lib.rules import BusinessRules, diversify
 from recsys_lib.schema import (
     DS_COL,
     HISTORY_COL,
@@ -107,7 +107,11 @@ def finish_lists(scores, ids, seen, n, rules):
         return exclude_and_truncate(scores, ids, seen, n)
     scores, ids = exclude_and_truncate(scores, ids, seen, ids.shape[1])
     scores, ids = rules.apply(scores, ids)
-    return exclude_and_truncate(scores, ids, [np.empty(0, np.int64)] * len(ids), n)
+    nothing = [np.empty(0, np.int64)] * len(ids)
+    if rules.diversifies:  # MMR among the best depth(n) that the rules kept
+        scores, ids = diversify(*exclude_and_truncate(scores, ids, nothing, rules.depth(n)), rules.vectors,
+                                rules.diversity)  # fmt: skip
+    return exclude_and_truncate(scores, ids, nothing, n)
 
 
 def popularity_vector(item_index: pd.Index, stats: pd.DataFrame) -> np.ndarray:

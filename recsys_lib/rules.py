@@ -6,6 +6,7 @@ From the ``[rules]`` settings:
   minimum score      model candidates below it are dropped (the list is topped up by popularity;
                      the score rules leave popularity-ranked rows alone: ``on_popularity``)
   category cap       at most N items of one category (an item's first category) per list
+  diversity          maximal marginal relevance over the item vectors (``diversify``)
 Candidates arrive as [q, k] (scores, catalogue indices) best first, -1 padded; rules keep that
 shape so the caller's seen-item exclusion and truncation stay one code path.
 Tests: tests/unit/recsys_lib/test_rules.py.
@@ -13,7 +14,7 @@ Tests: tests/unit/recsys_lib/test_rules.py.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
@@ -32,7 +33,9 @@ class BusinessRules:
     new_item_boost: float = 0.0
     min_score: float | None = None
     max_per_category: int = 0  # 0 = no cap
-    candidate_factor: int = 3  # candidates fetched per slot when a rule may drop some
+    diversity: float = 0.0  # MMR weight of novelty in [0, 1): 0 = the scores' order
+    vectors: np.ndarray | None = field(default=None, repr=False)  # [n_items, d] unit vectors, for MMR
+    candidate_factor: int = 3  # candidates fetched per slot when a rule may drop or reorder some
 
     @classmethod
     def none(cls, n_items: int) -> "BusinessRules":
@@ -49,9 +52,13 @@ class BusinessRules:
     def drops_candidates(self) -> bool:
         return bool(self.blocked.any()) or self.min_score is not None or self.max_per_category > 0
 
+    @property
+    def diversifies(self) -> bool:
+        return self.diversity > 0 and self.vectors is not None
+
     def depth(self, n: int) -> int:
         """How many candidates to fetch for ``n`` slots."""
-        return n * self.candidate_factor if self.drops_candidates else n
+        return n * self.candidate_factor if self.drops_candidates or self.diversifies else n
 
     def apply(self, scores: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Blocked out, new items boosted and re-sorted, low scores out, categories capped."""
@@ -71,6 +78,39 @@ class BusinessRules:
         return np.where(keep, scores, -np.inf).astype(np.float32), np.where(keep, ids, -1)
 
 
+def diversify(scores: np.ndarray, ids: np.ndarray, vectors: np.ndarray, diversity: float):
+    """Maximal marginal relevance (Carbonell & Goldstein, 1998): each row's candidates re-ordered
+    greedily by (1 - diversity) * relevance - diversity * (highest cosine to an item placed
+    before it); relevance is the row's scores scaled to [0, 1]. Scores are kept, -1 pads last.
+
+    Args:
+        scores, ids: [q, k] candidates best first, -1 padded; vectors: [n_items, d] unit vectors.
+    """
+    q, k = ids.shape
+    valid = ids >= 0
+    finite = np.where(valid, scores, np.nan)
+    low, high = np.nanmin(finite, axis=1, initial=np.inf), np.nanmax(finite, axis=1, initial=-np.inf)
+    span = np.where(high > low, high - low, 1.0)
+    relevance = np.where(valid, (scores - low[:, None]) / span[:, None], 0.0)
+    v = vectors[ids.clip(min=0)] * valid[..., None]
+    similarity = np.einsum("qkd,qjd->qkj", v, v)
+    rows = np.arange(q)
+    taken = ~valid
+    closest = np.zeros((q, k))
+    order = np.full((q, k), -1)
+    for step in range(k):
+        objective = np.where(taken, -np.inf, (1 - diversity) * relevance - diversity * closest)
+        pick = objective.argmax(axis=1)
+        live = np.isfinite(objective[rows, pick])
+        order[live, step] = pick[live]
+        taken[rows[live], pick[live]] = True
+        closest[live] = np.maximum(closest[live], similarity[rows[live], pick[live]])
+    filled = order >= 0
+    safe = order.clip(min=0)
+    new_ids = np.where(filled, np.take_along_axis(ids, safe, 1), -1)
+    return np.where(filled, np.take_along_axis(scores, safe, 1), -np.inf).astype(np.float32), new_ids
+
+
 def _within_cap(category: np.ndarray, keep: np.ndarray, cap: int) -> np.ndarray:
     """True where a kept candidate is among the first ``cap`` kept ones of its category in its row."""
     q, k = category.shape
@@ -87,7 +127,12 @@ def _within_cap(category: np.ndarray, keep: np.ndarray, cap: int) -> np.ndarray:
 
 
 def build_rules(
-    cfg: RulesSettings, item_index: pd.Index, item_stats: pd.DataFrame, documents: pd.DataFrame, read_text
+    cfg: RulesSettings,
+    item_index: pd.Index,
+    item_stats: pd.DataFrame,
+    documents: pd.DataFrame,
+    read_text,
+    vectors: np.ndarray | None = None,
 ) -> BusinessRules:
     """The ``[rules]`` settings resolved against a catalogue.
 
@@ -96,6 +141,7 @@ def build_rules(
         item_stats: item_id of items with interactions up to ds.
         documents: item_id, categories (list of strings).
         read_text: reads a URI or path to text (for ``rules.blocked_items_file``).
+        vectors: [n_items, d] the model's unit item vectors (for ``rules.diversity``).
     """
     n = len(item_index)
     blocked_ids = set(cfg.blocked_items)
@@ -111,6 +157,8 @@ def build_rules(
         new_item_boost=cfg.new_item_boost,
         min_score=cfg.min_score,
         max_per_category=cfg.max_per_category,
+        diversity=cfg.diversity,
+        vectors=vectors,
     )
 
 
@@ -126,7 +174,7 @@ def first_categories(documents: pd.DataFrame, item_index: pd.Index) -> np.ndarra
     return np.where(codes >= 0, codes, NO_CATEGORY).astype(np.int64)
 
 
-def read_rules(cfg: RulesSettings, storage, ds: str, item_index: pd.Index) -> BusinessRules:
+def read_rules(cfg: RulesSettings, storage, ds: str, item_index: pd.Index, vectors=None) -> BusinessRules:
     """``build_rules`` for the catalogue of ds, reading what it needs from ``storage``."""
     from recsys_lib.storage import FeatureTable
 
@@ -136,4 +184,5 @@ def read_rules(cfg: RulesSettings, storage, ds: str, item_index: pd.Index) -> Bu
         storage.read_features(FeatureTable.ITEM_STATS, ds, columns=[ITEM_COL]),
         storage.read_features(FeatureTable.ITEM_DOCUMENTS, ds, columns=[ITEM_COL, CATEGORIES_COL]),
         storage.read_text,
+        vectors,
     )

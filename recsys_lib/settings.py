@@ -195,6 +195,7 @@ class RulesSettings:
     new_item_boost: float
     min_score: float | None
     max_per_category: int
+    diversity: float
     fallback_by_segment: bool
     min_segment_users: int
 

@@ -103,3 +103,26 @@ def test_a_minimum_score_above_popularity_scores_still_leaves_every_user_a_list(
     assert ids[0].tolist() == [5, 0, 4] and scores[0, 0] == pytest.approx(100.0)
     # The new user: the popularity fallback, scored in [0, 1] and not held to the minimum score.
     assert ids[1].tolist() == [5, 4, 3] and scores[1].tolist() == pytest.approx([1.0, 5 / 6, 4 / 6])
+
+
+def test_diversity_reorders_by_maximal_marginal_relevance():
+    from recsys_lib.rules import diversify
+
+    # Items 0 and 1 are near-duplicates; 2 is different but scores a little lower.
+    vectors = np.array([[1.0, 0.0], [0.995, 0.0998], [0.0, 1.0]], dtype=np.float32)
+    scores, ids = np.array([[3.0, 2.9, 2.5, -np.inf]], np.float32), np.array([[0, 1, 2, -1]])
+    assert diversify(scores, ids, vectors, 0.0)[1].tolist() == [[0, 1, 2, -1]]  # relevance only
+    s, i = diversify(scores, ids, vectors, 0.5)
+    assert i.tolist() == [[0, 2, 1, -1]] and s[0].tolist()[:3] == pytest.approx([3.0, 2.5, 2.9])
+
+
+def test_rank_users_diversifies_after_the_other_rules():
+    vectors = np.eye(N_ITEMS, dtype=np.float32)
+    vectors[1] = vectors[0]  # 1 duplicates 0
+    user = vectors[[0]] + 0.5 * vectors[[2]]  # prefers 0 = 1 > 2
+    varied = rules(diversity=0.6, vectors=vectors)
+    _, ids = rec.rank_users(
+        lambda q, k: exact_search(vectors, q, k), user, [np.array([], np.int64)], np.ones(N_ITEMS), 2, 10,
+        np.array([False]), varied,
+    )  # fmt: skip
+    assert ids[0].tolist() in ([0, 2], [1, 2])  # not both duplicates
