@@ -195,3 +195,28 @@ def test_item_similar_through_the_retriever(retriever):
     assert rows[rows.item_id == "a"]["similar_item_id"].tolist() == ["c", "b"]  # cosine 0.707, then 0 (e blocked)
     assert rows[rows.item_id == "c"]["similar_item_id"].tolist()[0] in ("a", "b")
     assert (rows["item_id"] != rows["similar_item_id"]).all() and "e" not in set(rows["similar_item_id"])
+
+
+class LastFirst:
+    """A hand-written ranking function in the booster's place: it puts the retrieval order upside
+    down (feature 1 is the retrieval rank)."""
+
+    def predict(self, features):
+        return features[:, 1]
+
+
+def test_user_topn_with_a_ranker_reorders_users_with_history_only(retriever):
+    from recsys_lib.ranker import EventLog, Ranker, RankingContext, ServedRanking
+
+    histories = pd.DataFrame(
+        {"user_id": ["u1", "u2"], "history": [["a", "b"], []], "seen": [["a", "b", "c"], []], "segment": [None, None]}
+    )
+    no_events = EventLog.from_frame(pd.DataFrame({"item_id": [], "timestamp": []}), retriever.items.ids)
+    context = RankingContext(retriever.items, np.full(5, -1), no_events, 30)
+    ranking = ServedRanking(Ranker(LastFirst(), 5, 30, True, {}), context, 10**9)
+    popularity = np.array([5.0, 4.0, 3.0, 2.0, 1.0])
+    rows = rec.user_topn(retriever, histories, popularity, 2, "m/7", "2026-01-01", ranking=ranking).table.to_pandas()
+    # u1's unseen items by retrieval: e, then d; the ranker turns that around, and its score is published.
+    assert rows[rows.user_id == "u1"]["item_id"].tolist() == ["d", "e"]
+    assert rows[rows.user_id == "u1"]["score"].tolist() == [1.0, 0.0]
+    assert rows[rows.user_id == "u2"]["item_id"].tolist() == ["a", "b"]  # the popularity fallback as before
