@@ -81,7 +81,8 @@ def run(settings: Settings, ds: str) -> dict[str, Any]:
             "data.id_vocab": len(train.id_vocab), "data.all_examples": len(everything.examples),
         })  # fmt: skip
         models = train_nightly(model, docs, item_ids, train, everything, cfg, device, settings.evaluate.k,
-                               on_step=lambda step, m: tracker.log_metrics(run_id, m, step))  # fmt: skip
+                               on_step=lambda step, m: tracker.log_metrics(run_id, m, step),
+                               warm_started=warm_started)  # fmt: skip
         ranker = _fit_ranker(settings, models, item_ids, documents, fit_events, train.validation, device)
         tracker.log_metrics(run_id, models.report | _ranker_metrics(ranker))
         outputs = EncoderOutputs(pd.Index(documents[CONTENT_HASH_COL]), models.pooled.cpu().numpy()).unique()

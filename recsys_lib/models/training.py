@@ -182,6 +182,7 @@ def train_two_tower(
     *,
     ks: Sequence[int],
     pooled: torch.Tensor | None = None,
+    keep_initial: bool = False,
 ) -> dict[str, float]:
     """Fine-tune ``model`` in place; returns a summary of the run.
 
@@ -192,6 +193,8 @@ def train_two_tower(
         validation: held-out events for early stopping; None trains every step.
         ks: validation cut-offs; early stopping follows NDCG at the first.
         pooled: the transformer's outputs for ``documents``, when known (see TwoTowerTrainTask).
+        keep_initial: the starting state (a warm start) competes with every checkpoint of the
+            run: a night that cannot improve on its champion keeps it rather than degrade it.
     """
     if len(examples) < 2:
         raise ValueError(f"need at least 2 training examples, got {len(examples)}: too little interaction history")
@@ -211,13 +214,18 @@ def train_two_tower(
     task = TwoTowerTrainTask(model, documents, id_rows, examples.target, cfg, batch_size, device, pooled)
     sampler = BatchSampler(examples, task.warm_items, batch_size, cfg)
     stopper = EarlyStopping(f"val_ndcg_at_{ks[0]}", cfg.patience)
+    if keep_initial and validation is not None and len(validation):
+        # A warm start is a trained model already: training must beat it to replace it.
+        initial = validation_metrics(model, *task.item_vectors(), validation, ks)
+        stopper.update(initial, 0, model)
+        log.info("warm start: %s", " ".join(f"{k} {v:.4f}" for k, v in initial.items()))
     losses: list[float] = []
     stopped_early = False
     started = time.perf_counter()
     step = 0
     for step in range(steps):
         fine_tuning = fine_tunes and step >= frozen
-        if fine_tuning and step == frozen:
+        if fine_tuning and step == frozen and not keep_initial:
             # The frozen phase prepared the heads; the model is the fine-tuned one, so its
             # checkpoints compete among themselves (the frozen ones stay in the logged curve).
             stopper.reset()
@@ -259,7 +267,8 @@ def train_two_tower(
         "train_loss": float(np.mean(tail)),
         "first_loss": float(losses[0]),
         "steps": float(step + 1),
-        "best_step": float(stopper.best["step"] or step + 1),
+        "best_step": float(stopper.best["step"] if stopper.state is not None else step + 1),
+        "kept_warm_start": float(keep_initial and stopper.state is not None and stopper.best["step"] == 0),
         "stopped_early": float(stopped_early),
         "examples": float(len(examples)),
         "epochs": (step + 1) * batch_size / len(examples),
@@ -299,14 +308,16 @@ def train_nightly(
     device: torch.device,
     ks: Sequence[int],
     on_step: Callable[[int, dict[str, float]], None] | None = None,
+    warm_started: bool = False,
 ) -> NightlyModels:
     """Train the evaluation model on ``train`` (early stopping on its validation events), then
     continue a copy of it on ``everything`` with ID tables over every item that has interactions:
     evaluation never scores a model on its own training data, and what is served has learned
     from all of it (the same recipe, ``train.refit_steps`` more steps)."""
     report = train_two_tower(
-        model, documents, model.id_rows(item_ids), train.examples, cfg, device, train.validation, on_step, ks=ks
-    )
+        model, documents, model.id_rows(item_ids), train.examples, cfg, device, train.validation, on_step, ks=ks,
+        keep_initial=warm_started,
+    )  # fmt: skip
     pooled = embed_text(model, documents, max(256, cfg.batch_size), device, pooled=True)
     if cfg.refit_steps <= 0 or len(everything.examples) < 2:
         return NightlyModels(model, model, pooled, report)

@@ -110,3 +110,26 @@ def test_the_served_model_learns_from_everything_the_evaluation_model_never_saw(
         return (scores[15] - scores[8:15].mean()).item()  # the late item against the other blue ones
 
     assert red_user_score(models.served) > red_user_score(models.evaluation)
+
+
+@pytest.mark.slow
+def test_a_warm_start_that_training_cannot_beat_is_kept(tiny_encoder, settings):
+    texts = [f"item {i}" for i in range(6)]
+    rows = [(f"u{u}", str((u + t) % 6), t) for u in range(12) for t in range(5)]
+    interactions = pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp"])
+    items = pd.Index([str(i) for i in range(6)])
+    events = interactions.assign(is_validation=interactions["timestamp"] == 4)
+    train, validation = build_validation(events, items, 3)
+    examples = build_examples(train, items, 3)
+    model, tokenizer = TwoTowerModel.from_encoder(str(tiny_encoder), 3, 8, 0.1, id_vocab=items, seed=1)
+    docs = TokenizedDocuments.from_texts(tokenizer, texts, 8)
+    good = settings.train.__class__(**{**settings.train.__dict__, "frozen_steps": 30, "max_steps": 0, "batch_size": 8})
+    train_two_tower(model, docs, model.id_rows(items), examples, good, torch.device("cpu"), validation, ks=(3,))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    # A night whose training only makes things worse: a learning rate that scrambles the heads.
+    wild = settings.train.__class__(**{**good.__dict__, "frozen_steps": 12, "refresh_every": 6, "seed": 9,
+                                       "head_learning_rate": 5.0, "id_learning_rate": 5.0})  # fmt: skip
+    report = train_two_tower(model, docs, model.id_rows(items), examples, wild, torch.device("cpu"), validation,
+                             ks=(3,), keep_initial=True)  # fmt: skip
+    assert report["best_step"] == 0 and report["kept_warm_start"] == 1.0
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
