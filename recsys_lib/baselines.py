@@ -5,7 +5,7 @@ Every ranker scores users (rows of the training user-item matrix) against catalo
   ItemKNN       item-item cosine on the binary user-item matrix, top-k neighbours, shrinkage
   ALS           Spark MLlib ALS with implicit feedback (Hu, Koren, Volinsky 2008)
   TfidfContent  TF-IDF over item documents; a user is the mean of their history's rows
-  ImplicitALS, ImplicitBPR   the ``implicit`` library's ALS and BPR
+  Implicit      the ``implicit`` library's ALS and BPR
   Cornac        a ``cornac`` model (``cornac_bpr``, ``cornac_bivae``: the Microsoft Recommenders
                 benchmark's settings)
 ``tune`` picks hyper-parameters on the validation events (each user's last training event) and
@@ -152,53 +152,22 @@ class ALS:
         return self.user_factors[users] @ self.item_factors.T
 
 
-@dataclass
-class ImplicitALS:
-    """``implicit``'s ALS (Hu, Koren, Volinsky 2008): confidence 1 + alpha for observed pairs."""
+class Implicit:
+    """A matrix factorisation of the ``implicit`` library: ``"als"`` (Hu, Koren, Volinsky 2008;
+    confidence 1 + alpha for observed pairs) or ``"bpr"`` (Rendle et al. 2009, item bias included),
+    with that class's keyword parameters."""
 
-    factors: int = 64
-    regularization: float = 0.1
-    alpha: float = 20.0
-    iterations: int = 15
-    seed: int = 0
-    name: str = "implicit_als"
+    def __init__(self, kind: str, seed: int = 0, **params):
+        self.kind, self.seed, self.params = kind, seed, params
+        self.name = f"implicit_{kind}"
 
-    def fit(self, matrix: sp.csr_matrix) -> "ImplicitALS":
+    def fit(self, matrix: sp.csr_matrix) -> "Implicit":
         from implicit.cpu.als import AlternatingLeastSquares
-        from threadpoolctl import threadpool_limits
-
-        model = AlternatingLeastSquares(
-            factors=self.factors, regularization=self.regularization, alpha=self.alpha,
-            iterations=self.iterations, random_state=self.seed,
-        )  # fmt: skip
-        with threadpool_limits(1, "blas"):  # implicit parallelises itself; nested BLAS threads slow it down
-            model.fit(matrix.astype(np.float32), show_progress=False)
-        self.user_factors, self.item_factors = model.user_factors, model.item_factors
-        return self
-
-    def scores(self, users: np.ndarray) -> np.ndarray:
-        return self.user_factors[users] @ self.item_factors.T
-
-
-@dataclass
-class ImplicitBPR:
-    """``implicit``'s Bayesian personalised ranking (Rendle et al. 2009), item bias included."""
-
-    factors: int = 128
-    learning_rate: float = 0.01
-    regularization: float = 0.01
-    iterations: int = 100
-    seed: int = 0
-    name: str = "implicit_bpr"
-
-    def fit(self, matrix: sp.csr_matrix) -> "ImplicitBPR":
         from implicit.cpu.bpr import BayesianPersonalizedRanking
         from threadpoolctl import threadpool_limits
 
-        model = BayesianPersonalizedRanking(
-            factors=self.factors, learning_rate=self.learning_rate, regularization=self.regularization,
-            iterations=self.iterations, random_state=self.seed,
-        )  # fmt: skip
+        kind = {"als": AlternatingLeastSquares, "bpr": BayesianPersonalizedRanking}[self.kind]
+        model = kind(random_state=self.seed, **self.params)
         with threadpool_limits(1, "blas"):  # implicit parallelises itself; nested BLAS threads slow it down
             model.fit(matrix.astype(np.float32), show_progress=False)
         self.user_factors, self.item_factors = model.user_factors, model.item_factors

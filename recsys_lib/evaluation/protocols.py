@@ -171,7 +171,7 @@ class Baseline:
 
 
 IMPLICIT_ALS_GRID = {"factors": [32, 64, 128], "regularization": [0.01, 0.1, 1.0], "alpha": [5.0, 20.0, 40.0]}
-IMPLICIT_BPR_GRID = {"factors": [64, 128, 256], "learning_rate": [0.005, 0.01, 0.05]}
+IMPLICIT_BPR_GRID = {"factors": [64, 128, 256], "learning_rate": [0.005, 0.01, 0.05], "iterations": [100]}
 BASELINES = typing.get_args(BaselineName)
 
 
@@ -184,8 +184,8 @@ def baselines(names: Sequence[str], spark_session: Callable[[], object], seed: i
         "popularity": lambda: Baseline(bl.MostPopular),
         "item_knn": lambda: Baseline(bl.ItemKNN, KNN_GRID),
         "als": lambda: Baseline(partial(bl.ALS, spark_session(), seed=seed), ALS_GRID),
-        "implicit_als": lambda: Baseline(partial(bl.ImplicitALS, seed=seed), IMPLICIT_ALS_GRID),
-        "implicit_bpr": lambda: Baseline(partial(bl.ImplicitBPR, seed=seed), IMPLICIT_BPR_GRID),
+        "implicit_als": lambda: Baseline(partial(bl.Implicit, "als", seed=seed), IMPLICIT_ALS_GRID),
+        "implicit_bpr": lambda: Baseline(partial(bl.Implicit, "bpr", seed=seed), IMPLICIT_BPR_GRID),
         "cornac_bpr": lambda: Baseline(lambda: bl.cornac_bpr(seed)),
         "cornac_bivae": lambda: Baseline(lambda: bl.cornac_bivae(seed)),
     }

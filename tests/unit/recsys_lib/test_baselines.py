@@ -88,8 +88,8 @@ def test_als_on_spark_separates_the_two_groups(spark):
 @pytest.mark.parametrize(
     "make",
     [
-        lambda: bl.ImplicitALS(factors=4, regularization=0.01, alpha=10.0, iterations=10),
-        lambda: bl.ImplicitBPR(factors=4, learning_rate=0.05, iterations=200),
+        lambda: bl.Implicit("als", factors=4, regularization=0.01, alpha=10.0, iterations=10),
+        lambda: bl.Implicit("bpr", factors=4, learning_rate=0.05, iterations=200),
         lambda: bl.Cornac(lambda: __import__("cornac").models.BPR(k=4, max_iter=300, learning_rate=0.05, seed=1,
                                                                   verbose=False)),
         lambda: bl.Cornac(lambda: __import__("cornac").models.BiVAECF(k=4, encoder_structure=[8], n_epochs=300,
