@@ -73,7 +73,7 @@ def _served_ranking(settings: Settings, storage, tracker, mv, ds: str, items):
     and the ranker won its check; else None (retrieval order)."""
     import datetime as dt
 
-    from recsys_lib.ranker import EventLog, RankingContext, ServedRanking
+    from recsys_lib.ranker import EventLog, ServedRanking
     from recsys_lib.rules import first_categories
     from recsys_lib.schema import CATEGORIES_COL, ITEM_COL, TIMESTAMP_COL
     from recsys_lib.storage import FeatureTable
@@ -83,8 +83,7 @@ def _served_ranking(settings: Settings, storage, tracker, mv, ds: str, items):
         return None
     documents = storage.read_features(FeatureTable.ITEM_DOCUMENTS, ds, columns=[ITEM_COL, CATEGORIES_COL])
     events = storage.read_features(FeatureTable.INTERACTIONS_ALL, ds, columns=[ITEM_COL, TIMESTAMP_COL])
-    context = RankingContext(items, first_categories(documents, items.ids), EventLog.from_frame(events, items.ids),
-                             ranker.recent_days)  # fmt: skip
+    context = ranker.context(items, first_categories(documents, items.ids), EventLog.from_frame(events, items.ids))
     end = int((dt.datetime.fromisoformat(ds).replace(tzinfo=dt.timezone.utc) + dt.timedelta(days=1)).timestamp())
     return ServedRanking(ranker, context, end)
 

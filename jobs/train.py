@@ -60,7 +60,9 @@ def run(settings: Settings, ds: str) -> dict[str, Any]:
 
     item_ids = pd.Index(documents[ITEM_COL])
     history_length = settings.model.history_length
-    train = prepare_training_data(item_ids, interactions, history_length, cfg.max_validation_users, cfg.seed)
+    ranking_share = settings.rank.validation_share if settings.rank.enabled else 0.0
+    train = prepare_training_data(item_ids, interactions, history_length, cfg.max_validation_users, cfg.seed,
+                                  ranking_share)  # fmt: skip
     everything = prepare_serving_data(item_ids, all_interactions, history_length)
     n_interactions = len(interactions)
     fit_events = interactions.loc[~interactions[VALIDATION_COL].to_numpy(bool), [ITEM_COL, TIMESTAMP_COL]]
@@ -83,7 +85,7 @@ def run(settings: Settings, ds: str) -> dict[str, Any]:
         models = train_nightly(model, docs, item_ids, train, everything, cfg, device, settings.evaluate.k,
                                on_step=lambda step, m: tracker.log_metrics(run_id, m, step),
                                warm_started=warm_started)  # fmt: skip
-        ranker = _fit_ranker(settings, models, item_ids, documents, fit_events, train.validation, device)
+        ranker = _fit_ranker(settings, models, item_ids, documents, fit_events, train.ranking, device)
         tracker.log_metrics(run_id, models.report | _ranker_metrics(ranker))
         outputs = EncoderOutputs(pd.Index(documents[CONTENT_HASH_COL]), models.pooled.cpu().numpy()).unique()
         storage.add_encoder_outputs(models.served.encoder_fingerprint(), outputs.to_table())
@@ -113,7 +115,7 @@ def _fit_ranker(settings: Settings, models, item_ids, documents, fit_events, val
     from recsys_lib.retrieval import Retriever
     from recsys_lib.rules import first_categories
 
-    if not settings.rank.enabled or validation.time is None or not len(validation):
+    if not settings.rank.enabled or validation is None or validation.time is None or not len(validation):
         return None
     model = models.evaluation.cpu()
     vectors, bias = model.items_from_pooled(models.pooled.cpu(), torch.as_tensor(model.id_rows(item_ids)))

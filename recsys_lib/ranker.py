@@ -15,8 +15,8 @@ re-orders them with features the towers do not see well:
 Every feature is taken *as of a time per user* from an ``EventLog``: strictly earlier events
 only, so nothing after the moment being predicted leaks in. The ranker learns from the
 validation events (each user's last training event, which the evaluation model never trained
-on), as of each one's own time; it is checked on a quarter of those users against the retrieval
-order and used only when it wins there. Business rules apply after it.
+on), as of each one's own time; it is checked against the retrieval order by 4-fold
+cross-validation over those users and used only when it wins there. Business rules apply after it.
 Tests: tests/unit/recsys_lib/test_ranker.py.
 """
 
@@ -43,6 +43,7 @@ FEATURES = (
 DAY = 86_400
 RECENT_ITEMS = 5
 MODEL_FILE = "ranker.txt"
+FOLDS = 4  # the ranker's check: cross-validation over the users it learns from
 META_FILE = "ranker.json"
 
 
@@ -89,6 +90,7 @@ class RankingContext:
     categories: np.ndarray  # [n_items] first-category code, -1 where none
     events: EventLog
     recent_days: int
+    history_items: int = 20  # the latest this many history items count (as when the ranker learned)
 
 
 def candidate_features(
@@ -125,7 +127,7 @@ def candidate_features(
     out[..., 6] = ((flat_times - first) / DAY).reshape(u, m)
     out[..., 7] = ((flat_times - last) / DAY).reshape(u, m)
     for row, history in enumerate(histories):
-        history = np.asarray(history, dtype=np.int64)
+        history = np.asarray(history, dtype=np.int64)[-ctx.history_items :]
         out[row, :, 8] = np.log1p(len(history))
         if not len(history):
             continue
@@ -150,8 +152,14 @@ class Ranker:
     booster: object  # lightgbm.Booster
     candidates: int
     recent_days: int
-    use: bool  # it beat the retrieval order on its check users
+    use: bool  # it beat the retrieval order, cross-validated
     check: dict  # retrieval_ndcg, ranker_ndcg, users (its check on held-aside users)
+
+    history_items: int = 20  # the history length it learned from: every use cuts histories to it
+
+    def context(self, items: ItemVectors, categories: np.ndarray, events: EventLog) -> RankingContext:
+        """The features' inputs, cut as this ranker learned them."""
+        return RankingContext(items, categories, events, self.recent_days, self.history_items)
 
     def score(self, features: np.ndarray) -> np.ndarray:
         """Ranker scores [u, m] of features [u, m, f]; -inf where the candidate is padding."""
@@ -227,8 +235,8 @@ def train_ranker(
     k: int,
     seed: int,
 ) -> Ranker | None:
-    """LambdaRank on the retriever's candidates of held-out events, checked on a quarter of the
-    users against the retrieval order; None when too few users have their event among their
+    """LambdaRank on the retriever's candidates of held-out events, checked against the retrieval
+    order by cross-validation over the users; None when too few users have their event among their
     candidates (``rank.min_users``).
 
     Args:
@@ -245,7 +253,7 @@ def train_ranker(
     rows = np.flatnonzero(hit)
     features = candidate_features(ctx, [histories[r] for r in rows], times[rows], ids[rows], scores[rows])
     labels = (ids[rows] == target[rows, None]).astype(np.float32)
-    check = np.random.default_rng(seed).random(len(rows)) < 0.25
+    fold = np.random.default_rng(seed).integers(0, FOLDS, len(rows))
     params = {
         "objective": "lambdarank", "metric": "ndcg", "eval_at": [k], "learning_rate": cfg.learning_rate,
         "num_leaves": cfg.num_leaves, "min_data_in_leaf": 20, "seed": seed, "deterministic": True,
@@ -257,15 +265,19 @@ def train_ranker(
         data = lightgbm.Dataset(features[mask][valid], labels[mask][valid], group=valid.sum(1))
         return lightgbm.train(params, data, num_boost_round=cfg.rounds)
 
-    ranker = Ranker(fit(~check), cfg.candidates, cfg.recent_days, False, {})
-    _, reranked = ranker.rerank(ctx, [histories[r] for r in rows[check]], times[rows[check]],
-                                scores[rows[check]], ids[rows[check]])  # fmt: skip
-    before = ndcg_of_lists(ids[rows[check]], target[rows[check]], k)
-    after = ndcg_of_lists(reranked, target[rows[check]], k)
-    ranker.check = {"retrieval_ndcg": before, "ranker_ndcg": after, "users": int(check.sum())}
+    # Cross-validated: every user is re-ranked once by a ranker that did not learn from them.
+    reranked = np.empty_like(ids[rows])
+    for f in range(FOLDS):
+        held = fold == f
+        ranker = Ranker(fit(~held), cfg.candidates, cfg.recent_days, False, {}, ctx.history_items)
+        _, reranked[held] = ranker.rerank(ctx, [histories[r] for r in rows[held]], times[rows[held]],
+                                          scores[rows[held]], ids[rows[held]])  # fmt: skip
+    before = ndcg_of_lists(ids[rows], target[rows], k)
+    after = ndcg_of_lists(reranked, target[rows], k)
+    ranker.check = {"retrieval_ndcg": before, "ranker_ndcg": after, "users": len(rows)}
     ranker.use = after > before
     ranker.booster = fit(np.ones(len(rows), dtype=bool))  # the same recipe on every user
-    log.info("ranker: NDCG@%d %.4f -> %.4f on %d check users: %s", k, before, after, check.sum(),
+    log.info("ranker: NDCG@%d %.4f -> %.4f cross-validated on %d users: %s", k, before, after, len(rows),
              "used" if ranker.use else "not used")  # fmt: skip
     return ranker
 
@@ -302,5 +314,6 @@ def fit_ranker(
 
     histories = [row[row != PAD] for row in validation.history]
     scores, ids = retrieve(retriever, histories, validation.exclude, cfg.candidates)
-    ctx = RankingContext(retriever.items, categories, EventLog.from_frame(events, retriever.items.ids), cfg.recent_days)
+    events = EventLog.from_frame(events, retriever.items.ids)
+    ctx = RankingContext(retriever.items, categories, events, cfg.recent_days, validation.history.shape[1])
     return train_ranker(ctx, histories, validation.time, validation.target, scores, ids, cfg, k, seed)

@@ -162,6 +162,7 @@ class RankSettings:
     learning_rate: float
     num_leaves: int
     min_users: int
+    validation_share: float
 
 
 @dataclass(frozen=True)

@@ -35,14 +35,21 @@ class ValidationSet:
     def __len__(self) -> int:
         return len(self.target)
 
+    def subset(self, rows: np.ndarray) -> "ValidationSet":
+        time = None if self.time is None else self.time[rows]
+        return ValidationSet(self.history[rows], self.target[rows], [self.exclude[r] for r in rows], time)
+
+    def split(self, share: float, seed: int) -> tuple["ValidationSet", "ValidationSet"]:
+        """(the rest, a seeded ``share`` of the users)."""
+        taken = np.random.default_rng(seed).random(len(self)) < share
+        return self.subset(np.flatnonzero(~taken)), self.subset(np.flatnonzero(taken))
+
     def sample(self, n: int, seed: int) -> "ValidationSet":
         """At most ``n`` users, drawn with ``seed``: scoring every user against the whole
         catalogue at each refresh costs users x items, too much at millions of each."""
         if n <= 0 or len(self) <= n:
             return self
-        rows = np.sort(np.random.default_rng(seed).choice(len(self), size=n, replace=False))
-        time = None if self.time is None else self.time[rows]
-        return ValidationSet(self.history[rows], self.target[rows], [self.exclude[r] for r in rows], time)
+        return self.subset(np.sort(np.random.default_rng(seed).choice(len(self), size=n, replace=False)))
 
 
 @dataclass(frozen=True)
@@ -52,7 +59,8 @@ class TrainingData:
     item_ids: pd.Index  # the catalogue; position = catalogue index
     id_vocab: pd.Index  # warm items (positives in training): they get an ID embedding
     examples: TrainingExamples
-    validation: ValidationSet
+    validation: ValidationSet  # the events early stopping is scored on
+    ranking: ValidationSet | None = None  # other users' validation events: what the ranker learns from
 
 
 def _sequences(interactions: pd.DataFrame, item_ids: pd.Index) -> pd.DataFrame:
@@ -116,21 +124,32 @@ def build_validation(
 
 
 def prepare_training_data(
-    item_ids: pd.Index, interactions: pd.DataFrame, history_length: int, max_validation_users: int, seed: int
+    item_ids: pd.Index,
+    interactions: pd.DataFrame,
+    history_length: int,
+    max_validation_users: int,
+    seed: int,
+    ranking_share: float = 0.0,
 ) -> TrainingData:
-    """Examples, a validation sample and the ID vocabulary from the training interactions.
+    """Examples, the validation events and the ID vocabulary from the training interactions.
 
     Args:
         item_ids: the catalogue in row order.
         interactions: user_id, item_id, timestamp, is_validation (the features stage's
             ``interactions_train``).
-        max_validation_users: validation users kept (a sample drawn with ``seed``).
+        max_validation_users: validation users early stopping scores (a sample drawn with ``seed``).
+        ranking_share: the share of validation users set aside for the ranker. No event both
+            picks the model (early stopping) and teaches or judges the ranker: on events that
+            chose it, the retrieval order looks better than it is.
     """
     train, validation = build_validation(interactions, item_ids, history_length)
     # Warm items get an ID embedding; the rest (cold, new) are known by their text alone.
     id_vocab = pd.Index(sorted(set(train[ITEM_COL]) & set(item_ids)), dtype=object)
     examples = build_examples(train, item_ids, history_length)
-    return TrainingData(item_ids, id_vocab, examples, validation.sample(max_validation_users, seed))
+    ranking = None
+    if ranking_share > 0:
+        validation, ranking = validation.split(ranking_share, seed)
+    return TrainingData(item_ids, id_vocab, examples, validation.sample(max_validation_users, seed), ranking)
 
 
 def prepare_serving_data(item_ids: pd.Index, interactions: pd.DataFrame, history_length: int) -> TrainingData:

@@ -70,3 +70,12 @@ def test_examples_weigh_what_their_target_event_weighs():
     assert ex.target.tolist() == [1, 2] and ex.weight.tolist() == pytest.approx([3.0, 1.0])
     uniform = build_examples(interactions.assign(weight=1.0), pd.Index(["a", "b", "c"]), history_length=2)
     assert uniform.weight is None  # the plain mean: unweighted data trains exactly as before
+
+
+def test_the_rankers_validation_users_are_not_early_stoppings():
+    rows = [(f"u{u}", item, t, t == 2) for u in range(40) for t, item in enumerate(["a", "b", "c"])]
+    interactions = pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp", "is_validation"])
+    data = prepare_training_data(pd.Index(["a", "b", "c"]), interactions, 2, 1000, seed=0, ranking_share=0.5)
+    assert 10 < len(data.ranking) < 30 and len(data.validation) + len(data.ranking) == 40
+    assert data.ranking.time.tolist() == [2] * len(data.ranking)
+    assert prepare_training_data(pd.Index(["a", "b", "c"]), interactions, 2, 1000, seed=0).ranking is None
