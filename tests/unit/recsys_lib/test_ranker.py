@@ -24,7 +24,7 @@ from recsys_lib.settings import RankSettings
 DAY = 86_400
 ITEMS = pd.Index(["a", "b", "c"], dtype=object)
 CFG = RankSettings(enabled=True, candidates=3, recent_days=30, rounds=50, learning_rate=0.1, num_leaves=7,
-                   min_users=20)  # fmt: skip
+                   min_users=20, validation_share=0.5)  # fmt: skip
 
 
 def log_of(rows):
