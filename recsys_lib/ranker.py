@@ -44,6 +44,7 @@ DAY = 86_400
 RECENT_ITEMS = 5
 MODEL_FILE = "ranker.txt"
 FOLDS = 4  # the ranker's check: cross-validation over the users it learns from
+MIN_DATA = 20  # candidates per leaf: few labels, so no tiny leaves
 META_FILE = "ranker.json"
 
 
@@ -256,7 +257,7 @@ def train_ranker(
     fold = np.random.default_rng(seed).integers(0, FOLDS, len(rows))
     params = {
         "objective": "lambdarank", "metric": "ndcg", "eval_at": [k], "learning_rate": cfg.learning_rate,
-        "num_leaves": cfg.num_leaves, "min_data_in_leaf": 20, "seed": seed, "deterministic": True,
+        "num_leaves": cfg.num_leaves, "min_data_in_leaf": MIN_DATA, "seed": seed, "deterministic": True,
         "num_threads": 2, "verbosity": -1,
     }  # fmt: skip
 

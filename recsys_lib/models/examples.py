@@ -60,7 +60,7 @@ class TrainingData:
     id_vocab: pd.Index  # warm items (positives in training): they get an ID embedding
     examples: TrainingExamples
     validation: ValidationSet  # the events early stopping is scored on
-    ranking: ValidationSet | None = None  # other users' validation events: what the ranker learns from
+    ranking: ValidationSet | None = None  # what the ranker learns from: other users unless rank.validation_share is 0
 
 
 def _sequences(interactions: pd.DataFrame, item_ids: pd.Index) -> pd.DataFrame:
@@ -138,18 +138,21 @@ def prepare_training_data(
         interactions: user_id, item_id, timestamp, is_validation (the features stage's
             ``interactions_train``).
         max_validation_users: validation users early stopping scores (a sample drawn with ``seed``).
-        ranking_share: the share of validation users set aside for the ranker. No event both
-            picks the model (early stopping) and teaches or judges the ranker: on events that
-            chose it, the retrieval order looks better than it is.
+        ranking_share: the share of validation users set aside for the ranker, so that no event
+            both picks the model (early stopping) and teaches or judges the ranker (on events
+            that chose it, the retrieval order looks better than it is); 0: the ranker learns
+            from the early-stopping users' events (twice the data, a slightly flattered order).
     """
     train, validation = build_validation(interactions, item_ids, history_length)
     # Warm items get an ID embedding; the rest (cold, new) are known by their text alone.
     id_vocab = pd.Index(sorted(set(train[ITEM_COL]) & set(item_ids)), dtype=object)
     examples = build_examples(train, item_ids, history_length)
-    ranking = None
     if ranking_share > 0:
         validation, ranking = validation.split(ranking_share, seed)
-    return TrainingData(item_ids, id_vocab, examples, validation.sample(max_validation_users, seed), ranking)
+        validation, ranking = validation.sample(max_validation_users, seed), ranking.sample(max_validation_users, seed)
+    else:
+        validation = ranking = validation.sample(max_validation_users, seed)
+    return TrainingData(item_ids, id_vocab, examples, validation, ranking)
 
 
 def prepare_serving_data(item_ids: pd.Index, interactions: pd.DataFrame, history_length: int) -> TrainingData:

@@ -72,10 +72,13 @@ def test_examples_weigh_what_their_target_event_weighs():
     assert uniform.weight is None  # the plain mean: unweighted data trains exactly as before
 
 
-def test_the_rankers_validation_users_are_not_early_stoppings():
+def test_the_ranker_takes_a_share_of_the_validation_users_or_all_of_them():
     rows = [(f"u{u}", item, t, t == 2) for u in range(40) for t, item in enumerate(["a", "b", "c"])]
     interactions = pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp", "is_validation"])
     data = prepare_training_data(pd.Index(["a", "b", "c"]), interactions, 2, 1000, seed=0, ranking_share=0.5)
-    assert 10 < len(data.ranking) < 30 and len(data.validation) + len(data.ranking) == 40
+    assert 10 < len(data.ranking) < 30 and len(data.validation) + len(data.ranking) == 40  # disjoint
     assert data.ranking.time.tolist() == [2] * len(data.ranking)
-    assert prepare_training_data(pd.Index(["a", "b", "c"]), interactions, 2, 1000, seed=0).ranking is None
+    capped = prepare_training_data(pd.Index(["a", "b", "c"]), interactions, 2, 8, seed=0, ranking_share=0.5)
+    assert len(capped.validation) == len(capped.ranking) == 8  # both sampled: users x candidates costs
+    shared = prepare_training_data(pd.Index(["a", "b", "c"]), interactions, 2, 1000, seed=0)
+    assert shared.ranking is shared.validation and len(shared.ranking) == 40
