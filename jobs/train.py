@@ -65,7 +65,9 @@ def run(settings: Settings, ds: str) -> dict[str, Any]:
                                   ranking_share)  # fmt: skip
     everything = prepare_serving_data(item_ids, all_interactions, history_length)
     n_interactions = len(interactions)
-    fit_events = interactions.loc[~interactions[VALIDATION_COL].to_numpy(bool), [ITEM_COL, TIMESTAMP_COL]]
+    # The ranker's event log: the whole training side, validation events included (each feature
+    # counts strictly earlier events, so no event sees itself), as evaluate and recommend count.
+    ranker_events = interactions[[ITEM_COL, TIMESTAMP_COL]]
     del interactions, all_interactions  # the examples hold what training needs: gigabytes at scale
     champion = None if cfg.full_retrain else tracker.alias(CHAMPION)
     model, tokenizer, warm_started = initial_model(settings.model, cfg, train.id_vocab, _warm_start(tracker, champion))
@@ -85,7 +87,7 @@ def run(settings: Settings, ds: str) -> dict[str, Any]:
         models = train_nightly(model, docs, item_ids, train, everything, cfg, device, settings.evaluate.k,
                                on_step=lambda step, m: tracker.log_metrics(run_id, m, step),
                                warm_started=warm_started)  # fmt: skip
-        ranker = _fit_ranker(settings, models, item_ids, documents, fit_events, train.ranking, device)
+        ranker = _fit_ranker(settings, models, item_ids, documents, ranker_events, train.ranking, device)
         tracker.log_metrics(run_id, models.report | _ranker_metrics(ranker))
         outputs = EncoderOutputs(pd.Index(documents[CONTENT_HASH_COL]), models.pooled.cpu().numpy()).unique()
         storage.add_encoder_outputs(models.served.encoder_fingerprint(), outputs.to_table())
@@ -105,7 +107,7 @@ def run(settings: Settings, ds: str) -> dict[str, Any]:
             "reused": False, **models.report}  # fmt: skip
 
 
-def _fit_ranker(settings: Settings, models, item_ids, documents, fit_events, validation, device):
+def _fit_ranker(settings: Settings, models, item_ids, documents, events, validation, device):
     """The second stage, learned on the evaluation model's candidates for the validation events
     (recsys_lib/ranker.py); None when ranking is off or too few users can teach it."""
     import torch
@@ -121,7 +123,7 @@ def _fit_ranker(settings: Settings, models, item_ids, documents, fit_events, val
     vectors, bias = model.items_from_pooled(models.pooled.cpu(), torch.as_tensor(model.id_rows(item_ids)))
     items = ItemVectors(item_ids, vectors.numpy(), bias.numpy())
     retriever = Retriever.with_index(model, items, settings.index, settings.recommend.user_batch_size)
-    ranker = fit_ranker(retriever, first_categories(documents, item_ids), fit_events, validation, settings.rank,
+    ranker = fit_ranker(retriever, first_categories(documents, item_ids), events, validation, settings.rank,
                         settings.evaluate.primary_k, settings.train.seed)  # fmt: skip
     model.to(device)
     return ranker

@@ -307,8 +307,9 @@ def fit_ranker(
     Args:
         retriever: the evaluation model over its item vectors.
         categories: [n_items] first-category codes (``rules.first_categories``).
-        events: the training side without the validation events (item_id, timestamp): the
-            features' event log, cut at each validation event's time.
+        events: the whole training side (item_id, timestamp): the features' event log, cut
+            strictly before each validation event's time. Leaving other users' validation
+            events out would make recent popularity lower here than where the ranker is used.
         validation: a ``ValidationSet`` with times.
     """
     from recsys_lib.models.two_tower import PAD
