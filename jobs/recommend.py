@@ -71,11 +71,9 @@ def run(settings: Settings, ds: str, model_version: str | None = None) -> dict[s
 def _served_ranking(settings: Settings, storage, tracker, mv, ds: str, items):
     """The version's ranker with every user's features as of the end of ds, when ranking is on
     and the ranker won its check; else None (retrieval order)."""
-    import datetime as dt
-
     from recsys_lib.ranker import EventLog, ServedRanking
     from recsys_lib.rules import first_categories
-    from recsys_lib.schema import CATEGORIES_COL, ITEM_COL, TIMESTAMP_COL
+    from recsys_lib.schema import CATEGORIES_COL, ITEM_COL, TIMESTAMP_COL, day_end_seconds
     from recsys_lib.storage import FeatureTable
 
     ranker = tracker.load_ranker(mv) if settings.rank.enabled else None
@@ -84,8 +82,7 @@ def _served_ranking(settings: Settings, storage, tracker, mv, ds: str, items):
     documents = storage.read_features(FeatureTable.ITEM_DOCUMENTS, ds, columns=[ITEM_COL, CATEGORIES_COL])
     events = storage.read_features(FeatureTable.INTERACTIONS_ALL, ds, columns=[ITEM_COL, TIMESTAMP_COL])
     context = ranker.context(items, first_categories(documents, items.ids), EventLog.from_frame(events, items.ids))
-    end = int((dt.datetime.fromisoformat(ds).replace(tzinfo=dt.timezone.utc) + dt.timedelta(days=1)).timestamp())
-    return ServedRanking(ranker, context, end)
+    return ServedRanking(ranker, context, day_end_seconds(ds))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -12,6 +12,8 @@ Tests: tests/unit/recsys_lib/test_validate.py, tests/unit/recsys_lib/test_checks
 
 from __future__ import annotations
 
+import datetime as dt
+
 import pyarrow as pa
 
 USER_COL = "user_id"
@@ -29,6 +31,7 @@ UPDATED_AT_COL = "updated_at"
 SEGMENT_COL = "segment"
 
 DS_COL = "ds"
+
 REASON_COL = "reason"
 SOURCE_FILE_COL = "source_file"
 
@@ -127,3 +130,13 @@ ITEM_EMBEDDINGS_SCHEMA = pa.schema(
         pa.field(MODEL_VERSION_COL, pa.string(), nullable=False),
     ]
 )
+
+
+def day_end(ds: str) -> dt.datetime:
+    """Exclusive upper bound of a logical date ds, UTC (naive, as Spark's session reads it)."""
+    return dt.datetime.combine(dt.date.fromisoformat(ds), dt.time()) + dt.timedelta(days=1)
+
+
+def day_end_seconds(ds: str) -> int:
+    """``day_end`` in epoch seconds: "now" for features taken as of the end of ds."""
+    return int(day_end(ds).replace(tzinfo=dt.timezone.utc).timestamp())

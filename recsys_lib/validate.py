@@ -7,7 +7,6 @@ Tests: tests/unit/recsys_lib/test_validate.py.
 
 from __future__ import annotations
 
-import datetime as dt
 from dataclasses import dataclass
 
 from pyspark.sql import Column, DataFrame, Window
@@ -33,6 +32,7 @@ from recsys_lib.schema import (
     UPDATED_AT_COL,
     USER_COL,
     WEIGHT_COL,
+    day_end,
 )
 
 # Epoch values at or above this are read as milliseconds (1e11 s would be the year 5138).
@@ -97,11 +97,6 @@ def _first_failure(rules: list[tuple[Column, str]]) -> Column:
     for failed, text in reversed(rules):
         reason = F.when(failed, F.lit(text)).otherwise(reason)
     return reason
-
-
-def day_end(ds: str) -> dt.datetime:
-    """Exclusive upper bound of a logical date, UTC."""
-    return dt.datetime.combine(dt.date.fromisoformat(ds), dt.time()) + dt.timedelta(days=1)
 
 
 def validate_interactions(raw: DataFrame, ds: str, known_items: DataFrame | None = None) -> tuple[DataFrame, DataFrame]:

@@ -48,12 +48,16 @@ def test_learning_rate_schedule_by_hand():
     assert [factor(s) for s in (0, 9, 10, 11, 15, 19, 20)] == [0.0, 0.0, 0.5, 1.0, 0.625, 0.125, 0.0]
 
 
+def six_item_cycle(events_per_user: int):
+    """(texts, item ids, interactions): 12 users, each walking the 6 items in a cycle."""
+    rows = [(f"u{u}", str((u + t) % 6), t) for u in range(12) for t in range(events_per_user)]
+    interactions = pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp"])
+    return [f"item {i}" for i in range(6)], pd.Index([str(i) for i in range(6)]), interactions
+
+
 @pytest.mark.slow
 def test_frozen_steps_train_the_heads_and_leave_the_encoder_as_pretrained(tiny_encoder, settings):
-    texts = [f"item {i}" for i in range(6)]
-    rows = [(f"u{u}", str((u + t) % 6), t) for u in range(12) for t in range(4)]
-    interactions = pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp"])
-    items = pd.Index([str(i) for i in range(6)])
+    texts, items, interactions = six_item_cycle(events_per_user=4)
 
     def fit(max_steps: int):
         model, tokenizer = TwoTowerModel.from_encoder(str(tiny_encoder), 3, 8, 0.1, id_vocab=items, seed=1)
@@ -114,10 +118,7 @@ def test_the_served_model_learns_from_everything_the_evaluation_model_never_saw(
 
 @pytest.mark.slow
 def test_a_warm_start_that_training_cannot_beat_is_kept(tiny_encoder, settings):
-    texts = [f"item {i}" for i in range(6)]
-    rows = [(f"u{u}", str((u + t) % 6), t) for u in range(12) for t in range(5)]
-    interactions = pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp"])
-    items = pd.Index([str(i) for i in range(6)])
+    texts, items, interactions = six_item_cycle(events_per_user=5)
     events = interactions.assign(is_validation=interactions["timestamp"] == 4)
     train, validation = build_validation(events, items, 3)
     examples = build_examples(train, items, 3)
