@@ -67,6 +67,12 @@ default_args = {
         "force_publish": Param(
             None, type=["null", "boolean"], description="Publish even if the quality gate fails (recorded as forced)."
         ),
+        "backfill": Param(
+            None,
+            type=["null", "boolean"],
+            description="For a logical date older than the live version's: make its tables live and its model "
+            "champion (by default a backfill is published as a version but not made live).",
+        ),
     },
 )
 def recsys_nightly():

@@ -10,6 +10,7 @@ recsys land-sample --ds DATE          stage the bundled MovieLens sample as that
 recsys show [--users N]               the published tables, and a few users' history and top-10
 recsys versions                       the published versions kept, the live one marked
 recsys rollback [--to VERSION]        make an earlier published version live again
+  (show, versions and rollback take run's --output / --data-root to address what it wrote)
 recsys movielens (--release 1m | --source DIR) --dest DIR    MovieLens as files in the input contract
 recsys atomic --source DIR --dest DIR  RecBole atomic files (.inter/.item/.user) in the input contract
 recsys synthetic --users N --items M --dest DIR [--format parquet]   a seeded synthetic dataset
@@ -28,7 +29,7 @@ import typing
 from pathlib import Path
 
 from jobs._cli import logical_date
-from recsys_lib.errors import NotRetryable
+from recsys_lib.errors import NothingPublished, NotRetryable
 from recsys_lib.settings import Split, default_data_root, load_settings
 
 
@@ -65,13 +66,31 @@ def _land_files(args: argparse.Namespace, settings) -> None:
         storage.replace_raw_drop(entity, args.ds, files)
 
 
+def _located_settings(args: argparse.Namespace):
+    """Settings for the location ``--output`` / ``--data-root`` name, exactly as ``recsys run``
+    resolves them (so ``versions``, ``rollback`` and ``show`` address what ``run`` wrote)."""
+    output = getattr(args, "output", None)
+    data_root = getattr(args, "data_root", None)
+    overrides, env = {}, dict(os.environ)
+    if output:
+        output = output if "://" in output else str(Path(output).expanduser().resolve())
+        overrides["storage.publish_root"] = output
+        data_root = data_root or _project_root(output)
+    if data_root:
+        env["RECSYS_DATA_ROOT"] = data_root
+    return load_settings(config_file=args.config, overrides=overrides, env=env)
+
+
+def _add_location(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--output", help="the published location `recsys run --output` wrote (a directory or s3:// URI)")
+    p.add_argument("--data-root", help="the work data and MLflow store (default: as `recsys run` chose it)")
+
+
 def cmd_run(args: argparse.Namespace) -> None:
     from jobs.pipeline import run_all
 
-    output = args.output if "://" in args.output else str(Path(args.output).expanduser().resolve())
-    data_root = args.data_root or _project_root(output)
-    env = {**os.environ, "RECSYS_DATA_ROOT": data_root}
-    settings = load_settings(config_file=args.config, overrides={"storage.publish_root": output}, env=env)
+    settings = _located_settings(args)
+    data_root = settings.data_root
     _land_files(args, settings)
     params = {"full_retrain": True} if args.full_retrain else None
     results = run_all(settings, args.ds, params)
@@ -114,7 +133,7 @@ def cmd_show(args: argparse.Namespace) -> None:
     from recsys_lib.schema import HISTORY_COL, ITEM_COL, RANK_COL, SCORE_COL, TITLE_COL, USER_COL
     from recsys_lib.storage import FeatureTable, Storage
 
-    settings = load_settings(config_file=args.config)
+    settings = _located_settings(args)
     tables = PublishedTables.from_settings(settings)
     manifest = tables.manifest()
     ds = manifest["ds"]
@@ -155,10 +174,15 @@ def cmd_versions(args: argparse.Namespace) -> None:
     from recsys_lib.evaluation.report import EvaluationReport
     from recsys_lib.storage import OutputTable, open_store
 
-    settings = load_settings(config_file=args.config)
+    settings = _located_settings(args)
     store = open_store(settings.storage.publish_root, settings.storage)
     live = pub.read_latest(store)
-    for m in pub.list_versions(store):
+    versions = pub.list_versions(store)
+    if not versions:
+        raise NothingPublished(
+            f"no published versions at {store.uri('')}; for a `recsys run` location pass the same --output"
+        )
+    for m in versions:
         mark = "*" if live and m["version"] == live["version"] else " "
         rows = m["tables"][OutputTable.USER_TOPN]["rows"]
         quality = "not evaluated"
@@ -173,7 +197,7 @@ def cmd_rollback(args: argparse.Namespace) -> None:
     from recsys_lib.storage import open_store
     from recsys_lib.tracking import CHAMPION, Tracker
 
-    settings = load_settings(config_file=args.config)
+    settings = _located_settings(args)
     store = open_store(settings.storage.publish_root, settings.storage)
     before, restored = pub.rollback(store, args.to)
     print(f"latest: {before['version']} -> {restored['version']} (model {restored['model_version']})")
@@ -280,16 +304,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--user", action="append", help="a user id to show (repeatable)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--config")
+    _add_location(p)
     p.set_defaults(func=cmd_show)
 
     p = sub.add_parser("versions", help="list the published versions")
     p.add_argument("--config")
+    _add_location(p)
     p.set_defaults(func=cmd_versions)
 
     p = sub.add_parser("rollback", help="make an earlier published version live again")
     p.add_argument("--to", help="version id (default: the one published before the live one)")
     p.add_argument("--keep-champion", action="store_true", help="leave the MLflow champion alias where it is")
     p.add_argument("--config")
+    _add_location(p)
     p.set_defaults(func=cmd_rollback)
 
     p = sub.add_parser("movielens", help="MovieLens as files in the input contract (downloads a release)")

@@ -27,6 +27,7 @@ from recsys_lib.settings import Settings
 def run(settings: Settings, ds: str) -> dict[str, Any]:
     from recsys_lib import features as fx
     from recsys_lib import lake
+    from recsys_lib.errors import DataValidationError
     from recsys_lib.spark import get_spark
     from recsys_lib.storage import FeatureTable, Storage
 
@@ -37,11 +38,20 @@ def run(settings: Settings, ds: str) -> dict[str, Any]:
     users = lake.read_registered_users(spark, storage, ds)
 
     split = fx.build_features(items, events, users, settings.features)
+    counts = split.counts()
+    if counts["events"].get("train", 0) < 2:
+        split.release()
+        raise DataValidationError(
+            f"nothing to train on for {ds}: {counts['events'].get('train', 0)} positive training events "
+            f"({counts['events']}) from the lake's interactions up to {ds} "
+            f"({storage.work.uri(Storage.lake('interactions'))}); a drop with only a header, or only "
+            "non-positive events, leaves nothing to learn"
+        )
     summary: dict[str, Any] = {"ds": ds}
     for name, df in split.tables.items():
         summary[name] = lake.write_table(df, storage, Storage.features(name, ds))
     summary["items"] = spark.read.parquet(storage.spark_path(Storage.features(FeatureTable.ITEM_DOCUMENTS, ds))).count()
-    summary |= split.counts()
+    summary |= counts
     split.release()
     return summary
 

@@ -2,19 +2,31 @@
 
 Reads every CSV / Parquet / JSON-lines file under ``raw/{items,interactions,users}/ds=<ds>/``
 (users are optional: registered users and their segments).
-Rejected rows land in ``quarantine/<entity>/ds=<ds>`` with a reason; a file whose rejected share
-is over ``ingest.max_reject_fraction`` stops the run before the lake is touched. Rerunning a ds
-overwrites its own partitions, so the stage is idempotent.
+Rejected rows land in ``quarantine/<entity>/ds=<ds>`` with a reason. All or nothing per ds:
+every entity of the drop is validated first, and a file whose rejected share is over
+``ingest.max_reject_fraction`` stops the run before the lake is touched; then each entity's
+partition is written to a staging key and the ds partitions are switched in together. Rerunning
+a ds replaces its own partitions, so the stage is idempotent.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 from recsys_lib.settings import Settings
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class CheckedEntity:
+    """One entity of the drop, validated and within its reject limit, not yet in the lake."""
+
+    entity: str
+    valid: Any  # Spark DataFrame of typed rows
+    summary: dict[str, Any]
 
 
 def run(settings: Settings, ds: str) -> dict[str, Any]:
@@ -27,55 +39,55 @@ def run(settings: Settings, ds: str) -> dict[str, Any]:
 
     spark = get_spark(settings, "recsys-ingest")
     storage = Storage(settings)
-    summary: dict[str, Any] = {"ds": ds}
-
-    # Items first: interactions are checked against the catalogue known up to ds.
-    raw_items = lake.read_raw_drop(spark, storage, "items", ds)
+    raw_items = lake.read_raw_drop(spark, storage, "items", ds, settings.ingest.encoding)
     has_earlier_items = bool(lake.lake_days(storage, "items", ds, before=True))
     if raw_items is None and not has_earlier_items:
         raise SchemaError(
             f"no item catalogue: {storage.work.uri(Storage.raw('items', ds))} holds no CSV/Parquet/JSON "
             "file and the lake has no earlier items partition"
         )
-    known_items = []
-    if raw_items is not None:
-        raw_items = raw_items.persist()
-        valid_items, rejected_items = validate_items(raw_items, ds)
-        summary["items"] = _check_and_write(storage, "items", ds, raw_items, valid_items, rejected_items, settings)
-        known_items.append(valid_items.select(ITEM_COL))
-    if has_earlier_items:
-        known_items.append(lake.read_lake(spark, storage, "items", ds, before=True).select(ITEM_COL))
-
-    raw_interactions = lake.read_raw_drop(spark, storage, "interactions", ds)
+    raw_interactions = lake.read_raw_drop(spark, storage, "interactions", ds, settings.ingest.encoding)
     if raw_interactions is None:
         raise SchemaError(
             f"no interactions for {ds}: {storage.work.uri(Storage.raw('interactions', ds))} holds no "
             "CSV/Parquet/JSON file"
         )
-    raw_interactions = raw_interactions.persist()
-    catalogue = known_items[0] if len(known_items) == 1 else known_items[0].unionByName(known_items[1])
-    valid, rejected = validate_interactions(
-        raw_interactions, ds, catalogue if settings.ingest.require_known_items else None
-    )
-    summary["interactions"] = _check_and_write(storage, "interactions", ds, raw_interactions, valid, rejected, settings)
-    raw_interactions.unpersist()
-    if raw_items is not None:
-        raw_items.unpersist()
+    raw_users = lake.read_raw_drop(spark, storage, "users", ds, settings.ingest.encoding)
 
-    raw_users = lake.read_raw_drop(spark, storage, "users", ds)
-    if raw_users is not None:
-        raw_users = raw_users.persist()
-        valid_users, rejected_users = validate_users(raw_users, ds)
-        summary["users"] = _check_and_write(storage, "users", ds, raw_users, valid_users, rejected_users, settings)
-        raw_users.unpersist()
-    else:
-        # A rerun of ds whose users file was withdrawn: drop any partition an earlier run left.
-        storage.work.delete_prefix(Storage.lake_partition("users", ds) + "/")
-    return summary
+    checked: list[CheckedEntity] = []
+    persisted = []
+    try:
+        # Items first: interactions are checked against the catalogue known up to ds, and an
+        # interaction whose item row was rejected in this drop is told why.
+        known_items, rejected_items = [], None
+        if raw_items is not None:
+            persisted.append(raw_items.persist())
+            valid_items, rejected_items = validate_items(raw_items, ds)
+            checked.append(_check(storage, "items", ds, raw_items, valid_items.persist(), rejected_items, settings))
+            persisted.append(checked[-1].valid)
+            known_items.append(checked[-1].valid.select(ITEM_COL))
+        if has_earlier_items:
+            known_items.append(lake.read_lake(spark, storage, "items", ds, before=True).select(ITEM_COL))
+        catalogue = known_items[0] if len(known_items) == 1 else known_items[0].unionByName(known_items[1])
+        persisted.append(raw_interactions.persist())
+        known = catalogue if settings.ingest.require_known_items else None
+        valid, rejected = validate_interactions(
+            raw_interactions, ds, known, rejected_items, settings.ingest.min_timestamp
+        )
+        checked.append(_check(storage, "interactions", ds, raw_interactions, valid, rejected, settings))
+        if raw_users is not None:
+            persisted.append(raw_users.persist())
+            valid_users, rejected_users = validate_users(raw_users, ds)
+            checked.append(_check(storage, "users", ds, raw_users, valid_users, rejected_users, settings))
+        return {"ds": ds, **_switch_in(storage, ds, checked, users_dropped=raw_users is None)}
+    finally:
+        for df in persisted:
+            df.unpersist()
 
 
-def _check_and_write(storage, entity: str, ds: str, raw, valid, rejected, settings: Settings) -> dict:
-    """Quarantine the rejected rows, stop if a file is over the reject limit, write the lake."""
+def _check(storage, entity: str, ds: str, raw, valid, rejected, settings: Settings) -> CheckedEntity:
+    """Quarantine the rejected rows and stop if a file is over the reject limit; nothing is
+    written to the lake here."""
     from recsys_lib.lake import write_table
     from recsys_lib.storage import Storage
     from recsys_lib.validate import enforce_reject_limit, summarize_rejects
@@ -89,13 +101,25 @@ def _check_and_write(storage, entity: str, ds: str, raw, valid, rejected, settin
     enforce_reject_limit(summaries, settings.ingest.max_reject_fraction, entity, quarantine)
     total = sum(s.total for s in summaries)
     rejected_n = sum(s.rejected for s in summaries)
-    return {
-        "rows": total,
-        "valid": total - rejected_n,
-        "rejected": rejected_n,
-        "lake": write_table(valid, storage, Storage.lake_partition(entity, ds)),
-        "quarantine": quarantine,
-    }
+    summary = {"rows": total, "valid": total - rejected_n, "rejected": rejected_n, "quarantine": quarantine}
+    return CheckedEntity(entity, valid, summary)
+
+
+def _switch_in(storage, ds: str, checked: list[CheckedEntity], users_dropped: bool) -> dict[str, Any]:
+    """Write every checked entity to its staging key, then switch the ds partitions in together
+    (a users partition an earlier run of ds left goes too when the drop has no users file)."""
+    from recsys_lib.lake import write_table
+    from recsys_lib.storage import Storage
+
+    out = {}
+    for c in checked:
+        write_table(c.valid, storage, Storage.lake_staging(c.entity, ds))
+    for c in checked:
+        storage.work.replace_prefix(Storage.lake_staging(c.entity, ds), Storage.lake_partition(c.entity, ds))
+        out[c.entity] = {**c.summary, "lake": storage.work.uri(Storage.lake_partition(c.entity, ds))}
+    if users_dropped:
+        storage.work.delete_prefix(Storage.lake_partition("users", ds) + "/")
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -26,6 +26,7 @@ PARAM_SETTINGS = {
     "top_n": "recommend.top_n",
     "similar_n": "recommend.similar_n",
     "force_publish": "publish.force",
+    "backfill": "publish.backfill",
     "max_train_steps": "train.max_steps",
 }
 

@@ -72,8 +72,17 @@ def run(settings: Settings, ds: str, model_version: str | None = None) -> dict[s
         "code_version": code_version(),
         "champion_before": champion.label if champion else None,
     }
-    manifest = pub.publish_version(storage.published, ds, tables, mv.label, metadata)
-    tracker.set_alias(CHAMPION, mv.version)
+    # A backfill (ds older than the live version's) is kept as a version, not made live, unless
+    # publish.backfill (or force) says so: last night's tables and champion stay.
+    backfill = live is not None and ds < live["ds"]
+    make_live = not backfill or cfg.backfill or cfg.force
+    manifest = pub.publish_version(storage.published, ds, tables, mv.label, metadata, make_live=make_live)
+    if make_live:
+        tracker.set_alias(CHAMPION, mv.version)
+    else:
+        log.warning("%s is older than the live version's ds %s: published %s without making it live "
+                    "(set backfill to replace the live tables; `recsys rollback --to` can switch later)",
+                    ds, live["ds"], manifest["version"])  # fmt: skip
     pruned = pub.prune_versions(storage.published, cfg.keep_versions)
     if pruned:
         log.info("removed %d old published versions: %s", len(pruned), ", ".join(pruned))
@@ -86,6 +95,7 @@ def run(settings: Settings, ds: str, model_version: str | None = None) -> dict[s
         "location": location,
         "model_version": mv.version,
         "forced": forced,
+        "live": make_live,
         "latest": storage.published.uri(Storage.LATEST),
     }
 

@@ -70,6 +70,12 @@ def run(settings: Settings, ds: str) -> dict[str, Any]:
     ranker_events = interactions[[ITEM_COL, TIMESTAMP_COL]]
     del interactions, all_interactions  # the examples hold what training needs: gigabytes at scale
     champion = None if cfg.full_retrain else tracker.alias(CHAMPION)
+    if champion is not None and champion.tags.get("ds", "") > ds:
+        # A backfill: the champion learned from days after ds, and its evaluation split's
+        # holdout may be in tonight's training side. Start from the pretrained encoder.
+        log.info("champion %s was trained for %s, after %s: not warm-starting from it", champion.label,
+                 champion.tags["ds"], ds)  # fmt: skip
+        champion = None
     model, tokenizer, warm_started = initial_model(settings.model, cfg, train.id_vocab, _warm_start(tracker, champion))
     warm_start = champion.label if warm_started else "none"
     docs = TokenizedDocuments.from_texts(tokenizer, documents[DOCUMENT_COL].tolist(), model.config.max_length)

@@ -11,7 +11,7 @@ from functools import reduce
 
 from pyspark.sql import DataFrame, SparkSession
 
-from recsys_lib.errors import MissingInput
+from recsys_lib.errors import MissingInput, SchemaError
 from recsys_lib.schema import SEGMENT_COL, USER_COL
 from recsys_lib.storage import Storage
 from recsys_lib.validate import as_strings
@@ -35,22 +35,79 @@ def raw_format(key: str) -> str | None:
     return None
 
 
-def read_raw_drop(spark: SparkSession, storage: Storage, entity: str, ds: str) -> DataFrame | None:
+# Python's codec names -> the charsets Spark's CSV and JSON readers accept.
+SPARK_CHARSETS = {
+    "utf-8": "utf-8", "iso8859-1": "iso-8859-1", "ascii": "us-ascii", "utf-16": "utf-16",
+    "utf-16-be": "utf-16be", "utf-16-le": "utf-16le", "utf-32": "utf-32",
+}  # fmt: skip
+
+
+def spark_charset(encoding: str) -> str:
+    """Spark's name for ``encoding`` (any Python alias, e.g. latin-1), or SchemaError."""
+    import codecs
+
+    try:
+        name = codecs.lookup(encoding).name
+    except LookupError:
+        raise SchemaError(f"ingest.encoding {encoding!r} is not a known text encoding") from None
+    if name not in SPARK_CHARSETS:
+        raise SchemaError(
+            f"ingest.encoding {encoding!r}: Spark reads only {', '.join(sorted(set(SPARK_CHARSETS.values())))}; "
+            "convert the files to UTF-8"
+        )
+    return SPARK_CHARSETS[name]
+
+
+def check_encoding(storage: Storage, key: str, encoding: str) -> None:
+    """Raise SchemaError naming the file and the byte offset of the first byte sequence that is
+    not valid ``encoding`` (Spark would silently read it as U+FFFD). Gzip files are checked
+    decompressed."""
+    import codecs
+
+    fs, path = storage.work.arrow_file(key)
+    decoder = codecs.getincrementaldecoder(encoding)("strict")
+    offset = 0
+    with fs.open_input_stream(path) as stream:  # compression detected from the suffix
+        while chunk := stream.read(1 << 24):
+            pending = len(decoder.getstate()[0])
+            try:
+                decoder.decode(chunk)
+            except UnicodeDecodeError as e:
+                raise SchemaError(
+                    f"{storage.work.uri(key)}: not valid {encoding} at byte {offset - pending + e.start:,} "
+                    f"({e.reason}); convert the file or set ingest.encoding to its encoding (e.g. latin-1)"
+                ) from None
+            offset += len(chunk)
+        try:
+            decoder.decode(b"", final=True)
+        except UnicodeDecodeError as e:
+            raise SchemaError(
+                f"{storage.work.uri(key)}: not valid {encoding}: truncated at the end ({e.reason})"
+            ) from None
+
+
+def read_raw_drop(
+    spark: SparkSession, storage: Storage, entity: str, ds: str, encoding: str = "utf-8"
+) -> DataFrame | None:
     """Union of every readable file of one drop, projected to contract columns as strings.
 
-    Returns None when the drop folder holds no data files.
+    Text files (CSV, JSON lines) must be valid ``encoding``. Returns None when the drop folder
+    holds no data files.
     """
+    charset = spark_charset(encoding)
     frames = []
     for key in storage.raw_files(entity, ds):
         fmt = raw_format(key)
         if fmt is None:
             continue
         path = storage.spark_path(key)
+        if fmt != "parquet":
+            check_encoding(storage, key, encoding)
         if fmt == "csv":
             # RFC 4180 quoting: a quote inside a quoted field is written twice.
-            df = spark.read.csv(path, header=True, inferSchema=False, escape='"', multiLine=True)
+            df = spark.read.csv(path, header=True, inferSchema=False, escape='"', multiLine=True, encoding=charset)
         elif fmt == "json":
-            df = spark.read.json(path)
+            df = spark.read.json(path, encoding=charset)
         else:
             df = spark.read.parquet(path)
         frames.append(as_strings(df, entity, source=storage.work.uri(key)))

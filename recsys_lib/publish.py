@@ -59,8 +59,10 @@ def publish_version(
     model_version: str,
     metadata: dict[str, Any],
     rows_per_file: int = ROWS_PER_FILE,
+    make_live: bool = True,
 ) -> dict[str, Any]:
-    """Write ``tables`` as a new immutable version, then its manifest, then switch ``latest``.
+    """Write ``tables`` as a new immutable version, then its manifest, then (with ``make_live``)
+    switch ``latest`` to it.
 
     Each table is sorted by its key and rank and cut into files of ``rows_per_file`` rows at key
     boundaries; the manifest lists every file with its key range, so a reader of one key opens
@@ -106,7 +108,8 @@ def publish_version(
             **metadata,
         }
         store.write_bytes(Storage.published_manifest(version), json.dumps(manifest, indent=2, sort_keys=True).encode())
-    switch_latest(store, manifest)
+    if make_live:
+        switch_latest(store, manifest)
     return manifest
 
 
@@ -121,12 +124,13 @@ def switch_latest(store: ObjectStore, manifest: dict[str, Any]) -> None:
 
 
 def list_versions(store: ObjectStore) -> list[dict[str, Any]]:
-    """Manifests of every complete version (one whose manifest exists), oldest first."""
+    """Manifests of every complete version (one whose manifest exists), oldest ds first."""
     manifests = []
     for version in store.list_dirs(Storage.PUBLISHED_VERSIONS):
         if store.exists(Storage.published_manifest(version)):
             manifests.append(json.loads(store.read_bytes(Storage.published_manifest(version))))
-    return sorted(manifests, key=lambda m: (m["created_at"], m["version"]))
+    # By ds, then time: a backfill of an old day is older than every later day's version.
+    return sorted(manifests, key=lambda m: (m["ds"], m["created_at"], m["version"]))
 
 
 def prune_versions(store: ObjectStore, keep: int) -> list[str]:

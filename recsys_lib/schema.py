@@ -34,6 +34,7 @@ DS_COL = "ds"
 
 REASON_COL = "reason"
 SOURCE_FILE_COL = "source_file"
+RAW_RECORD_COL = "raw_record"  # in quarantine: the original text of a line that could not be parsed
 
 DOCUMENT_COL = "document"
 CONTENT_HASH_COL = "content_hash"

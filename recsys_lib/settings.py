@@ -61,6 +61,8 @@ class SparkSettings:
 class IngestSettings:
     max_reject_fraction: float
     require_known_items: bool
+    encoding: str
+    min_timestamp: str
 
 
 @dataclass(frozen=True)
@@ -127,6 +129,7 @@ class TrainSettings:
     lora_rank: int
     refit_steps: int
     full_retrain: bool
+    profile_share: float
 
 
 @dataclass(frozen=True)
@@ -205,6 +208,7 @@ class RulesSettings:
 class PublishSettings:
     max_ndcg_drop: float
     force: bool
+    backfill: bool
     keep_versions: int
     min_coverage: float
     max_coverage_drop: float

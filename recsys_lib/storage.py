@@ -75,6 +75,10 @@ class ObjectStore(ABC):
         """Delete every object under ``prefix``; returns how many were deleted."""
 
     @abstractmethod
+    def replace_prefix(self, staged: str, prefix: str) -> None:
+        """Make ``prefix`` hold exactly what ``staged`` holds (``staged`` is then gone)."""
+
+    @abstractmethod
     def spark_path(self, key: str) -> str:
         """The same location as Spark's Hadoop filesystem layer names it."""
 
@@ -196,6 +200,16 @@ class LocalStore(ObjectStore):
                     pass
         return len(keys)
 
+    def replace_prefix(self, staged: str, prefix: str) -> None:
+        # Two renames: the old folder is set aside before the new one takes its name.
+        source, target = self.path(staged.rstrip("/")), self.path(prefix.rstrip("/"))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        old = target.with_name(f"{target.name}.tmp-{uuid.uuid4().hex}")
+        if target.exists():
+            os.replace(target, old)
+        os.replace(source, target)
+        shutil.rmtree(old, ignore_errors=True)
+
     def spark_path(self, key: str) -> str:
         return str(self.path(key))
 
@@ -282,6 +296,15 @@ class S3Store(ObjectStore):
             batch = [{"Key": self._key(k)} for k in keys[start : start + 1000]]
             self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
         return len(keys)
+
+    def replace_prefix(self, staged: str, prefix: str) -> None:
+        # S3 has no rename: server-side copies, then the staged objects go.
+        staged, prefix = staged.rstrip("/") + "/", prefix.rstrip("/") + "/"
+        self.delete_prefix(prefix)
+        for key in self.list(staged):
+            source = {"Bucket": self.bucket, "Key": self._key(key)}
+            self.client.copy_object(Bucket=self.bucket, Key=self._key(prefix + key[len(staged) :]), CopySource=source)
+        self.delete_prefix(staged)
 
     def spark_path(self, key: str) -> str:
         return "s3a://" + self.uri(key)[len("s3://") :]
@@ -373,6 +396,11 @@ class Storage:
     @staticmethod
     def lake_partition(entity: str, ds: str) -> str:
         return f"lake/{entity}/ds={ds}"
+
+    @staticmethod
+    def lake_staging(entity: str, ds: str) -> str:
+        """Where ingest writes a partition before every entity of the drop has passed."""
+        return f"staging/lake/{entity}/ds={ds}"
 
     @staticmethod
     def quarantine(entity: str, ds: str) -> str:

@@ -23,6 +23,7 @@ from recsys_lib.schema import (
     EVENT_TYPE_COL,
     ITEM_COL,
     RATING_COL,
+    RAW_RECORD_COL,
     REASON_COL,
     SEGMENT_COL,
     SOURCE_FILE_COL,
@@ -38,6 +39,12 @@ from recsys_lib.schema import (
 # Epoch values at or above this are read as milliseconds (1e11 s would be the year 5138).
 EPOCH_MILLIS_THRESHOLD = 1e11
 _LIST_SPLIT = r"\s*[|,;]\s*"
+ROW_COL = "_row"
+CORRUPT_RECORD = "_corrupt_record"  # Spark's column for JSON lines it cannot parse
+
+
+def _unparseable() -> tuple[Column, str]:
+    return F.col(RAW_RECORD_COL).isNotNull(), f"row: not valid JSON (its text is kept in {RAW_RECORD_COL})"
 
 
 @dataclass(frozen=True)
@@ -76,13 +83,29 @@ def as_strings(df: DataFrame, entity: str, source: str) -> DataFrame:
             dtype = df.schema[name].dataType
             if isinstance(dtype, T.ArrayType):
                 value = F.concat_ws("|", F.col(name).cast("array<string>"))
+            elif name in (USER_COL, ITEM_COL) and isinstance(dtype, (T.FloatType, T.DoubleType, T.DecimalType)):
+                # A numeric id column written as floats (pandas does this to ids with a gap):
+                # whole values are read as the integers they stand for, "1.0" as "1".
+                number = F.col(name)
+                value = F.when(number == F.floor(number), number.cast("long").cast("string")).otherwise(
+                    number.cast("string")
+                )
             else:
                 value = F.col(name).cast("string")
             value = F.trim(value)
             cols.append(F.when(value == "", None).otherwise(value).alias(name))
         else:
             cols.append(F.lit(None).cast("string").alias(name))
-    return df.select(*cols, F.lit(source).alias(SOURCE_FILE_COL))
+    # A JSON line Spark could not parse keeps its text (Spark's _corrupt_record) for quarantine.
+    corrupt = F.col(CORRUPT_RECORD) if CORRUPT_RECORD in df.columns else F.lit(None).cast("string")
+    # The row's position in its file (increasing in file order): the tie-break between
+    # duplicate rows with the same updated_at.
+    return df.select(
+        *cols,
+        corrupt.alias(RAW_RECORD_COL),
+        F.lit(source).alias(SOURCE_FILE_COL),
+        F.monotonically_increasing_id().alias(ROW_COL),
+    )
 
 
 def parse_time(col: Column) -> Column:
@@ -92,20 +115,33 @@ def parse_time(col: Column) -> Column:
     return F.when(number.isNotNull(), F.timestamp_seconds(seconds)).otherwise(F.try_to_timestamp(col))
 
 
-def _first_failure(rules: list[tuple[Column, str]]) -> Column:
+def _first_failure(rules: list[tuple[Column, str | Column]]) -> Column:
     reason = F.lit(None).cast("string")
     for failed, text in reversed(rules):
-        reason = F.when(failed, F.lit(text)).otherwise(reason)
+        reason = F.when(failed, F.lit(text) if isinstance(text, str) else text).otherwise(reason)
     return reason
 
 
-def validate_interactions(raw: DataFrame, ds: str, known_items: DataFrame | None = None) -> tuple[DataFrame, DataFrame]:
+def _not_finite(col: str) -> Column:
+    return F.isnan(col) | (F.abs(F.col(col)) == float("inf"))
+
+
+def validate_interactions(
+    raw: DataFrame,
+    ds: str,
+    known_items: DataFrame | None = None,
+    rejected_items: DataFrame | None = None,
+    min_timestamp: str | None = None,
+) -> tuple[DataFrame, DataFrame]:
     """Split string-typed interaction rows into (valid typed rows, rejected rows with a reason).
 
     Args:
         raw: output of ``as_strings(..., "interactions", ...)``.
         ds: logical date; events after its end are rejected.
         known_items: one column ``item_id`` of catalogue items up to ds; None skips the check.
+        rejected_items: this drop's rejected item rows (item_id, reason): an event on an item
+            that is unknown because its row was rejected says so, with the row's reason.
+        min_timestamp: events before this date (ISO-8601) are rejected.
     """
     ts = parse_time(F.col(TIMESTAMP_COL))
     rating = F.col(RATING_COL).try_cast("double")
@@ -117,16 +153,38 @@ def validate_interactions(raw: DataFrame, ds: str, known_items: DataFrame | None
         df = df.join(known, df[ITEM_COL] == known["_known_item"], "left").drop("_known_item")
     else:
         df = df.withColumn("_is_known", F.lit(True))
+    item_rejection = F.lit(None).cast("string")
+    if known_items is not None and rejected_items is not None:
+        why = (
+            rejected_items.where(F.col(ITEM_COL).isNotNull())
+            .groupBy(F.col(ITEM_COL).alias("_rejected_item"))
+            .agg(F.min(REASON_COL).alias("_item_rejection"))
+        )
+        df = df.join(why, df[ITEM_COL] == why["_rejected_item"], "left").drop("_rejected_item")
+        item_rejection = F.col("_item_rejection")
     rules = [
+        _unparseable(),
         (F.col(USER_COL).isNull(), "user_id: missing"),
         (F.col(ITEM_COL).isNull(), "item_id: missing"),
         (F.col(TIMESTAMP_COL).isNull(), "timestamp: missing"),
         (F.col("_ts").isNull(), "timestamp: not epoch seconds or ISO-8601"),
         (F.col("_ts") >= F.lit(day_end(ds)), f"timestamp: after the logical date {ds}"),
-        (F.col(RATING_COL).isNotNull() & (F.col("_rating").isNull() | F.isnan("_rating")), "rating: not a number"),
         (
-            F.col(WEIGHT_COL).isNotNull() & (F.col("_weight").isNull() | F.isnan("_weight") | (F.col("_weight") < 0)),
-            "weight: not a non-negative number",
+            F.col("_ts") < F.lit(min_timestamp or "0001-01-01").cast("timestamp"),
+            f"timestamp: before ingest.min_timestamp {min_timestamp}",
+        ),
+        (
+            F.col(RATING_COL).isNotNull() & (F.col("_rating").isNull() | _not_finite("_rating")),
+            "rating: not a finite number",
+        ),
+        (
+            F.col(WEIGHT_COL).isNotNull()
+            & (F.col("_weight").isNull() | _not_finite("_weight") | (F.col("_weight") < 0)),
+            "weight: not a finite non-negative number",
+        ),
+        (
+            F.col("_is_known").isNull() & item_rejection.isNotNull(),
+            F.concat(F.lit("item_id: its catalogue row was rejected ("), item_rejection, F.lit(")")),
         ),
         (F.col("_is_known").isNull(), "item_id: not in the item catalogue"),
     ]
@@ -151,10 +209,14 @@ def validate_interactions(raw: DataFrame, ds: str, known_items: DataFrame | None
 def validate_items(raw: DataFrame, ds: str) -> tuple[DataFrame, DataFrame]:
     """Split string-typed item rows into (valid typed rows, rejected rows with a reason).
 
-    A drop may list an item more than once; the row with the latest ``updated_at`` wins and the
-    others are rejected as superseded.
+    A drop may list an item more than once; the row with the latest ``updated_at`` wins (on a
+    tie, the last row in file order) and the others are rejected, the reason saying which case.
     """
-    required = [(F.col(ITEM_COL).isNull(), "item_id: missing"), (F.col(TITLE_COL).isNull(), "title: missing")]
+    required = [
+        _unparseable(),
+        (F.col(ITEM_COL).isNull(), "item_id: missing"),
+        (F.col(TITLE_COL).isNull(), "title: missing"),
+    ]
     df = _latest_version_wins(raw, ds, ITEM_COL, "item", required)
     valid = df.where(F.col(REASON_COL).isNull()).select(
         F.col(ITEM_COL),
@@ -172,7 +234,8 @@ def validate_users(raw: DataFrame, ds: str) -> tuple[DataFrame, DataFrame]:
 
     As with items, the latest row (by ``updated_at``) of a user listed twice wins.
     """
-    df = _latest_version_wins(raw, ds, USER_COL, "user", [(F.col(USER_COL).isNull(), "user_id: missing")])
+    required = [_unparseable(), (F.col(USER_COL).isNull(), "user_id: missing")]
+    df = _latest_version_wins(raw, ds, USER_COL, "user", required)
     valid = df.where(F.col(REASON_COL).isNull()).select(
         F.col(USER_COL), F.col(SEGMENT_COL), F.col("_updated_at").alias(UPDATED_AT_COL)
     )
@@ -191,8 +254,15 @@ def _latest_version_wins(raw: DataFrame, ds: str, key: str, noun: str, required:
         (F.col("_updated_at") >= F.lit(day_end(ds)), f"updated_at: after the logical date {ds}"),
     ]
     df = df.withColumn(REASON_COL, _first_failure(rules))
-    latest_first = [F.col("_updated_at").desc_nulls_last(), F.col(SOURCE_FILE_COL).desc()]
-    return _reject_repeats(df, [key], latest_first, f"{key}: superseded by a later row for the same {noun}")
+    # The rule: the latest updated_at wins; among rows with the same one (or none), the last row
+    # (by file name, then position in the file) wins, as a later line of a log would.
+    latest_first = [F.col("_updated_at").desc_nulls_last(), F.col(SOURCE_FILE_COL).desc(), F.col(ROW_COL).desc()]
+    w = Window.partitionBy(key, F.col(REASON_COL).isNull()).orderBy(*latest_first)
+    repeat = F.col(REASON_COL).isNull() & (F.row_number().over(w) > 1)
+    tie = F.first("_updated_at").over(w).eqNullSafe(F.col("_updated_at"))
+    reason = F.when(tie, F.lit(f"{key}: another row for the same {noun} has the same updated_at; the last row wins"))
+    reason = reason.otherwise(F.lit(f"{key}: superseded by a row for the same {noun} with a later updated_at"))
+    return df.withColumn(REASON_COL, F.when(repeat, reason).otherwise(F.col(REASON_COL)))
 
 
 def _reject_repeats(df: DataFrame, key: list[str], order: list[Column], reason: str) -> DataFrame:
@@ -203,14 +273,19 @@ def _reject_repeats(df: DataFrame, key: list[str], order: list[Column], reason: 
 
 
 def _split_list(name: str) -> Column:
-    parts = F.split(F.coalesce(F.col(name), F.lit("")), _LIST_SPLIT)
-    return F.filter(F.transform(parts, lambda x: F.trim(x)), lambda x: x != "")
+    """A list column from a JSON array (``["Drama", "Thriller"]``) or a '|', ',' or ';'
+    separated string (``Drama|Thriller``)."""
+    text = F.coalesce(F.col(name), F.lit(""))
+    as_json = F.when(text.startswith("["), F.from_json(text, "array<string>"))
+    parts = F.coalesce(as_json, F.split(text, _LIST_SPLIT))
+    return F.filter(F.transform(parts, lambda x: F.trim(x)), lambda x: x.isNotNull() & (x != ""))
 
 
 def _rejected(df: DataFrame, entity: str, ds: str) -> DataFrame:
     e = ENTITIES[entity]
     return df.where(F.col(REASON_COL).isNotNull()).select(
         *[F.col(c) for c in e.required + e.optional],
+        F.col(RAW_RECORD_COL),
         F.col(REASON_COL),
         F.col(SOURCE_FILE_COL),
         F.lit(ds).alias(DS_COL),

@@ -69,8 +69,11 @@ def _sequences(interactions: pd.DataFrame, item_ids: pd.Index) -> pd.DataFrame:
     return df[df["_item"] >= 0].sort_values([USER_COL, TIMESTAMP_COL, ITEM_COL], kind="stable")
 
 
-def build_examples(interactions: pd.DataFrame, item_ids: pd.Index, history_length: int) -> TrainingExamples:
-    """One example per event that has at least one earlier event of the same user.
+def build_examples(
+    interactions: pd.DataFrame, item_ids: pd.Index, history_length: int, profile_share: float = 0.0, seed: int = 0
+) -> TrainingExamples:
+    """One example per event that has at least one earlier event of the same user, plus
+    ``profile_share`` as many profile examples (see ``profile_examples``).
 
     Args:
         interactions: user_id, item_id, timestamp [, weight] rows (any order); an example
@@ -94,10 +97,49 @@ def build_examples(interactions: pd.DataFrame, item_ids: pd.Index, history_lengt
     for k in range(1, history_length + 1):
         ok = position[rows] >= k
         history[ok, history_length - k] = items[rows[ok] - k]
-    weight = df[WEIGHT_COL].to_numpy(np.float32)[rows] if WEIGHT_COL in df else None
+    target = items[rows]
+    weight = df[WEIGHT_COL].to_numpy(np.float32) if WEIGHT_COL in df else None
+    if profile_share > 0:
+        rng = np.random.default_rng(seed)
+        count = np.bincount(np.cumsum(first) - 1)[np.cumsum(first) - 1]
+        chosen = np.flatnonzero((count >= 2) & (rng.random(n) < profile_share))
+        history = np.vstack([history, profile_examples(items, start, position, count, chosen, history_length, rng)])
+        rows = np.concatenate([rows, chosen])
+        target = items[rows]
+    weight = weight[rows] if weight is not None else None
     if weight is not None and (weight == 1).all():
         weight = None  # the plain mean, exactly as without weights
-    return TrainingExamples(history, items[rows], weight)
+    return TrainingExamples(history, target, weight)
+
+
+def profile_examples(
+    items: np.ndarray, start: np.ndarray, position: np.ndarray, count: np.ndarray, rows: np.ndarray,
+    history_length: int, rng: np.random.Generator,
+) -> np.ndarray:
+    """Histories [len(rows), L] for (the user's other items -> this item) examples.
+
+    Next-item examples teach order; these teach taste: each event's item is predicted from up
+    to ``history_length`` of the same user's *other* items, earlier and later ones alike (all of
+    them when they fit, else a random draw), kept in time order. Where a random quarter of a
+    user's items is what is asked for, or order carries little signal, this is the objective that
+    fits (the bag-of-items view of Covington et al., 2016 and of autoencoder recommenders).
+
+    Args:
+        items, start, position, count: per event (grouped by user, time-sorted): its catalogue
+            index, its user's first row, its position in the user's events, the user's count.
+        rows: the events to build examples for (their users have at least 2 events).
+    """
+    n_other = count[rows] - 1
+    draw = rng.integers(0, np.maximum(n_other, 1)[:, None], size=(len(rows), history_length))
+    # Users whose other items fit take them all; the rest a draw with replacement, deduplicated.
+    fits = n_other <= history_length
+    ordinal = np.broadcast_to(np.arange(history_length), draw.shape)
+    offset = np.where(fits[:, None], np.where(ordinal < n_other[:, None], ordinal, -1), draw)
+    offset = np.where(offset >= position[rows][:, None], offset + 1, offset)  # skip the target itself
+    offset = np.sort(offset, axis=1)
+    offset[:, 1:][offset[:, 1:] == offset[:, :-1]] = -1
+    offset = np.sort(offset, axis=1)  # PAD first: right-aligned, oldest first
+    return np.where(offset >= 0, items[start[rows][:, None] + np.maximum(offset, 0)], PAD)
 
 
 def build_validation(
@@ -130,6 +172,7 @@ def prepare_training_data(
     max_validation_users: int,
     seed: int,
     ranking_share: float = 0.0,
+    profile_share: float = 0.0,
 ) -> TrainingData:
     """Examples, the validation events and the ID vocabulary from the training interactions.
 
@@ -146,7 +189,7 @@ def prepare_training_data(
     train, validation = build_validation(interactions, item_ids, history_length)
     # Warm items get an ID embedding; the rest (cold, new) are known by their text alone.
     id_vocab = pd.Index(sorted(set(train[ITEM_COL]) & set(item_ids)), dtype=object)
-    examples = build_examples(train, item_ids, history_length)
+    examples = build_examples(train, item_ids, history_length, profile_share, seed)
     if ranking_share > 0:
         validation, ranking = validation.split(ranking_share, seed)
         validation, ranking = validation.sample(max_validation_users, seed), ranking.sample(max_validation_users, seed)
@@ -155,11 +198,13 @@ def prepare_training_data(
     return TrainingData(item_ids, id_vocab, examples, validation, ranking)
 
 
-def prepare_serving_data(item_ids: pd.Index, interactions: pd.DataFrame, history_length: int) -> TrainingData:
+def prepare_serving_data(
+    item_ids: pd.Index, interactions: pd.DataFrame, history_length: int, profile_share: float = 0.0, seed: int = 0
+) -> TrainingData:
     """Examples and the ID vocabulary from every positive interaction up to ds (the features
     stage's ``interactions_all``): what the served model continues on. No validation set: the
     served model has seen everything, so it is measured through its evaluation twin."""
     id_vocab = pd.Index(sorted(set(interactions[ITEM_COL]) & set(item_ids)), dtype=object)
-    examples = build_examples(interactions, item_ids, history_length)
+    examples = build_examples(interactions, item_ids, history_length, profile_share, seed)
     empty = ValidationSet(np.empty((0, history_length), np.int64), np.empty(0, np.int64), [], np.empty(0, np.int64))
     return TrainingData(item_ids, id_vocab, examples, empty)

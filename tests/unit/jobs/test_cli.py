@@ -8,7 +8,7 @@ from recsys_lib.reader import PublishedTables
 from recsys_lib.recommend import item_similar_table, user_topn_table
 from recsys_lib.storage import Storage
 from recsys_lib.tracking import CHAMPION, Tracker
-from tests.conftest import settings_toml
+from tests.conftest import make_settings, settings_toml
 
 
 def register(tracker, tmp_path, n):
@@ -49,3 +49,19 @@ def test_versions_and_rollback_move_the_pointer_and_the_champion(settings, tmp_p
 
     with pytest.raises(SystemExit, match="^recsys rollback: .* is the oldest version kept: nothing to roll back to$"):
         cli.main(["rollback", "--config", str(config)])  # a user error: one line, no traceback
+
+
+def test_versions_address_a_run_output_and_an_empty_location_is_an_error(tmp_path, capsys):
+    out = tmp_path / "published"
+    settings = make_settings(tmp_path / "data", **{"storage.publish_root": str(out)})
+    mv = register(Tracker(settings), tmp_path, 1)
+    tables = {
+        "user_topn": user_topn_table(["u1"], [1], ["b"], [0.5], mv.label, "2026-01-01", ["a"]),
+        "item_similar": item_similar_table(["a"], [1], ["b"], [0.5], mv.label, "2026-01-01"),
+    }
+    manifest = pub.publish_version(Storage(settings).published, "2026-01-01", tables, mv.label, {})
+
+    cli.main(["versions", "--output", str(out), "--data-root", settings.data_root])
+    assert capsys.readouterr().out.startswith(f"* {manifest['version']}")
+    with pytest.raises(SystemExit, match=r"^recsys versions: no published versions at .*elsewhere; for a `recsys run`"):
+        cli.main(["versions", "--output", str(tmp_path / "elsewhere"), "--data-root", settings.data_root])

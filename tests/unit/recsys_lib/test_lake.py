@@ -4,7 +4,7 @@ import pytest
 
 from recsys_lib import lake
 from recsys_lib.data import to_bytes
-from recsys_lib.errors import MissingInput
+from recsys_lib.errors import MissingInput, SchemaError
 from recsys_lib.storage import Storage
 
 pytestmark = pytest.mark.spark
@@ -30,6 +30,36 @@ def test_a_drop_of_several_formats_is_one_frame_of_strings(spark, settings):
     assert [(r.user_id, r.item_id, r.timestamp) for r in rows] == [("1", "a", "10"), ("u2", "b", "2026-01-01T00:00:00")]
     assert rows[0].source_file.endswith("one.parquet") and "extra" not in rows[0].asDict()
     assert lake.read_raw_drop(spark, storage, "users", "2026-01-01") is None  # no drop at all
+
+
+def test_text_drops_must_be_valid_in_their_encoding(spark, settings):
+    import gzip
+
+    storage = Storage(settings)
+    latin1 = "item_id,title\n1,Amélie\n".encode("latin-1")
+    storage.replace_raw_drop("items", "2026-01-01", {"items.csv": latin1})
+    with pytest.raises(SchemaError, match=r"items.csv: not valid utf-8 at byte 18 \(invalid continuation byte\); "
+                                          r"convert the file or set ingest.encoding"):  # fmt: skip
+        lake.read_raw_drop(spark, storage, "items", "2026-01-01")
+    storage.replace_raw_drop("items", "2026-01-01", {"items.csv.gz": gzip.compress(latin1)})
+    with pytest.raises(SchemaError, match="items.csv.gz: not valid utf-8 at byte 18"):
+        lake.read_raw_drop(spark, storage, "items", "2026-01-01")
+    rows = lake.read_raw_drop(spark, storage, "items", "2026-01-01", encoding="latin-1").collect()
+    assert [r.title for r in rows] == ["Amélie"]
+
+
+def test_a_malformed_json_line_is_quarantined_with_its_text(spark, settings):
+    from recsys_lib.validate import validate_interactions
+
+    storage = Storage(settings)
+    lines = b'{"user_id": "u1", "item_id": "a", "timestamp": 1767225600}\n{"user_id": "u2", "item_id": \n'
+    storage.replace_raw_drop("interactions", "2026-01-01", {"events.jsonl": lines})
+    raw = lake.read_raw_drop(spark, storage, "interactions", "2026-01-01").cache()
+    valid, rejected = validate_interactions(raw, "2026-01-01")
+    assert [r.user_id for r in valid.collect()] == ["u1"]
+    (bad,) = rejected.collect()
+    assert bad.reason == "row: not valid JSON (its text is kept in raw_record)"
+    assert bad.raw_record == '{"user_id": "u2", "item_id": '
 
 
 def test_lake_partitions_up_to_or_before_a_day(spark, settings):

@@ -150,3 +150,13 @@ def test_large_tables_are_cut_into_files_at_key_boundaries(object_store):
     assert reader.table("user_topn").num_rows == 15
     assert reader.recommendations_for("nobody").empty
 
+
+
+def test_a_backfill_is_kept_as_a_version_ordered_by_ds_and_pruned_first(object_store):
+    later, = publish_days(object_store, ["x", "y"])[1:]  # 2026-01-01 and 2026-01-02, the second live
+    rows = [("u1", 1, "old", 0.9)] + GOOD[2:]
+    backfill = pub.publish_version(object_store, "2025-12-31", tables(rows), "m/9", {}, make_live=False)
+    assert PublishedTables(object_store).manifest()["version"] == later["version"]  # still live
+    listed = [m["ds"] for m in pub.list_versions(object_store)]
+    assert listed == ["2025-12-31", "2026-01-01", "2026-01-02"]  # by ds, though published last
+    assert pub.prune_versions(object_store, keep=2) == [backfill["version"]]

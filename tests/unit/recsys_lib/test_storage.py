@@ -29,6 +29,18 @@ def test_bytes_roundtrip_list_and_delete(object_store):
         object_store.read_bytes("a/b/one.json")
 
 
+def test_a_staged_prefix_replaces_the_whole_target(object_store):
+    object_store.write_bytes("lake/x/ds=1/old-part", b"old")
+    object_store.write_bytes("staging/x/ds=1/part-0", b"new0")
+    object_store.write_bytes("staging/x/ds=1/sub/part-1", b"new1")
+    object_store.replace_prefix("staging/x/ds=1", "lake/x/ds=1")
+    assert object_store.list("lake/") == ["lake/x/ds=1/part-0", "lake/x/ds=1/sub/part-1"]
+    assert object_store.read_bytes("lake/x/ds=1/sub/part-1") == b"new1" and not object_store.list("staging/")
+    object_store.write_bytes("staging/y/ds=1/part-0", b"first")
+    object_store.replace_prefix("staging/y/ds=1/", "lake/y/ds=1/")  # a target that did not exist
+    assert object_store.list("lake/y/") == ["lake/y/ds=1/part-0"]
+
+
 def test_tables_roundtrip_and_replace(object_store):
     first = pa.table({"x": [1, 2, 3]})
     object_store.write_table("t", first, part=0)

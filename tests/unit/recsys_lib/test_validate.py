@@ -58,12 +58,47 @@ def test_interaction_rules(spark):
             "item_id: missing",
             "timestamp: not epoch seconds or ISO-8601",
             f"timestamp: after the logical date {DS}",
-            "rating: not a number",
+            "rating: not a finite number",
             "item_id: not in the item catalogue",
             "timestamp: duplicate event (same user, item, time, type)",
         ]
     )
     assert {r.source_file for r in rejected.collect()} == {"drop.csv"} and {r.ds for r in rejected.collect()} == {DS}
+
+
+def test_non_finite_numbers_and_timestamps_before_the_floor_are_rejected(spark):
+    rows = [
+        ("u1", "i1", "1767225600", None, "inf"),
+        ("u1", "i2", "1767225600", "Infinity", None),
+        ("u2", "i1", "1767225600", "-Infinity", None),
+        ("u2", "i2", "0", None, None),  # epoch zero: a broken clock
+        ("u3", "i1", "1989-12-31T23:59:59Z", None, None),
+        ("u3", "i2", "1990-01-01T00:00:00Z", "NaN", None),
+        ("u4", "i1", "1990-01-01T00:00:00Z", "3", "0.5"),  # valid: on the floor
+    ]
+    raw = strings(spark, rows, ["user_id", "item_id", "timestamp", "rating", "weight"], "interactions")
+    valid, rejected = validate_interactions(raw, DS, min_timestamp="1990-01-01")
+    assert [(r.user_id, r.rating, r.weight) for r in valid.collect()] == [("u4", 3.0, 0.5)]
+    assert sorted(r.reason for r in rejected.collect()) == [
+        "rating: not a finite number",
+        "rating: not a finite number",
+        "rating: not a finite number",
+        "timestamp: before ingest.min_timestamp 1990-01-01",
+        "timestamp: before ingest.min_timestamp 1990-01-01",
+        "weight: not a finite non-negative number",
+    ]
+
+
+def test_categories_as_json_lists_and_float_typed_ids(spark):
+    raw = as_strings(
+        spark.createDataFrame([(1.0, "A", '["Drama", "Thriller"]'), (20.0, "B", "Drama|Comedy"), (2.5, "C", "[]")],
+                              ["item_id", "title", "categories"]),
+        "items", "drop.parquet",
+    )  # fmt: skip
+    valid, _ = validate_items(raw, DS)
+    got = {r.item_id: r.categories for r in valid.collect()}
+    # Whole float ids read as the integers they stand for; others keep their text.
+    assert got == {"1": ["Drama", "Thriller"], "20": ["Drama", "Comedy"], "2.5": []}
 
 
 def test_item_rules_and_latest_row_wins(spark):
@@ -79,10 +114,20 @@ def test_item_rules_and_latest_row_wins(spark):
     got = {r.item_id: (r.title, r.categories, r.tags) for r in valid.collect()}
     assert got == {"i1": ("New title", ["Drama"], ["fun", "dark"]), "i4": ("Plain", [], [])}
     assert sorted(r.reason for r in rejected.collect()) == [
-        "item_id: superseded by a later row for the same item",
+        "item_id: superseded by a row for the same item with a later updated_at",
         "title: missing",
         f"updated_at: after the logical date {DS}",
     ]
+
+
+def test_duplicate_rows_with_the_same_updated_at_keep_the_last_in_file_order(spark):
+    rows = [("i1", "First", None), ("i1", "Second", None), ("i1", "Third", None), ("i2", "A", "5"), ("i2", "B", "5")]
+    raw = strings(spark, rows, ["item_id", "title", "updated_at"], "items")
+    valid, rejected = validate_items(raw, DS)
+    assert sorted((r.item_id, r.title) for r in valid.collect()) == [("i1", "Third"), ("i2", "B")]
+    assert {r.reason for r in rejected.collect()} == {
+        "item_id: another row for the same item has the same updated_at; the last row wins"
+    }
 
 
 def test_user_rules_and_latest_row_wins(spark):
@@ -99,7 +144,7 @@ def test_user_rules_and_latest_row_wins(spark):
     assert sorted(r.reason for r in rejected.collect()) == [
         "updated_at: after the logical date 2026-01-02",
         "user_id: missing",
-        "user_id: superseded by a later row for the same user",
+        "user_id: superseded by a row for the same user with a later updated_at",
     ]
 
 

@@ -82,3 +82,29 @@ def test_the_ranker_takes_a_share_of_the_validation_users_or_all_of_them():
     assert len(capped.validation) == len(capped.ranking) == 8  # both sampled: users x candidates costs
     shared = prepare_training_data(pd.Index(["a", "b", "c"]), interactions, 2, 1000, seed=0)
     assert shared.ranking is shared.validation and len(shared.ranking) == 40
+
+
+def test_profile_examples_predict_each_item_from_the_users_other_items():
+    interactions = pd.DataFrame(
+        {"user_id": ["u1"] * 3 + ["u2"], "item_id": ["a", "b", "c", "a"], "timestamp": [1, 2, 3, 1]}
+    )
+    ex = build_examples(interactions, pd.Index(["a", "b", "c"]), history_length=2, profile_share=1.0)
+    # Next-item: (a -> b), (a b -> c); profile: every u1 event from the other two, in time order;
+    # u2 has one event and teaches nothing.
+    assert ex.history.tolist() == [[PAD, 0], [0, 1], [1, 2], [0, 2], [0, 1]]
+    assert ex.target.tolist() == [1, 2, 0, 1, 2]
+
+
+def test_profile_examples_draw_distinct_other_items_when_the_user_has_many():
+    items = [f"i{k:02d}" for k in range(30)]
+    interactions = pd.DataFrame({"user_id": "u", "item_id": items, "timestamp": range(30)})
+    ex = build_examples(interactions, pd.Index(items), history_length=4, profile_share=1.0, seed=3)
+    profile = ex.history[29:]  # after the 29 next-item examples
+    assert len(profile) == 30
+    for history, target in zip(profile, ex.target[29:]):
+        kept = history[history != PAD]
+        assert 1 <= len(kept) <= 4 and target not in kept
+        assert kept.tolist() == sorted(set(kept.tolist()))  # distinct, oldest first
+        assert (history[: 4 - len(kept)] == PAD).all()  # right-aligned
+    later = sum(int((h[h != PAD] > t).any()) for h, t in zip(profile, ex.target[29:]))
+    assert later > 10  # later items are context too, not only earlier ones
