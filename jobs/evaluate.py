@@ -22,11 +22,20 @@ log = logging.getLogger(__name__)
 
 def run(settings: Settings, ds: str, model_version: str | None = None) -> dict[str, Any]:
     import numpy as np
+    import pandas as pd
 
     from recsys_lib.evaluation.protocols import EvaluationSplit, Ranking, baselines, evaluate_candidate
     from recsys_lib.ranker import EventLog
     from recsys_lib.rules import first_categories
-    from recsys_lib.schema import CATEGORIES_COL, DOCUMENT_COL, ITEM_COL, TIMESTAMP_COL, USER_COL, VALIDATION_COL
+    from recsys_lib.schema import (
+        CATEGORIES_COL,
+        DOCUMENT_COL,
+        ITEM_COL,
+        TIMESTAMP_COL,
+        USER_COL,
+        VALIDATION_COL,
+        day_end_seconds,
+    )
     from recsys_lib.spark import get_spark
     from recsys_lib.storage import FeatureTable, Storage
     from recsys_lib.tracking import Tracker
@@ -49,8 +58,13 @@ def run(settings: Settings, ds: str, model_version: str | None = None) -> dict[s
         storage.read_features(FeatureTable.INTERACTIONS_COLD, ds, columns=[USER_COL, ITEM_COL]),
         documents,
     )
-    # Each user's cut-off for the ranker's features: their first held-out event.
-    cut_off = holdout.groupby(USER_COL)[TIMESTAMP_COL].min().reindex(split.users).fillna(2**31 - 1)
+    # Each user's cut-off for the ranker's features: their first held-out event on a time split.
+    # A random split has no such moment (held-out events are among the training ones): every
+    # training event counts, as on the served path at the end of ds.
+    if settings.features.split == "random_item":
+        cut_off = pd.Series(day_end_seconds(ds), index=split.users)
+    else:
+        cut_off = holdout.groupby(USER_COL)[TIMESTAMP_COL].min().reindex(split.users).fillna(2**31 - 1)
     ranking = Ranking(first_categories(documents, item_ids), EventLog.from_frame(train, item_ids),
                       cut_off.to_numpy(np.int64), split.history_idx)  # fmt: skip
     cfg = settings.evaluate

@@ -23,13 +23,22 @@ log = logging.getLogger(__name__)
 
 
 def run(settings: Settings, ds: str) -> dict[str, Any]:
+    import numpy as np
     import pandas as pd
 
     from recsys_lib.embedding import EncoderOutputs
     from recsys_lib.models.examples import prepare_serving_data, prepare_training_data
     from recsys_lib.models.training import initial_model, train_nightly, training_fingerprint
     from recsys_lib.models.two_tower import TokenizedDocuments, resolve_device
-    from recsys_lib.schema import CONTENT_HASH_COL, DOCUMENT_COL, ITEM_COL, TIMESTAMP_COL, USER_COL, VALIDATION_COL
+    from recsys_lib.schema import (
+        CONTENT_HASH_COL,
+        DOCUMENT_COL,
+        ITEM_COL,
+        TIMESTAMP_COL,
+        USER_COL,
+        VALIDATION_COL,
+        day_end_seconds,
+    )
     from recsys_lib.storage import FeatureTable, Storage
     from recsys_lib.tracking import (
         CANDIDATE,
@@ -62,8 +71,13 @@ def run(settings: Settings, ds: str) -> dict[str, Any]:
     history_length = settings.model.history_length
     ranking_share = settings.rank.validation_share if settings.rank.enabled else 0.0
     train = prepare_training_data(item_ids, interactions, history_length, cfg.max_validation_users, cfg.seed,
-                                  ranking_share)  # fmt: skip
-    everything = prepare_serving_data(item_ids, all_interactions, history_length)
+                                  ranking_share, cfg.profile_share)  # fmt: skip
+    everything = prepare_serving_data(item_ids, all_interactions, history_length, cfg.profile_share, cfg.seed)
+    if settings.features.split == "random_item" and train.ranking is not None:
+        # No moment to take the ranker's features at on a random split: every training event
+        # counts, as evaluate counts them (and the served path at the end of ds).
+        moment = np.full(len(train.ranking), day_end_seconds(ds), dtype=np.int64)
+        train = dataclasses.replace(train, ranking=dataclasses.replace(train.ranking, time=moment))
     n_interactions = len(interactions)
     # The ranker's event log: the whole training side, validation events included (each feature
     # counts strictly earlier events, so no event sees itself), as evaluate and recommend count.

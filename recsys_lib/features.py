@@ -92,7 +92,11 @@ def build_features(items: DataFrame, interactions: DataFrame, users: DataFrame, 
         FeatureTable.ITEM_STATS: item_stats(all_pos),
         FeatureTable.USER_HISTORIES: with_registered_users(user_histories(all_pos, events, cfg.max_history), users),
         FeatureTable.SEGMENT_POPULARITY: segment_popularity(all_pos, users),
-        FeatureTable.INTERACTIONS_TRAIN: mark_validation(training_interactions(train_pos), cfg.min_user_interactions),
+        FeatureTable.INTERACTIONS_TRAIN: mark_validation(
+            training_interactions(train_pos),
+            cfg.min_user_interactions,
+            cfg.split_seed if cfg.split == "random_item" else None,
+        ),
         FeatureTable.INTERACTIONS_ALL: training_interactions(all_pos),
         FeatureTable.INTERACTIONS_HOLDOUT: training_interactions(holdout_pos),
         FeatureTable.TRAIN_USER_HISTORIES: user_histories(train_pos, train_all, cfg.max_history),
@@ -205,11 +209,16 @@ def cold_items(item_ids: DataFrame, fraction: float, seed: int) -> DataFrame:
     return item_ids.select(ITEM_COL).distinct().where(bucket < F.lit(int(round(fraction * HASH_BUCKETS))))
 
 
-def mark_validation(interactions: DataFrame, min_user_interactions: int) -> DataFrame:
+def mark_validation(interactions: DataFrame, min_user_interactions: int, random_seed: int | None = None) -> DataFrame:
     """Flag each user's latest training event (users with at least ``min_user_interactions``)
-    as ``is_validation``: the events early stopping and baseline tuning are scored on."""
+    as ``is_validation``: the events early stopping, baseline tuning and the ranker's check are
+    scored on. With ``random_seed`` (the random_item split), a seeded random event instead, so
+    that validation asks what the holdout asks."""
     by_user = Window.partitionBy(USER_COL)
-    newest_first = by_user.orderBy(F.col(TIMESTAMP_COL).desc(), F.col(ITEM_COL).desc())
+    if random_seed is None:
+        newest_first = by_user.orderBy(F.col(TIMESTAMP_COL).desc(), F.col(ITEM_COL).desc())
+    else:
+        newest_first = by_user.orderBy(F.xxhash64(F.lit(random_seed), USER_COL, ITEM_COL, TIMESTAMP_COL))
     n = F.count(F.lit(1)).over(by_user)
     return interactions.withColumn(
         VALIDATION_COL, (n >= min_user_interactions) & (F.row_number().over(newest_first) == 1)

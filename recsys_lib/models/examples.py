@@ -17,7 +17,7 @@ from recsys_lib.schema import ITEM_COL, TIMESTAMP_COL, USER_COL, VALIDATION_COL,
 
 @dataclass(frozen=True)
 class TrainingExamples:
-    history: np.ndarray  # [n, L] catalogue indices, right-aligned, PAD where empty
+    history: np.ndarray  # [n, L] int32 catalogue indices, right-aligned, PAD where empty
     target: np.ndarray  # [n] catalogue index of the next item
     weight: np.ndarray | None = None  # [n] the target event's weight; None: every example counts 1
 
@@ -87,13 +87,14 @@ def build_examples(
     users = df[USER_COL].to_numpy()
     n = len(items)
     if n == 0:
-        return TrainingExamples(np.empty((0, history_length), np.int64), np.empty(0, np.int64))
+        return TrainingExamples(np.empty((0, history_length), np.int32), np.empty(0, np.int64))
     first = np.ones(n, dtype=bool)
     first[1:] = users[1:] != users[:-1]
     start = np.maximum.accumulate(np.where(first, np.arange(n), 0))
     position = np.arange(n) - start
     rows = np.flatnonzero(position >= 1)
-    history = np.full((len(rows), history_length), PAD, dtype=np.int64)
+    # int32: catalogue indices fit, and at millions of users the matrix is the largest array.
+    history = np.full((len(rows), history_length), PAD, dtype=np.int32)
     for k in range(1, history_length + 1):
         ok = position[rows] >= k
         history[ok, history_length - k] = items[rows[ok] - k]
@@ -139,7 +140,7 @@ def profile_examples(
     offset = np.sort(offset, axis=1)
     offset[:, 1:][offset[:, 1:] == offset[:, :-1]] = -1
     offset = np.sort(offset, axis=1)  # PAD first: right-aligned, oldest first
-    return np.where(offset >= 0, items[start[rows][:, None] + np.maximum(offset, 0)], PAD)
+    return np.where(offset >= 0, items[start[rows][:, None] + np.maximum(offset, 0)], PAD).astype(np.int32)
 
 
 def build_validation(

@@ -102,7 +102,7 @@ class BatchSampler:
         self.cursor += self.batch_size
         draw = torch.randint(0, len(self.warm_items), (self.extra_negatives,), generator=self.generator)
         return Batch(
-            history=self.history[index].to(device),
+            history=self.history[index].long().to(device),
             target=self.target[index].to(device),
             negatives=self.warm_items[draw].to(device),
             encoded=encoded,

@@ -144,6 +144,15 @@ def test_mark_validation_flags_each_users_latest_event(spark):
     assert flagged == [("u1", "b")]  # u2 has too few events to give one up
 
 
+def test_on_a_random_split_validation_is_a_seeded_random_event(spark):
+    rows = [(f"u{u}", f"i{i}", i, None) for u in range(20) for i in range(5)]
+    marked = fx.mark_validation(events(spark, rows), min_user_interactions=2, random_seed=3)
+    flagged = {r.user_id: r.timestamp for r in marked.where(F.col("is_validation")).collect()}
+    assert len(flagged) == 20 and len(set(flagged.values())) > 1  # one per user, not always the latest
+    again = fx.mark_validation(events(spark, rows), min_user_interactions=2, random_seed=3)
+    assert {r.user_id: r.timestamp for r in again.where(F.col("is_validation")).collect()} == flagged
+
+
 def test_build_features_makes_every_table_of_the_stage(spark, settings):
     items = spark.createDataFrame(
         [(f"i{n}", f"Item {n}", None, ["Drama"], [], None, "2026-01-01") for n in range(6)],
