@@ -25,7 +25,7 @@ def run(settings: Settings, ds: str, model_version: str | None = None) -> dict[s
     import pandas as pd
 
     from recsys_lib.evaluation.protocols import EvaluationSplit, Ranking, baselines, evaluate_candidate
-    from recsys_lib.ranker import EventLog
+    from recsys_lib.ranker import EventLog, features_at_end_of_ds
     from recsys_lib.rules import first_categories
     from recsys_lib.schema import (
         CATEGORIES_COL,
@@ -59,9 +59,7 @@ def run(settings: Settings, ds: str, model_version: str | None = None) -> dict[s
         documents,
     )
     # Each user's cut-off for the ranker's features: their first held-out event on a time split.
-    # A random split has no such moment (held-out events are among the training ones): every
-    # training event counts, as on the served path at the end of ds.
-    if settings.features.split == "random_item":
+    if features_at_end_of_ds(settings.features.split):
         cut_off = pd.Series(day_end_seconds(ds), index=split.users)
     else:
         cut_off = holdout.groupby(USER_COL)[TIMESTAMP_COL].min().reindex(split.users).fillna(2**31 - 1)

@@ -30,6 +30,7 @@ def run(settings: Settings, ds: str) -> dict[str, Any]:
     from recsys_lib.models.examples import prepare_serving_data, prepare_training_data
     from recsys_lib.models.training import initial_model, train_nightly, training_fingerprint
     from recsys_lib.models.two_tower import TokenizedDocuments, resolve_device
+    from recsys_lib.ranker import features_at_end_of_ds
     from recsys_lib.schema import (
         CONTENT_HASH_COL,
         DOCUMENT_COL,
@@ -73,9 +74,7 @@ def run(settings: Settings, ds: str) -> dict[str, Any]:
     train = prepare_training_data(item_ids, interactions, history_length, cfg.max_validation_users, cfg.seed,
                                   ranking_share, cfg.profile_share)  # fmt: skip
     everything = prepare_serving_data(item_ids, all_interactions, history_length, cfg.profile_share, cfg.seed)
-    if settings.features.split == "random_item" and train.ranking is not None:
-        # No moment to take the ranker's features at on a random split: every training event
-        # counts, as evaluate counts them (and the served path at the end of ds).
+    if features_at_end_of_ds(settings.features.split) and train.ranking is not None:
         moment = np.full(len(train.ranking), day_end_seconds(ds), dtype=np.int64)
         train = dataclasses.replace(train, ranking=dataclasses.replace(train.ranking, time=moment))
     n_interactions = len(interactions)

@@ -48,6 +48,13 @@ MIN_DATA = 20  # candidates per leaf: few labels, so no tiny leaves
 META_FILE = "ranker.json"
 
 
+def features_at_end_of_ds(split: str) -> bool:
+    """Whether the ranker's features are taken at the end of ds rather than at each user's
+    held-out moment: a random split has no such moment (its held-out events lie among the
+    training ones), so every training event counts, as on the served path."""
+    return split == "random_item"
+
+
 @dataclass(frozen=True)
 class EventLog:
     """Positive events as sorted (item, time) keys: counts and first/last times of any items as of

@@ -153,6 +153,7 @@ def validate_interactions(
         df = df.join(known, df[ITEM_COL] == known["_known_item"], "left").drop("_known_item")
     else:
         df = df.withColumn("_is_known", F.lit(True))
+    too_early = F.col("_ts") < F.lit(min_timestamp).cast("timestamp") if min_timestamp else F.lit(False)
     item_rejection = F.lit(None).cast("string")
     if known_items is not None and rejected_items is not None:
         why = (
@@ -169,10 +170,7 @@ def validate_interactions(
         (F.col(TIMESTAMP_COL).isNull(), "timestamp: missing"),
         (F.col("_ts").isNull(), "timestamp: not epoch seconds or ISO-8601"),
         (F.col("_ts") >= F.lit(day_end(ds)), f"timestamp: after the logical date {ds}"),
-        (
-            F.col("_ts") < F.lit(min_timestamp or "0001-01-01").cast("timestamp"),
-            f"timestamp: before ingest.min_timestamp {min_timestamp}",
-        ),
+        (too_early, f"timestamp: before ingest.min_timestamp {min_timestamp}"),
         (
             F.col(RATING_COL).isNotNull() & (F.col("_rating").isNull() | _not_finite("_rating")),
             "rating: not a finite number",
