@@ -1,7 +1,8 @@
 """The shared command line of every job: --ds, --profile, --config and --set overrides.
 
 A user error (``recsys_lib.errors.NotRetryable``: bad input, bad settings, a missing earlier
-stage, a refused publish) ends the process with its one-line message instead of a traceback.
+stage, a refused publish) ends the process with its one-line message instead of a traceback
+(``--verbose`` shows the traceback too).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ def job_parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument(
         "--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override one setting; repeatable"
     )
+    parser.add_argument("--verbose", action="store_true", help="print the traceback of a user error too")
     return parser
 
 
@@ -56,6 +58,8 @@ def run_job(description: str, run: Callable[..., dict[str, Any]], argv: list[str
     try:
         result = run(settings_from_args(args), args.ds)
     except NotRetryable as e:
+        if args.verbose:
+            raise
         raise SystemExit(f"{parser.prog}: {e}") from None
     print(json.dumps(result, indent=2, default=str))
     return result

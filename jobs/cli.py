@@ -2,7 +2,8 @@
 
 An entry point like the stage jobs beside it: it parses arguments, calls the library (or, for
 ``run``, every stage through ``jobs.pipeline``) and prints. User errors (``NotRetryable``) end
-with their one-line message, not a traceback.
+with their one-line message, not a traceback (``recsys --verbose ...`` shows it), naming your
+files rather than their copies in the raw drop.
 
 recsys run --interactions FILE --items FILE [--users FILE] --output DIR_OR_URI [--ds DATE] [--config FILE]
 recsys benchmark --protocol P --interactions FILE --items FILE --ds DATE    the model and baselines on one split
@@ -61,9 +62,11 @@ def _land_files(args: argparse.Namespace, settings) -> None:
         if path is not None and not Path(path).expanduser().is_file():
             raise SystemExit(f"recsys {args.command}: --{entity} {path}: no such file")
     storage = Storage(settings)
+    args.landed = {}  # raw-drop URI -> the file the user named, for error messages
     for entity, path in sources.items():
         files = {} if path is None else {Path(path).name: Path(path).expanduser()}
-        storage.replace_raw_drop(entity, args.ds, files)
+        for uri in storage.replace_raw_drop(entity, args.ds, files):
+            args.landed[uri] = path
 
 
 def _located_settings(args: argparse.Namespace):
@@ -259,6 +262,7 @@ def _write_frames(dest: Path, fmt: str, **frames) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="recsys", description="Batch recommendation pipeline.")
+    parser.add_argument("--verbose", action="store_true", help="print the traceback of a user error too")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("run", help="run the whole pipeline on your own files")
@@ -342,6 +346,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=("csv", "parquet", "jsonl"), default="parquet")
     p.add_argument("--dest", required=True)
     p.set_defaults(func=cmd_synthetic)
+    for command in sub.choices.values():  # --verbose after the command, too
+        command.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return parser
 
 
@@ -354,7 +360,12 @@ def main(argv: list[str] | None = None) -> None:
     try:
         args.func(args)
     except NotRetryable as e:
-        raise SystemExit(f"recsys {args.command}: {e}") from None
+        if args.verbose:
+            raise
+        message = str(e)
+        for uri, path in getattr(args, "landed", {}).items():
+            message = message.replace(uri, path)
+        raise SystemExit(f"recsys {args.command}: {message}") from None
 
 
 if __name__ == "__main__":

@@ -47,6 +47,9 @@ class StorageSettings:
     publish_root: str
     s3_endpoint_url: str | None
     s3_region: str
+    s3_max_attempts: int
+    s3_connect_timeout_s: float
+    s3_read_timeout_s: float
 
 
 @dataclass(frozen=True)

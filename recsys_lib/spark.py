@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 from recsys_lib.settings import Settings
+
+# Spark's JVM log: warnings on stderr, so that a command's stdout is its own output.
+LOG4J2_CONFIG = Path(__file__).resolve().parent / "conf" / "log4j2.properties"
 
 
 def get_spark(settings: Settings, app_name: str = "recsys"):
@@ -22,6 +26,9 @@ def get_spark(settings: Settings, app_name: str = "recsys"):
     # Executors must run the same interpreter as the driver (the project's virtualenv).
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    if settings.spark.master.startswith("local"):
+        # A local session talks to itself on loopback (and says nothing about the host's name).
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     builder = (
         SparkSession.builder.appName(app_name)
         .master(settings.spark.master)
@@ -35,7 +42,7 @@ def get_spark(settings: Settings, app_name: str = "recsys"):
         .config("spark.ui.showConsoleProgress", "false")
         .config("spark.sql.parquet.compression.codec", "zstd")
         .config("spark.sql.execution.arrow.pyspark.enabled", "true")
-        .config("spark.driver.extraJavaOptions", "-Dlog4j2.level=WARN")
+        .config("spark.driver.extraJavaOptions", f"-Dlog4j2.configurationFile={LOG4J2_CONFIG.as_uri()}")
     )
     for entry in settings.spark.conf:
         key, sep, value = entry.partition("=")

@@ -223,7 +223,14 @@ class LocalStore(ObjectStore):
 
 
 class S3Store(ObjectStore):
-    def __init__(self, root: str, endpoint_url: str | None = None, region: str = "us-east-1"):
+    def __init__(
+        self,
+        root: str,
+        endpoint_url: str | None = None,
+        region: str = "us-east-1",
+        max_attempts: int = 5,
+        timeouts_s: tuple[float, float] = (10.0, 60.0),
+    ):
         if not root.startswith("s3://"):
             raise ValueError(f"not an s3:// URI: {root}")
         self.root = root.rstrip("/")
@@ -232,6 +239,8 @@ class S3Store(ObjectStore):
         self.prefix = prefix.strip("/")
         self.endpoint_url = endpoint_url
         self.region = region
+        self.max_attempts = max_attempts
+        self.timeouts_s = timeouts_s  # (connect, read), per attempt
 
     @cached_property
     def client(self):
@@ -240,7 +249,9 @@ class S3Store(ObjectStore):
 
         config = Config(
             s3={"addressing_style": "path"} if self.endpoint_url else {},
-            retries={"max_attempts": 5, "mode": "standard"},
+            retries={"max_attempts": self.max_attempts, "mode": "standard"},
+            connect_timeout=self.timeouts_s[0],
+            read_timeout=self.timeouts_s[1],
         )
         return boto3.client("s3", endpoint_url=self.endpoint_url, region_name=self.region, config=config)
 
@@ -336,7 +347,13 @@ class S3Store(ObjectStore):
 
 def open_store(root: str, settings: StorageSettings) -> ObjectStore:
     if root.startswith("s3://"):
-        return S3Store(root, endpoint_url=settings.s3_endpoint_url, region=settings.s3_region)
+        return S3Store(
+            root,
+            endpoint_url=settings.s3_endpoint_url,
+            region=settings.s3_region,
+            max_attempts=settings.s3_max_attempts,
+            timeouts_s=(settings.s3_connect_timeout_s, settings.s3_read_timeout_s),
+        )
     if "://" in root and not root.startswith("file://"):
         raise ValueError(f"unsupported storage root {root!r}: use a local path or s3://bucket/prefix")
     return LocalStore(root.removeprefix("file://"))

@@ -1,4 +1,9 @@
-"""The `recsys versions` and `recsys rollback` commands on a real store and MLflow registry."""
+"""The `recsys` command: versions and rollback on a real store and MLflow registry, and how a
+user error reads."""
+
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -8,7 +13,7 @@ from recsys_lib.reader import PublishedTables
 from recsys_lib.recommend import item_similar_table, user_topn_table
 from recsys_lib.storage import Storage
 from recsys_lib.tracking import CHAMPION, Tracker
-from tests.conftest import make_settings, settings_toml
+from tests.conftest import ROOT, make_settings, settings_toml
 
 
 def register(tracker, tmp_path, n):
@@ -65,3 +70,26 @@ def test_versions_address_a_run_output_and_an_empty_location_is_an_error(tmp_pat
     assert capsys.readouterr().out.startswith(f"* {manifest['version']}")
     with pytest.raises(SystemExit, match=r"^recsys versions: no published versions at .*elsewhere; for a `recsys run`"):
         cli.main(["versions", "--output", str(tmp_path / "elsewhere"), "--data-root", settings.data_root])
+
+
+@pytest.mark.spark
+def test_a_user_error_is_one_line_naming_your_file_and_the_traceback_waits_for_verbose(tmp_path):
+    (tmp_path / "items.csv").write_bytes("item_id,title\ni1,Amélie\n".encode("latin-1"))
+    (tmp_path / "events.csv").write_text("user_id,item_id,timestamp\nu1,i1,1767225600\n")
+    command = [sys.executable, "-m", "jobs.cli", "run", "--interactions", str(tmp_path / "events.csv"),
+               "--items", str(tmp_path / "items.csv"), "--output", str(tmp_path / "out"),
+               "--ds", "2026-01-02"]  # fmt: skip
+    env = {**os.environ, "RECSYS_DATA_ROOT": str(tmp_path / "data")}
+    quiet = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    assert quiet.returncode == 1
+    assert quiet.stdout == ""  # Spark's JVM log goes to stderr
+    assert "Traceback" not in quiet.stderr
+    assert quiet.stderr.splitlines()[-1] == (
+        f"recsys run: {tmp_path / 'items.csv'}: not valid utf-8 at byte 19 (invalid continuation byte); "
+        "convert the file or set ingest.encoding to its encoding (e.g. latin-1)"
+    )
+    verbose = subprocess.run([*command, "--verbose"], capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    assert verbose.returncode == 1
+    assert "Traceback" in verbose.stderr
+    assert verbose.stderr.splitlines()[-1].startswith("recsys_lib.errors.SchemaError: ")
+    assert not (tmp_path / "out").exists()
