@@ -108,6 +108,7 @@ def embed_catalogue(
     batch_size: int,
     device,
     cached: EncoderOutputs | None = None,
+    pool=None,
 ) -> tuple[ItemVectors, EncoderOutputs]:
     """Vectors for every document; the transformer runs only for content hashes ``cached`` lacks.
 
@@ -119,6 +120,8 @@ def embed_catalogue(
         model: a ``TwoTowerModel``; tokenizer: its tokenizer.
         documents: item_id, document, content_hash, in catalogue order.
         cached: earlier pooled outputs of this model's encoder.
+        pool: ``TokenizedDocuments`` -> [n, d] pooled outputs, for a runtime other than the
+            model's fp32 torch encoder; called only if something is not cached.
     Returns:
         (the item vectors in ``documents`` order, the pooled outputs computed now).
     """
@@ -136,7 +139,10 @@ def embed_catalogue(
     if len(todo):
         texts = documents[DOCUMENT_COL].iloc[todo].tolist()
         docs = TokenizedDocuments.from_texts(tokenizer, texts, model.config.max_length)
-        fresh = embed_text(model, docs, batch_size, device, pooled=True).cpu().numpy()
+        if pool is not None:
+            fresh = pool(docs)
+        else:
+            fresh = embed_text(model, docs, batch_size, device, pooled=True).cpu().numpy()
         pooled[todo] = fresh
         computed = EncoderOutputs(pd.Index(hashes[todo], dtype=object), fresh).unique()
     id_rows = torch.as_tensor(model.id_rows(documents[ITEM_COL]))
@@ -190,21 +196,32 @@ def embed_version(
     Args:
         storage: a ``Storage``; cfg: ``EmbedSettings``.
     Returns:
-        (the vectors, {"items", "encoded", "cached", "embeddings": URI or None}).
+        (the vectors, {"items", "encoded", "cached", "runtime", "embeddings": URI or None}).
     """
+    from recsys_lib.models.inference import ONNX_RUNTIMES, cache_key, onnx_pooler, resolve_runtime
+    from recsys_lib.models.two_tower import TokenizedDocuments, embed_text
     from recsys_lib.storage import FeatureTable
 
     documents = storage.read_features(FeatureTable.ITEM_DOCUMENTS, ds).sort_values(ITEM_COL, kind="stable")
     documents = documents.reset_index(drop=True)
-    fingerprint = model.encoder_fingerprint()
-    cached = storage.read_encoder_outputs(fingerprint)
-    items, computed = embed_catalogue(model, tokenizer, documents, cfg.batch_size, device, cached)
+    runtime = resolve_runtime(cfg.runtime, device)
+    key = cache_key(model.encoder_fingerprint(), runtime)
+    cached = storage.read_encoder_outputs(key)
+
+    def pool(docs: TokenizedDocuments) -> np.ndarray:
+        if runtime in ONNX_RUNTIMES:
+            return onnx_pooler(model, runtime, cfg.onnx_dir).pool(docs, cfg.batch_size)
+        bf16 = runtime == "torch-bf16"
+        return embed_text(model, docs, cfg.batch_size, device, pooled=True, cpu_bf16=bf16).cpu().numpy()
+
+    items, computed = embed_catalogue(model, tokenizer, documents, cfg.batch_size, device, cached, pool)
     if len(computed):
-        storage.add_encoder_outputs(fingerprint, computed.to_table())
+        storage.add_encoder_outputs(key, computed.to_table())
     uri = None
     if write:
         table = embeddings_table(list(items.ids), items.vectors, items.bias, documents[CONTENT_HASH_COL].tolist(),
                                  model_version)  # fmt: skip
         uri = storage.write_item_embeddings(ds, model_version, table)
     encoded = int(documents[CONTENT_HASH_COL].isin(computed.hashes).sum())
-    return items, {"items": len(items), "encoded": encoded, "cached": len(items) - encoded, "embeddings": uri}
+    summary = {"items": len(items), "encoded": encoded, "cached": len(items) - encoded, "runtime": runtime}
+    return items, {**summary, "embeddings": uri}

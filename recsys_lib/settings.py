@@ -139,6 +139,8 @@ class TrainSettings:
 class EmbedSettings:
     batch_size: int
     device: Device
+    runtime: Literal["auto", "torch", "torch-bf16", "onnx", "onnx-int8"]
+    onnx_dir: str
 
 
 @dataclass(frozen=True)

@@ -389,19 +389,21 @@ class TokenizedDocuments:
         return self.attention_mask.sum(1)
 
 
-def autocast(device: torch.device):
-    """bf16 autocast on CUDA; a no-op context elsewhere."""
+def autocast(device: torch.device, cpu_bf16: bool = False):
+    """bf16 autocast on CUDA (and, with ``cpu_bf16``, on CPU); a no-op context elsewhere."""
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
-    return torch.autocast("cpu", enabled=False)
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=cpu_bf16 and device.type == "cpu")
 
 
 @torch.no_grad()
 def embed_text(
-    model: TwoTowerModel, docs: TokenizedDocuments, batch_size: int, device, pooled: bool = False
+    model: TwoTowerModel, docs: TokenizedDocuments, batch_size: int, device, pooled: bool = False,
+    cpu_bf16: bool = False,
 ) -> torch.Tensor:
     """Unit text vectors [n, d] (float32) of every document, on ``device``; with ``pooled``, the
-    transformer's pooled outputs before the projection (what training caches).
+    transformer's pooled outputs before the projection (what training caches). ``cpu_bf16``:
+    bf16 autocast on CPU too (``embed.runtime`` torch-bf16).
 
     Documents are processed in length order so each batch carries little padding.
     """
@@ -413,7 +415,7 @@ def embed_text(
     for start in range(0, len(docs), batch_size):
         index = order[start : start + batch_size]
         ids, mask = docs.batch(index, device)
-        with autocast(device):
+        with autocast(device, cpu_bf16):
             encoded = model.item_tower.pool(ids, mask) if pooled else model.item_tower.text(ids, mask)
             out[index.to(device)] = encoded.float()
     model.train(was_training)
