@@ -9,9 +9,10 @@ recsys run --interactions FILE --items FILE [--users FILE] --output DIR_OR_URI [
 recsys benchmark --protocol P --interactions FILE --items FILE --ds DATE    the model and baselines on one split
 recsys land-sample --ds DATE          stage the bundled MovieLens sample as that day's raw drop
 recsys show [--users N]               the published tables, and a few users' history and top-10
+recsys search "TEXT" [--user ID] [--k N]   the items a text query finds in the live version
 recsys versions                       the published versions kept, the live one marked
 recsys rollback [--to VERSION]        make an earlier published version live again
-  (show, versions and rollback take run's --output / --data-root to address what it wrote)
+  (show, search, versions and rollback take run's --output / --data-root to address what it wrote)
 recsys movielens (--release 1m | --source DIR) --dest DIR    MovieLens as files in the input contract
 recsys atomic --source DIR --dest DIR  RecBole atomic files (.inter/.item/.user) in the input contract
 recsys synthetic --users N --items M --dest DIR [--format parquet]   a seeded synthetic dataset
@@ -172,6 +173,28 @@ def cmd_show(args: argparse.Namespace) -> None:
             )
 
 
+def cmd_search(args: argparse.Namespace) -> None:
+    from recsys_lib.reader import PublishedTables
+    from recsys_lib.schema import DOCUMENT_COL, ITEM_COL, RANK_COL, SCORE_COL
+    from recsys_lib.storage import FeatureTable, Storage
+
+    settings = _located_settings(args)
+    tables = PublishedTables.from_settings(settings)
+    results = tables.search(args.text, k=args.k, user_id=args.user, version=args.version)
+    manifest = tables.manifest(args.version)
+    titles = {}
+    try:  # titles from the work store, when it is at hand (a service would join its own catalogue)
+        documents = Storage(settings).read_features(FeatureTable.ITEM_DOCUMENTS, manifest["ds"])
+        titles = dict(zip(documents[ITEM_COL], documents[DOCUMENT_COL]))
+    except NotRetryable:
+        pass
+    who = f" for user {args.user}" + ("" if results["personalised"].any() else " (no vector: not personalised)")
+    print(f"{args.text!r}{who if args.user else ''}, version {manifest['version']} ({manifest['model_version']}):")
+    for row in results.itertuples():
+        title = titles.get(getattr(row, ITEM_COL), "")
+        print(f"{getattr(row, RANK_COL):>3}. {getattr(row, ITEM_COL):<12} {getattr(row, SCORE_COL):.3f}  {title[:80]}")
+
+
 def cmd_versions(args: argparse.Namespace) -> None:
     from recsys_lib import publish as pub
     from recsys_lib.evaluation.report import EvaluationReport
@@ -310,6 +333,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config")
     _add_location(p)
     p.set_defaults(func=cmd_show)
+
+    p = sub.add_parser("search", help="the items a text query finds in the live version (optionally for a user)")
+    p.add_argument("text", help="the query, e.g. \"space adventure with robots\"")
+    p.add_argument("--user", help="personalise for this user id")
+    p.add_argument("--k", type=int, default=10, help="how many items")
+    p.add_argument("--version", help="a published version instead of the live one")
+    p.add_argument("--config")
+    _add_location(p)
+    p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("versions", help="list the published versions")
     p.add_argument("--config")

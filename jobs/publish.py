@@ -76,7 +76,9 @@ def run(settings: Settings, ds: str, model_version: str | None = None) -> dict[s
     # publish.backfill (or force) says so: last night's tables and champion stay.
     backfill = live is not None and ds < live["ds"]
     make_live = not backfill or cfg.backfill or cfg.force
-    manifest = pub.publish_version(storage.published, ds, tables, mv.label, metadata, make_live=make_live)
+    artefacts = {Storage.QUERY_ENCODER: storage.read_output_files(Storage.QUERY_ENCODER, ds)}
+    manifest = pub.publish_version(storage.published, ds, tables, mv.label, metadata, make_live=make_live,
+                                   artefacts=artefacts)  # fmt: skip
     if make_live:
         tracker.set_alias(CHAMPION, mv.version)
     else:

@@ -2,7 +2,8 @@
 
 Reads user histories up to ds, the model's user tower, the item vectors and the index; writes
 ``runs/ds=<ds>/{user_topn, item_similar, item_vectors, user_vectors}`` (the vectors let a service
-retrieve online with the same model). Seen items are excluded; users without a usable
+retrieve online with the same model), and ``runs/ds=<ds>/query_encoder/`` (the query side of the
+model as ONNX with its tokenizer, for search). Seen items are excluded; users without a usable
 history get the most popular items they have not seen, of their segment where the optional
 users input gives one (``rules.fallback_by_segment``). Business rules (``[rules]``: blocked
 items, new-item boost, minimum score, category cap) apply before the lists are cut to N. Users
@@ -22,10 +23,14 @@ log = logging.getLogger(__name__)
 
 
 def run(settings: Settings, ds: str, model_version: str | None = None) -> dict[str, Any]:
+    import tempfile
+    from pathlib import Path
+
     import numpy as np
 
     from recsys_lib import recommend as rec
     from recsys_lib.embedding import ItemVectors
+    from recsys_lib.models.inference import export_query_encoder
     from recsys_lib.retrieval import Retriever
     from recsys_lib.rules import read_rules
     from recsys_lib.schema import USER_COL
@@ -36,7 +41,7 @@ def run(settings: Settings, ds: str, model_version: str | None = None) -> dict[s
     mv = tracker.resolve(model_version)
     cfg = settings.recommend
     items = ItemVectors.from_table(storage.read_item_embeddings(ds, mv.version))
-    model, _ = tracker.load_model(mv, "cpu")
+    model, tokenizer = tracker.load_model(mv, "cpu")
     retriever = Retriever(model, items, storage.read_index(ds, mv.version), cfg.user_batch_size)
     histories = storage.read_features(FeatureTable.USER_HISTORIES, ds).sort_values(USER_COL, kind="stable")
     popularity = rec.popularity_vector(items.ids, storage.read_features(FeatureTable.ITEM_STATS, ds))
@@ -60,11 +65,13 @@ def run(settings: Settings, ds: str, model_version: str | None = None) -> dict[s
     storage.write_output_table(OutputTable.ITEM_SIMILAR, ds, similar)
     active = items.subset(np.flatnonzero(~rules.blocked))  # a service must not retrieve blocked items either
     storage.write_output_table(OutputTable.ITEM_VECTORS, ds, rec.item_vectors_table(active, mv.label))
+    with tempfile.TemporaryDirectory() as folder:  # the query side, for search services
+        storage.write_output_files(Storage.QUERY_ENCODER, ds, export_query_encoder(model, tokenizer, Path(folder)))
     summary = {**totals, "user_parts": parts, "items": len(items), "item_rows": similar.num_rows,
                "blocked_items": int(rules.blocked.sum()), "ranker": float(ranking is not None)}  # fmt: skip
     log.info("recommend %s", summary)
     tracker.log_metrics(mv.run_id, {f"recommend.{k}": v for k, v in summary.items()})
-    outputs = {name.value: storage.output_uri(name, ds) for name in OutputTable}
+    outputs = {name: storage.output_uri(name, ds) for name in [*OutputTable, Storage.QUERY_ENCODER]}
     return {"ds": ds, "model_version": mv.version, **outputs, **summary}
 
 

@@ -5,11 +5,13 @@ Layout in the published store::
     versions/<version>/user_topn/part-00000.parquet ...   sorted by (user_id, rank), cut at key boundaries
     versions/<version>/item_similar/part-00000.parquet ...
     versions/<version>/{item_vectors,user_vectors}/part-00000.parquet ...   sorted by their key
+    versions/<version>/query_encoder/query.onnx, tokenizer.json ...   artefacts (files) for services
     versions/<version>/_manifest.json      written after every table file
     latest.json                            {"version": ..., "manifest": ...}, switched last
 
 A version id is ``<ds>_<digest of the table files>``, so republishing identical tables is a no-op
-and a version folder never changes once its manifest exists. Readers go through ``latest.json``
+and a version folder never changes once its manifest exists (the tables name their model version,
+so one model's artefacts come with them). Readers go through ``latest.json``
 to a manifest and read only the files it lists, so they see the old version or the new one,
 never a mix, on local disks and S3 alike (each is one atomic object write). The keys are
 ``recsys_lib.storage``'s; the checks a table passes first are ``recsys_lib.checks``'.
@@ -32,7 +34,8 @@ from recsys_lib.schema import ITEM_COL, RANK_COL, USER_COL
 from recsys_lib.storage import ObjectStore, OutputTable, Storage
 
 # Format 3: the evaluation is the typed report (recsys_lib.evaluation.report), not flat metrics.
-MANIFEST_FORMAT = 3
+# Format 4: "artefacts" lists files beside the tables (the query encoder), with checksums.
+MANIFEST_FORMAT = 4
 SORT_KEYS = {
     OutputTable.USER_TOPN: [USER_COL, RANK_COL],
     OutputTable.ITEM_SIMILAR: [ITEM_COL, RANK_COL],
@@ -60,9 +63,10 @@ def publish_version(
     metadata: dict[str, Any],
     rows_per_file: int = ROWS_PER_FILE,
     make_live: bool = True,
+    artefacts: dict[str, dict[str, bytes]] | None = None,
 ) -> dict[str, Any]:
-    """Write ``tables`` as a new immutable version, then its manifest, then (with ``make_live``)
-    switch ``latest`` to it.
+    """Write ``tables`` (and ``artefacts``: name -> files) as a new immutable version, then its
+    manifest, then (with ``make_live``) switch ``latest`` to it.
 
     Each table is sorted by its key and rank and cut into files of ``rows_per_file`` rows at key
     boundaries; the manifest lists every file with its key range, so a reader of one key opens
@@ -98,6 +102,14 @@ def publish_version(
                 "sort_key": SORT_KEYS[name],
                 "schema": [{"name": f.name, "type": str(f.type), "nullable": f.nullable} for f in tables[name].schema],
             }
+        listed_artefacts = {}
+        for name, named_files in (artefacts or {}).items():
+            listed = []
+            for file, data in sorted(named_files.items()):
+                key = Storage.published_file(version, name, file)
+                store.write_bytes(key, data)
+                listed.append({"key": key, "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)})
+            listed_artefacts[name] = {"files": listed}
         manifest = {
             "format": MANIFEST_FORMAT,
             "version": version,
@@ -105,6 +117,7 @@ def publish_version(
             "model_version": model_version,
             "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds"),
             "tables": entries,
+            "artefacts": listed_artefacts,
             **metadata,
         }
         store.write_bytes(Storage.published_manifest(version), json.dumps(manifest, indent=2, sort_keys=True).encode())
@@ -149,7 +162,7 @@ def prune_versions(store: ObjectStore, keep: int) -> list[str]:
 def verify_version(store: ObjectStore, manifest: dict[str, Any]) -> list[str]:
     """Files of a version whose bytes no longer match the manifest's checksums."""
     bad = []
-    for entry in manifest["tables"].values():
+    for entry in [*manifest["tables"].values(), *manifest.get("artefacts", {}).values()]:
         for f in entry["files"]:
             if not store.exists(f["key"]) or hashlib.sha256(store.read_bytes(f["key"])).hexdigest() != f["sha256"]:
                 bad.append(f["key"])

@@ -4,6 +4,7 @@
     tables.recommendations_for("42")      # one user's ranked rows, as pandas
     tables.similar_items("318")
     tables.table("user_topn")             # the whole table as Arrow
+    tables.search("space adventure", k=10, user_id="42")   # a text query, optionally personalised
 
 Every read resolves ``latest.json`` once per call, so a call sees one version, never a mix.
 Tests: tests/unit/recsys_lib/test_reader.py, tests/integration.
@@ -11,22 +12,35 @@ Tests: tests/unit/recsys_lib/test_reader.py, tests/integration.
 
 from __future__ import annotations
 
+import hashlib
+import tempfile
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from recsys_lib.embedding import vectors_of
 from recsys_lib.errors import NothingPublished
 from recsys_lib.publish import read_latest
-from recsys_lib.schema import ITEM_COL, RANK_COL, USER_COL
+from recsys_lib.schema import ITEM_COL, MODEL_VERSION_COL, RANK_COL, SCORE_COL, USER_COL, VECTOR_COL
 from recsys_lib.settings import Settings
 from recsys_lib.storage import ObjectStore, OutputTable, Storage, open_store
 
+# How much a user's vector counts beside the query's in a personalised search (both unit
+# vectors): the query decides what is relevant, the user's taste orders what matches it.
+USER_WEIGHT = 0.5
+PERSONALISED_COL = "personalised"
+
 
 class PublishedTables:
-    def __init__(self, store: ObjectStore):
+    def __init__(self, store: ObjectStore, cache_dir: str | Path | None = None):
         self.store = store
+        # Where a version's query encoder is downloaded to (once per version).
+        self.cache_dir = Path(cache_dir or Path(tempfile.gettempdir()) / "recsys-published")
+        self._items: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "PublishedTables":
@@ -71,3 +85,56 @@ class PublishedTables:
         filters = [(ITEM_COL, "=", item_id)]
         rows = self.table(OutputTable.ITEM_SIMILAR, version, filters=filters, key=item_id).to_pandas()
         return rows.sort_values(RANK_COL).reset_index(drop=True)
+
+    def query_encoder(self, version: str | None = None):
+        """The version's query encoder (``recsys_lib.models.inference.QueryEncoder``): its files
+        are downloaded once per version and checked against the manifest's checksums."""
+        from recsys_lib.models.inference import QueryEncoder
+
+        manifest = self.manifest(version)
+        listed = manifest.get("artefacts", {}).get(Storage.QUERY_ENCODER)
+        if not listed:
+            raise NothingPublished(
+                f"version {manifest['version']} has no query encoder (published before search existed); "
+                "the next run publishes one"
+            )
+        folder = self.cache_dir / manifest["version"] / Storage.QUERY_ENCODER
+        done = folder / ".complete"
+        if not done.exists():
+            folder.mkdir(parents=True, exist_ok=True)
+            for f in listed["files"]:
+                data = self.store.read_bytes(f["key"])
+                if hashlib.sha256(data).hexdigest() != f["sha256"]:
+                    raise NothingPublished(f"{self.store.uri(f['key'])} does not match its checksum in the manifest")
+                (folder / Path(f["key"]).name).write_bytes(data)
+            done.touch()
+        return QueryEncoder(folder)
+
+    def search(self, text: str, k: int = 10, user_id: str | None = None, version: str | None = None) -> pd.DataFrame:
+        """The ``k`` items nearest a text query, from the live (or given) version, as the
+        pipeline's model places them. With ``user_id``, the user's vector is blended in
+        (query + USER_WEIGHT x user, both unit vectors): among items that match the query, the
+        ones the user would pick come first; a user without a vector gets the plain search."""
+        manifest = self.manifest(version)
+        version = manifest["version"]
+        query = self.query_encoder(version).encode([text])[0]
+        personalised = False
+        if user_id is not None:
+            user_id = str(user_id)
+            users = self.table(OutputTable.USER_VECTORS, version, filters=[(USER_COL, "=", user_id)], key=user_id)
+            if users.num_rows:
+                query = query + USER_WEIGHT * vectors_of(users)[0]
+                query, personalised = query / np.linalg.norm(query), True
+        ids, vectors = self._item_vectors(version)
+        scores = vectors @ query
+        top = np.argsort(-scores, kind="stable")[:k]
+        return pd.DataFrame({
+            RANK_COL: np.arange(1, len(top) + 1), ITEM_COL: ids[top], SCORE_COL: scores[top],
+            MODEL_VERSION_COL: manifest["model_version"], PERSONALISED_COL: personalised,
+        })  # fmt: skip
+
+    def _item_vectors(self, version: str) -> tuple[np.ndarray, np.ndarray]:
+        if version not in self._items:
+            table = self.table(OutputTable.ITEM_VECTORS, version, columns=[ITEM_COL, VECTOR_COL])
+            self._items = {version: (np.asarray(table.column(ITEM_COL).to_pylist(), dtype=object), vectors_of(table))}
+        return self._items[version]

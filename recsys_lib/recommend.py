@@ -12,6 +12,7 @@ the whole path through a tiny model).
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
@@ -20,6 +21,7 @@ import pandas as pd
 import pyarrow as pa
 
 from recsys_lib.embedding import ItemVectors, vector_column
+from recsys_lib.logs import Progress
 from recsys_lib.retrieval import retrieval_users
 from recsys_lib.rules import BusinessRules, diversify
 from recsys_lib.schema import (
@@ -41,6 +43,8 @@ from recsys_lib.schema import (
     USER_TOPN_SCHEMA,
     USER_VECTORS_SCHEMA,
 )
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from recsys_lib.ranker import ServedRanking
@@ -320,6 +324,7 @@ def rank_users(
     ids = np.full((n_users, n), -1, dtype=np.int64)
     seen_counts = np.fromiter((len(s) for s in seen), dtype=np.int64, count=n_users)
     warm = np.flatnonzero(~fallback)
+    progress = Progress(log, "rank users", len(warm), "users")
     for batch in batches_by_seen(seen_counts[warm], batch_size):
         rows = warm[batch]
         batch_seen = [seen[r] for r in rows]
@@ -327,6 +332,7 @@ def rank_users(
         if rules is not None and rules.drops_candidates:
             s, i = top_up(s, i, popularity, batch_seen, rules)
         scores[rows], ids[rows] = s, i
+        progress.advance(len(rows))
     for group, counts in _fallback_groups(np.flatnonzero(fallback), popularity, segments, segment_popularity):
         for start in range(0, len(group), batch_size):
             rows = group[start : start + batch_size]

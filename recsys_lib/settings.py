@@ -110,6 +110,7 @@ class ModelSettings:
 @dataclass(frozen=True)
 class TrainSettings:
     device: Device
+    cpu_precision: Literal["auto", "fp32", "bf16"]
     seed: int
     batch_size: int
     encoder_batch_size: int

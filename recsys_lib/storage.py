@@ -395,6 +395,8 @@ class Storage:
     # and the pointer readers start from.
     LATEST = "latest.json"
     MANIFEST_FILE = "_manifest.json"
+    # Files a version carries beside its tables: the query side of the model for search services.
+    QUERY_ENCODER = "query_encoder"
 
     def __init__(self, settings: Settings):
         self.settings = settings
@@ -459,6 +461,10 @@ class Storage:
     @staticmethod
     def published_manifest(version: str) -> str:
         return f"{Storage.published_version(version)}/{Storage.MANIFEST_FILE}"
+
+    @staticmethod
+    def published_file(version: str, artefact: str, name: str) -> str:
+        return f"{Storage.published_version(version)}/{artefact}/{name}"
 
     @staticmethod
     def published_part(version: str, table: OutputTable, part: int) -> str:
@@ -567,6 +573,22 @@ class Storage:
             for stale in set(self.work.parquet_parts(key)) - keys:
                 self.work.delete_prefix(stale)
         return n
+
+    def write_output_files(self, name: str, ds: str, files: dict[str, bytes]) -> str:
+        """Stage a folder of files (an artefact such as the query encoder) for publish, replacing
+        what an earlier run of ds staged under that name."""
+        prefix = self.run_output(name, ds)
+        self.work.delete_prefix(prefix + "/")
+        for file, data in files.items():
+            self.work.write_bytes(f"{prefix}/{file}", data)
+        return self.work.uri(prefix)
+
+    def read_output_files(self, name: str, ds: str) -> dict[str, bytes]:
+        prefix = self.run_output(name, ds) + "/"
+        keys = self.work.list(prefix)
+        if not keys:
+            raise MissingInput(f"no staged {name} at {self.work.uri(prefix)}: run the recommend stage first")
+        return {key[len(prefix) :]: self.work.read_bytes(key) for key in keys}
 
     def read_output_table(self, name: OutputTable, ds: str) -> pa.Table:
         key = self.run_output(OutputTable(name), ds)

@@ -10,7 +10,8 @@
   carries the few very large activations BERT-style encoders are known for, which one int8
   scale per batch cannot represent (on MiniLM: top-10 overlap with fp32 0.85 -> 0.88).
 - ``auto`` (default): ``torch-bf16`` where the CPU runs bf16 natively, else ``torch``.
-On a GPU embedding always runs torch with bf16 autocast. Training always runs torch.
+On a GPU embedding always runs torch with bf16 autocast. Training runs torch, with bf16 autocast
+on a GPU and, by ``train.cpu_precision``, on CPUs that run bf16 natively.
 The README's benchmark (``python -m bench.encoder``) has each runtime's speed and quality.
 
 ONNX exports are cached per encoder fingerprint in a local folder, since every fine-tuned
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import logging
 import os
 import warnings
@@ -31,9 +33,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from recsys_lib.logs import Progress
+
 log = logging.getLogger(__name__)
 
 RUNTIMES = ("torch", "torch-bf16", "onnx", "onnx-int8")
+QUERY_GRAPH, QUERY_CONFIG = "query.onnx", "query_encoder.json"
 ONNX_RUNTIMES = ("onnx", "onnx-int8")
 
 
@@ -43,6 +48,14 @@ def cpu_runs_bf16() -> bool:
         return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
     except AttributeError:  # the probes are private: an older or newer torch may lack them
         return False
+
+
+def cpu_bf16(precision: str, device) -> bool:
+    """Whether torch should autocast to bf16 on this CPU for ``train.cpu_precision`` (auto: where
+    the CPU runs bf16 natively). On CUDA torch autocasts to bf16 regardless."""
+    if str(torch.device(device).type) != "cpu":
+        return False
+    return precision == "bf16" or (precision == "auto" and cpu_runs_bf16())
 
 
 def resolve_runtime(setting: str, device) -> str:
@@ -67,12 +80,43 @@ class _Pooler(nn.Module):
         return self.item_tower.pool(input_ids, attention_mask)
 
 
+class _TextVector(nn.Module):
+    """The item tower's text path (pool, project, normalise): a query's vector."""
+
+    def __init__(self, item_tower: nn.Module):
+        super().__init__()
+        self.item_tower = item_tower
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.item_tower.text(input_ids, attention_mask)
+
+
 def export_pooler(model, path: Path) -> Path:
-    """Write the model's transformer + mean pooling as an ONNX graph (fp32) with dynamic batch
-    and sequence axes. torch's dynamo exporter: the TorchScript one bakes transformers 5's
+    """Write the model's transformer + mean pooling as an ONNX graph (fp32)."""
+    return _export(_Pooler(model.item_tower), path, "pooled")
+
+
+def export_query_encoder(model, tokenizer, folder: Path) -> dict[str, bytes]:
+    """The query side of the model for services: ``query.onnx`` (token ids and mask -> unit
+    vector, the text path every item takes, so a query lands beside the items it describes),
+    the tokenizer's files, and ``query_encoder.json`` (max_length, dimension). Returns name ->
+    bytes of every file written to ``folder``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    _export(_TextVector(model.item_tower), folder / QUERY_GRAPH, "vector")
+    tokenizer.save_pretrained(folder)
+    config = {"format": 1, "max_length": model.config.max_length, "dim": model.config.dim,
+              "inputs": ["input_ids", "attention_mask"], "output": "vector", "normalised": True}  # fmt: skip
+    (folder / QUERY_CONFIG).write_text(json.dumps(config, indent=2))
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def _export(module: nn.Module, path: Path, output: str) -> Path:
+    """Export ``module(input_ids, attention_mask)`` as an ONNX graph with dynamic batch and
+    sequence axes. torch's dynamo exporter: the TorchScript one bakes transformers 5's
     attention-mask shapes into the graph."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    pooler = _Pooler(model.item_tower).eval()
+    module = module.eval()
     ids = torch.tensor([[101, 7592, 102, 0], [101, 7592, 2088, 102]])
     mask = (ids != 0).long()
     batch, seq = torch.export.Dim("batch", min=1, max=1 << 20), torch.export.Dim("seq", min=2, max=4096)
@@ -83,10 +127,10 @@ def export_pooler(model, path: Path) -> Path:
     with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
-            pooler,
+            module,
             (ids, mask),
             input_names=["input_ids", "attention_mask"],
-            output_names=["pooled"],
+            output_names=[output],
             dynamic_shapes={"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}},
             dynamo=True,
             optimize=True,
@@ -136,6 +180,7 @@ class OnnxPooler:
         """[n, d] float32 pooled outputs of ``TokenizedDocuments``, batches in length order."""
         order = torch.argsort(docs.lengths(), descending=True)
         out = None
+        progress = Progress(log, "encode (ONNX Runtime)", len(docs), "documents")
         for start in range(0, len(docs), batch_size):
             index = order[start : start + batch_size]
             ids, mask = docs.batch(index, "cpu")
@@ -144,6 +189,7 @@ class OnnxPooler:
             if out is None:
                 out = np.empty((len(docs), pooled.shape[1]), dtype=np.float32)
             out[index.numpy()] = pooled
+            progress.advance(len(index))
         return out if out is not None else np.zeros((0, 0), np.float32)
 
 
@@ -172,3 +218,25 @@ def cache_key(fingerprint: str, runtime: str) -> str:
     ONNX fp32 and bf16 outputs are the fp32 ones to within 1e-5 (as a GPU's bf16 ones have
     always been) and share their cache."""
     return f"{fingerprint}-int8" if runtime == "onnx-int8" else fingerprint
+
+
+class QueryEncoder:
+    """Text -> unit vectors from an exported query encoder folder (``export_query_encoder``):
+    what a service needs to place a query in the items' space, without torch or the model."""
+
+    def __init__(self, folder: str | Path, threads: int | None = None):
+        from tokenizers import Tokenizer
+
+        folder = Path(folder)
+        self.config = json.loads((folder / QUERY_CONFIG).read_text())
+        self.tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+        self.tokenizer.enable_truncation(self.config["max_length"])
+        self.tokenizer.enable_padding()
+        self.session = OnnxPooler(folder / QUERY_GRAPH, threads).session
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        """[n, d] float32 unit vectors."""
+        encoded = self.tokenizer.encode_batch(list(texts))
+        ids = np.array([e.ids for e in encoded], dtype=np.int64)
+        mask = np.array([e.attention_mask for e in encoded], dtype=np.int64)
+        return self.session.run(None, {"input_ids": ids, "attention_mask": mask})[0]

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from recsys_lib.models.inference import cpu_bf16
 from recsys_lib.models.two_tower import (
     NO_ID,
     PAD,
@@ -81,6 +82,7 @@ class TwoTowerTrainTask(nn.Module):
         self.cfg = cfg
         self.batch_size = batch_size
         self.device = torch.device(device)
+        self.cpu_bf16 = cpu_bf16(cfg.cpu_precision, self.device)
         self.id_rows = torch.as_tensor(id_rows, dtype=torch.long, device=device)
         counts = np.bincount(targets, minlength=len(documents)).astype(np.float64)
         # Extra negatives are drawn from items that are positives somewhere in training: drawing
@@ -95,7 +97,9 @@ class TwoTowerTrainTask(nn.Module):
 
     def refresh(self) -> torch.Tensor:
         """Re-encode every document's pooled transformer output (exact while it is frozen)."""
-        self.pooled_cache = embed_text(self.model, self.documents, max(256, self.batch_size), self.device, pooled=True)
+        self.pooled_cache = embed_text(
+            self.model, self.documents, max(256, self.batch_size), self.device, pooled=True, cpu_bf16=self.cpu_bf16
+        )
         return self.pooled_cache
 
     @torch.no_grad()
@@ -122,7 +126,7 @@ class TwoTowerTrainTask(nn.Module):
             # No dropout: the fresh vectors of a step are ranked against cached ones computed
             # without it, and noisy positives among clean negatives would be a shortcut to learn.
             tower.encoder.eval()
-            with autocast(self.device):
+            with autocast(self.device, self.cpu_bf16):
                 fresh = tower.pool(ids, mask).float()
             pooled = torch.cat([fresh.detach(), self.pooled_cache[candidate_ids[batch.encoded :]]])
         else:

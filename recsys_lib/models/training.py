@@ -33,7 +33,9 @@ import numpy as np
 import pandas as pd
 import torch
 
+from recsys_lib.logs import Progress
 from recsys_lib.models.examples import TrainingData, TrainingExamples, ValidationSet
+from recsys_lib.models.inference import cpu_bf16
 from recsys_lib.models.train_task import Batch, TwoTowerTrainTask
 from recsys_lib.models.two_tower import TokenizedDocuments, TwoTowerModel, embed_text, embed_users
 from recsys_lib.settings import ModelSettings, Settings, TrainSettings
@@ -222,8 +224,10 @@ def train_two_tower(
     losses: list[float] = []
     stopped_early = False
     started = time.perf_counter()
+    progress = Progress(log, "train", steps, "steps", every_s=float("inf"))  # its lines: below
     step = 0
     for step in range(steps):
+        progress.advance()
         fine_tuning = fine_tunes and step >= frozen
         if fine_tuning and step == frozen and not keep_initial:
             # The frozen phase prepared the heads; the model is the fine-tuned one, so its
@@ -246,13 +250,13 @@ def train_two_tower(
         if fine_tuning:
             task.refresh()
         if validation is None or not len(validation):
-            log.info("step %d/%d loss %.4f (%.0fs)", step + 1, steps, losses[-1], time.perf_counter() - started)
+            log.info("loss %.4f; %s", losses[-1], progress.line())
             continue
         metrics = validation_metrics(model, *task.item_vectors(), validation, ks)
         if on_step is not None:
             on_step(step, metrics)
-        log.info("step %d/%d loss %.4f %s (%.0fs)", step + 1, steps, np.mean(losses[-cfg.refresh_every :]),
-                 " ".join(f"{k} {v:.4f}" for k, v in metrics.items()), time.perf_counter() - started)  # fmt: skip
+        log.info("loss %.4f %s; %s", np.mean(losses[-cfg.refresh_every :]),
+                 " ".join(f"{k} {v:.4f}" for k, v in metrics.items()), progress.line())  # fmt: skip
         if stopper.update(metrics, step + 1, model) and step >= frozen:
             stopped_early = True
             log.info("early stop: no gain in %d evaluations; best at step %d", cfg.patience, stopper.best["step"])
@@ -318,7 +322,8 @@ def train_nightly(
         model, documents, model.id_rows(item_ids), train.examples, cfg, device, train.validation, on_step, ks=ks,
         keep_initial=warm_started,
     )  # fmt: skip
-    pooled = embed_text(model, documents, max(256, cfg.batch_size), device, pooled=True)
+    bf16 = cpu_bf16(cfg.cpu_precision, device)
+    pooled = embed_text(model, documents, max(256, cfg.batch_size), device, pooled=True, cpu_bf16=bf16)
     if cfg.refit_steps <= 0 or len(everything.examples) < 2:
         return NightlyModels(model, model, pooled, report)
     # The copy shares the transformer with the evaluation model: the refit leaves it frozen.

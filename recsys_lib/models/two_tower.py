@@ -16,6 +16,7 @@ Tests: tests/unit/recsys_lib/models/test_two_tower.py (a tiny random encoder).
 from __future__ import annotations
 
 import json
+import logging
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,7 +27,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from recsys_lib.logs import Progress
 from recsys_lib.schema import ITEM_COL
+
+log = logging.getLogger(__name__)
 
 CONFIG_FILE = "two_tower.json"
 TOWERS_FILE = "towers.safetensors"
@@ -412,12 +416,14 @@ def embed_text(
     model.eval()
     order = torch.argsort(docs.lengths(), descending=True)
     out = torch.empty(len(docs), model.config.dim, device=device)
+    progress = Progress(log, "encode", len(docs), "documents")
     for start in range(0, len(docs), batch_size):
         index = order[start : start + batch_size]
         ids, mask = docs.batch(index, device)
         with autocast(device, cpu_bf16):
             encoded = model.item_tower.pool(ids, mask) if pooled else model.item_tower.text(ids, mask)
             out[index.to(device)] = encoded.float()
+        progress.advance(len(index))
     model.train(was_training)
     return out
 

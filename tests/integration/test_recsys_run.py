@@ -10,6 +10,7 @@ import sys
 
 import pytest
 
+from jobs import cli
 from recsys_lib.data import synthetic, to_bytes
 from recsys_lib.reader import PublishedTables
 from recsys_lib.schema import USER_COL
@@ -19,7 +20,7 @@ from tests.conftest import TINY_TRAIN, settings_toml
 pytestmark = [pytest.mark.slow, pytest.mark.spark]
 
 
-def test_recsys_run_publishes_tables_for_every_user(tmp_path, tiny_encoder):
+def test_recsys_run_publishes_tables_for_every_user(tmp_path, tiny_encoder, capsys):
     data = synthetic.generate_dataset(n_users=40, n_items=30, interactions_per_user=8, seed=5, new_users=2)
     interactions = data.interactions
     (tmp_path / "events.parquet").write_bytes(to_bytes(interactions, "parquet"))
@@ -48,6 +49,16 @@ def test_recsys_run_publishes_tables_for_every_user(tmp_path, tiny_encoder):
     assert set(interactions[USER_COL]) < set(data.users[USER_COL])
     assert tables.table("item_similar").num_rows > 0
     assert not (tmp_path / "unused").exists()  # --data-root holds all work state
+    # Search answers from the published version's own query encoder, as `recsys search` does.
+    title = data.items["title"].iloc[0]
+    found = tables.search(title, k=5, user_id=str(interactions[USER_COL].iloc[0]))
+    assert len(found) == 5 and found["personalised"].all()
+    assert set(found["item_id"]) <= set(data.items["item_id"])
+    cli.main(["search", title, "--k", "3", "--output", str(out), "--data-root", str(tmp_path / "work"),
+              "--config", str(config)])  # fmt: skip
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].startswith(f"{title!r}, version ")
+    assert [line.split()[0] for line in printed[1:]] == ["1.", "2.", "3."]
 
 
 def test_recsys_benchmark_prints_one_table_on_the_random_item_split(tmp_path, tiny_encoder):

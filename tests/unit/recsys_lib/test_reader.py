@@ -33,3 +33,40 @@ def test_one_users_rows_come_ranked_from_the_one_file_that_holds_them(object_sto
     assert reader.similar_items("a")[["rank", "similar_item_id"]].values.tolist() == [[1, "b"], [2, "c"]]
     assert reader.table("user_topn", columns=["user_id"]).num_rows == 3
     assert reader.manifest(manifest["version"]) == reader.manifest()
+
+
+def test_search_answers_a_text_query_from_the_versions_own_encoder(object_store, tiny_encoder, tmp_path):
+    import numpy as np
+    import pandas as pd
+
+    from recsys_lib.embedding import ItemVectors
+    from recsys_lib.models.inference import export_query_encoder
+    from recsys_lib.models.two_tower import TokenizedDocuments, TwoTowerModel, embed_text
+    from recsys_lib.recommend import item_vectors_table, user_vectors_table
+
+    model, tokenizer = TwoTowerModel.from_encoder(str(tiny_encoder), 3, 16, 0.05)
+    texts = ["space adventure with robots", "a quiet french romance", "heist thriller in a bank", "cartoon toys"]
+    vectors = embed_text(model, TokenizedDocuments.from_texts(tokenizer, texts, 16), 8, "cpu").numpy()
+    items = ItemVectors(pd.Index(["a", "b", "c", "d"], dtype=object), vectors, np.zeros(4, np.float32))
+    tables = {"item_vectors": item_vectors_table(items, "m/1"),
+              "user_vectors": user_vectors_table(["fan"], vectors[[3]], "m/1")}  # fmt: skip
+    files = export_query_encoder(model, tokenizer, tmp_path / "export")
+    manifest = pub.publish_version(object_store, "2026-01-01", tables, "m/1", {}, artefacts={"query_encoder": files})
+    assert pub.verify_version(object_store, manifest) == []
+    assert {f["key"].rsplit("/", 1)[1] for f in manifest["artefacts"]["query_encoder"]["files"]} == set(files)
+
+    reader = PublishedTables(object_store, cache_dir=tmp_path / "cache")
+    found = reader.search("heist thriller in a bank", k=2)
+    assert found["item_id"].tolist()[0] == "c" and found["score"].iloc[0] == pytest.approx(1.0, abs=1e-4)
+    assert found["rank"].tolist() == [1, 2] and not found["personalised"].any()
+    plain = reader.search("heist thriller in a bank", k=4)["item_id"].tolist()
+    for_fan = reader.search("heist thriller in a bank", k=4, user_id="fan")
+    assert for_fan["personalised"].all()
+    assert for_fan["item_id"].tolist().index("d") < plain.index("d")  # the fan's taste moves their item up
+    assert not reader.search("cartoon", user_id="stranger")["personalised"].any()  # no vector: plain search
+
+
+def test_search_on_a_version_without_an_encoder_says_so(object_store, tmp_path):
+    publish(object_store, [("u1", 1, "a", 0.5)])
+    with pytest.raises(NothingPublished, match="has no query encoder"):
+        PublishedTables(object_store, cache_dir=tmp_path).search("anything")

@@ -8,7 +8,7 @@ import pyarrow as pa
 import torch
 
 from recsys_lib.embedding import embed_version
-from recsys_lib.models.inference import cache_key, onnx_pooler, resolve_runtime
+from recsys_lib.models.inference import QueryEncoder, cache_key, export_query_encoder, onnx_pooler, resolve_runtime
 from recsys_lib.models.two_tower import TokenizedDocuments, TwoTowerModel, embed_text
 from recsys_lib.schema import CONTENT_HASH_COL
 from recsys_lib.storage import FeatureTable, Storage
@@ -69,3 +69,14 @@ def test_bf16_on_cpu_stays_close_and_auto_takes_it_only_where_the_cpu_has_it(tin
         monkeypatch.setattr(inference, "cpu_runs_bf16", lambda has=has_bf16: has)
         assert resolve_runtime("auto", "cpu") == expected
     assert resolve_runtime("onnx-int8", "cuda") == "torch"  # a GPU embeds with torch (bf16 autocast)
+
+
+def test_the_exported_query_encoder_gives_the_models_text_vectors(tiny_encoder, tmp_path):
+    model, tokenizer = TwoTowerModel.from_encoder(str(tiny_encoder), 3, 16, 0.05)
+    files = export_query_encoder(model, tokenizer, tmp_path / "query")
+    assert {"query.onnx", "query_encoder.json", "tokenizer.json"} <= set(files)
+    queries = ["", "heat", "space adventure with robots", TEXTS[-1] * 3]  # empty, short, long (truncated)
+    vectors = QueryEncoder(tmp_path / "query").encode(queries)
+    expected = embed_text(model, TokenizedDocuments.from_texts(tokenizer, queries, 16), 8, "cpu").numpy()
+    np.testing.assert_allclose(vectors, expected, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
