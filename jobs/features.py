@@ -47,6 +47,14 @@ def run(settings: Settings, ds: str) -> dict[str, Any]:
             f"({storage.work.uri(Storage.lake('interactions'))}); a drop with only a header, or only "
             "non-positive events, leaves nothing to learn"
         )
+    cfg = settings.features
+    if counts["train_users"] < cfg.min_training_users or counts["train_items"] < cfg.min_training_items:
+        split.release()
+        raise DataValidationError(
+            f"too little to train on for {ds}: {counts['train_users']} users and {counts['train_items']} items have "
+            f"training events, below features.min_training_users {cfg.min_training_users} or "
+            f"features.min_training_items {cfg.min_training_items}; land more history (or lower the settings)"
+        )
     summary: dict[str, Any] = {"ds": ds}
     for name, df in split.tables.items():
         summary[name] = lake.write_table(df, storage, Storage.features(name, ds))

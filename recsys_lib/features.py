@@ -60,7 +60,10 @@ class FeatureSet:
         """Event counts per side of the split, and the cold-item protocol's size."""
         sides = self.split.groupBy(HOLDOUT_COL).count().collect()
         by_side = {("holdout" if r[HOLDOUT_COL] else "train"): r["count"] for r in sides}
-        return {"events": {**by_side, "cold": self.cold_events.count()}, "cold_items": self.cold.count()}
+        train = self.split.where(~F.col(HOLDOUT_COL))
+        learners = train.agg(F.countDistinct(USER_COL).alias("users"), F.countDistinct(ITEM_COL).alias("items")).first()
+        return {"events": {**by_side, "cold": self.cold_events.count()}, "cold_items": self.cold.count(),
+                "train_users": learners["users"], "train_items": learners["items"]}  # fmt: skip
 
     def release(self) -> None:
         for df in (self.split, self.cold, self.events):

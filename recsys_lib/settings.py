@@ -74,6 +74,8 @@ class FeatureSettings:
     split_seed: int
     holdout_fraction: float
     min_user_interactions: int
+    min_training_users: int
+    min_training_items: int
     max_history: int
     min_positive_rating: float | None
     event_weights: tuple[str, ...]  # "event_type=weight" entries

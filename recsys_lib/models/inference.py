@@ -69,31 +69,21 @@ def resolve_runtime(setting: str, device) -> str:
     return setting
 
 
-class _Pooler(nn.Module):
-    """The item tower's pool(): what is exported."""
+class _TowerPath(nn.Module):
+    """One path of the item tower as a module to export: ``pool`` (transformer + mean pooling)
+    or ``text`` (pool, project, normalise: a query's vector)."""
 
-    def __init__(self, item_tower: nn.Module):
+    def __init__(self, item_tower: nn.Module, path: str):
         super().__init__()
-        self.item_tower = item_tower
+        self.item_tower, self.path = item_tower, path
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.item_tower.pool(input_ids, attention_mask)
-
-
-class _TextVector(nn.Module):
-    """The item tower's text path (pool, project, normalise): a query's vector."""
-
-    def __init__(self, item_tower: nn.Module):
-        super().__init__()
-        self.item_tower = item_tower
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.item_tower.text(input_ids, attention_mask)
+        return getattr(self.item_tower, self.path)(input_ids, attention_mask)
 
 
 def export_pooler(model, path: Path) -> Path:
     """Write the model's transformer + mean pooling as an ONNX graph (fp32)."""
-    return _export(_Pooler(model.item_tower), path, "pooled")
+    return _export(_TowerPath(model.item_tower, "pool"), path, "pooled")
 
 
 def export_query_encoder(model, tokenizer, folder: Path) -> dict[str, bytes]:
@@ -103,7 +93,7 @@ def export_query_encoder(model, tokenizer, folder: Path) -> dict[str, bytes]:
     bytes of every file written to ``folder``."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    _export(_TextVector(model.item_tower), folder / QUERY_GRAPH, "vector")
+    _export(_TowerPath(model.item_tower, "text"), folder / QUERY_GRAPH, "vector")
     tokenizer.save_pretrained(folder)
     config = {"format": 1, "max_length": model.config.max_length, "dim": model.config.dim,
               "inputs": ["input_ids", "attention_mask"], "output": "vector", "normalised": True}  # fmt: skip

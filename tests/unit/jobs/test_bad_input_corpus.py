@@ -16,7 +16,7 @@ import re
 import pandas as pd
 import pytest
 
-from jobs import features, ingest
+from jobs import ingest
 from recsys_lib.errors import DataValidationError, SchemaError
 from recsys_lib.storage import Storage
 from tests.conftest import make_settings
@@ -252,14 +252,4 @@ def test_refused_drops_say_why_in_one_message_and_leave_the_lake_as_it_was(spark
         assert lake_bytes(storage) == before, name
         assert not storage.work.list("staging/"), name
     assert not failures, "\n".join(f"{k}: {v}" for k, v in failures.items())
-
-
-@pytest.mark.spark
-def test_a_drop_with_headers_only_stops_at_features_with_one_line(spark, tmp_path):
-    settings = make_settings(tmp_path / "data")
-    storage = Storage(settings)
-    land(storage, items={"items.csv": GOOD_ITEMS.encode()}, interactions={"events.csv": b"user_id,item_id,timestamp\n"})
-    assert ingest.run(settings, DS)["interactions"]["rows"] == 0
-    with pytest.raises(DataValidationError, match=r"^[^\n]*nothing to train on[^\n]*$"):
-        features.run(settings, DS)
 

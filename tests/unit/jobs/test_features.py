@@ -17,3 +17,16 @@ def test_a_header_only_interactions_drop_stops_at_features(spark, settings):
     ingest.run(settings, DS)
     with pytest.raises(DataValidationError, match=f"nothing to train on for {DS}: 0 positive training events"):
         features.run(settings, DS)
+
+
+@pytest.mark.spark
+def test_too_few_users_to_learn_from_stop_at_features(spark, settings):
+    storage = Storage(settings)
+    storage.replace_raw_drop("items", DS, {"items.csv": b"item_id,title\na,A\nb,B\nc,C\n"})
+    events = "".join(f"u{n % 2},{'abc'[n % 3]},{1767225600 + n}\n" for n in range(6))
+    events = ("user_id,item_id,timestamp\n" + events).encode()
+    storage.replace_raw_drop("interactions", DS, {"interactions.csv": events})
+    ingest.run(settings, DS)
+    expected = r"^too little to train on for 2026-01-02: 2 users and 3 items have training events, below features"
+    with pytest.raises(DataValidationError, match=expected):
+        features.run(settings, DS)

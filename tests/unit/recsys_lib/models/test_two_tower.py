@@ -192,3 +192,16 @@ def test_weighted_loss_is_the_weighted_mean_of_the_rows():
     rows = [sampled_softmax_loss(users[[r]], items[[r, 1 - r]], ids[[r]], ids[[r, 1 - r]], 1.0).item() for r in (0, 1)]
     weighted = sampled_softmax_loss(users, items, ids, ids, 1.0, weights=torch.tensor([3.0, 1.0]))
     assert weighted.item() == pytest.approx((3 * rows[0] + rows[1]) / 4, rel=1e-6)
+
+
+def test_an_encoder_that_cannot_be_loaded_is_a_settings_error(tmp_path):
+    from recsys_lib.errors import SettingsError
+    from recsys_lib.models.encoder import load_encoder
+
+    with pytest.raises(SettingsError, match="model.encoder is empty"):
+        load_encoder(" ")
+    with pytest.raises(SettingsError, match=r"^model.encoder '.*not-a-model': cannot load a tokenizer and model from"):
+        load_encoder(str(tmp_path / "not-a-model"))  # no such folder, and no hub here
+    (tmp_path / "not-a-model").mkdir()
+    with pytest.raises(SettingsError, match="cannot load a tokenizer and model"):
+        load_encoder(str(tmp_path / "not-a-model"))  # an empty folder
