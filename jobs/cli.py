@@ -60,6 +60,8 @@ def _land_files(args: argparse.Namespace, settings) -> None:
 
     sources = {"interactions": args.interactions, "items": args.items, "users": args.users}
     for entity, path in sources.items():
+        if path is not None and Path(path).expanduser().is_dir():
+            raise SystemExit(f"recsys {args.command}: --{entity} {path}: a directory, not a file")
         if path is not None and not Path(path).expanduser().is_file():
             raise SystemExit(f"recsys {args.command}: --{entity} {path}: no such file")
     storage = Storage(settings)

@@ -39,20 +39,20 @@ def run(settings: Settings, ds: str) -> dict[str, Any]:
 
     split = fx.build_features(items, events, users, settings.features)
     counts = split.counts()
-    if counts["events"].get("train", 0) < 2:
+    if counts["train_positives"] < 2:
         split.release()
         raise DataValidationError(
-            f"nothing to train on for {ds}: {counts['events'].get('train', 0)} positive training events "
-            f"({counts['events']}) from the lake's interactions up to {ds} "
+            f"nothing to train on for {ds}: {counts['train_positives']} positive training events of "
+            f"{counts['events'].get('train', 0)} from the lake's interactions up to {ds} "
             f"({storage.work.uri(Storage.lake('interactions'))}); a drop with only a header, or only "
-            "non-positive events, leaves nothing to learn"
+            "events of weight 0 or rated below features.min_positive_rating, leaves nothing to learn"
         )
     cfg = settings.features
     if counts["train_users"] < cfg.min_training_users or counts["train_items"] < cfg.min_training_items:
         split.release()
         raise DataValidationError(
             f"too little to train on for {ds}: {counts['train_users']} users and {counts['train_items']} items have "
-            f"training events, below features.min_training_users {cfg.min_training_users} or "
+            f"positive training events, below features.min_training_users {cfg.min_training_users} or "
             f"features.min_training_items {cfg.min_training_items}; land more history (or lower the settings)"
         )
     summary: dict[str, Any] = {"ds": ds}

@@ -55,15 +55,19 @@ class FeatureSet:
     cold: DataFrame  # the cold items (persisted)
     cold_events: DataFrame
     events: DataFrame  # every event up to ds (persisted)
+    train_positives: DataFrame  # the training side's positive events: what the model learns from
 
     def counts(self) -> dict:
-        """Event counts per side of the split, and the cold-item protocol's size."""
+        """Event counts per side of the split, the cold-item protocol's size, and how many
+        positive training events, users and items the model has to learn from."""
         sides = self.split.groupBy(HOLDOUT_COL).count().collect()
         by_side = {("holdout" if r[HOLDOUT_COL] else "train"): r["count"] for r in sides}
-        train = self.split.where(~F.col(HOLDOUT_COL))
-        learners = train.agg(F.countDistinct(USER_COL).alias("users"), F.countDistinct(ITEM_COL).alias("items")).first()
-        return {"events": {**by_side, "cold": self.cold_events.count()}, "cold_items": self.cold.count(),
-                "train_users": learners["users"], "train_items": learners["items"]}  # fmt: skip
+        learn = self.train_positives.agg(
+            F.count(F.lit(1)).alias("events"), F.countDistinct(USER_COL).alias("users"),
+            F.countDistinct(ITEM_COL).alias("items"),
+        ).first()  # fmt: skip
+        learners = {"train_positives": learn["events"], "train_users": learn["users"], "train_items": learn["items"]}
+        return {"events": {**by_side, "cold": self.cold_events.count()}, "cold_items": self.cold.count(), **learners}
 
     def release(self) -> None:
         for df in (self.split, self.cold, self.events):
@@ -106,7 +110,7 @@ def build_features(items: DataFrame, interactions: DataFrame, users: DataFrame, 
         FeatureTable.COLD_ITEMS: cold.orderBy(ITEM_COL),
         FeatureTable.INTERACTIONS_COLD: training_interactions(positives(cold_events, cfg.min_positive_rating)),
     }
-    return FeatureSet(tables, split, cold, cold_events, events)
+    return FeatureSet(tables, split, cold, cold_events, events, train_pos)
 
 
 def latest_rows(rows: DataFrame, key: str) -> DataFrame:

@@ -7,6 +7,7 @@ Tests: tests/unit/recsys_lib/test_validate.py.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from pyspark.sql import Column, DataFrame, Window
@@ -60,8 +61,19 @@ class RejectSummary:
 
 
 def check_columns(columns: list[str], entity: str, source: str) -> None:
-    """Raise SchemaError naming the file and the missing required columns."""
+    """Raise SchemaError naming the file and the missing required columns (or why they look
+    missing: an empty file, a header naming one twice, JSON that is not one object per line)."""
     missing = [c for c in ENTITIES[entity].required if c not in columns]
+    if missing and not columns:
+        raise SchemaError(f"{source}: empty file (no header row)")
+    if missing and columns == [CORRUPT_RECORD]:
+        raise SchemaError(
+            f"{source}: not JSON lines (one object per line); a JSON array or an object spread over "
+            "several lines is not read: convert it, e.g. jq -c '.[]'"
+        )
+    twice = [c for c in missing if sum(bool(re.fullmatch(rf"{re.escape(c)}\d+", x)) for x in columns) > 1]
+    if twice:
+        raise SchemaError(f"{source}: column(s) {', '.join(twice)} appear more than once in the header")
     if missing:
         raise SchemaError(
             f"{source}: missing required {entity} column(s) {', '.join(missing)} "

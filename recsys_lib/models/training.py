@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from recsys_lib.errors import DataValidationError
 from recsys_lib.logs import Progress
 from recsys_lib.models.examples import TrainingData, TrainingExamples, ValidationSet
 from recsys_lib.models.inference import cpu_bf16
@@ -199,7 +200,9 @@ def train_two_tower(
             run: a night that cannot improve on its champion keeps it rather than degrade it.
     """
     if len(examples) < 2:
-        raise ValueError(f"need at least 2 training examples, got {len(examples)}: too little interaction history")
+        raise DataValidationError(
+            f"need at least 2 training examples, got {len(examples)}: too little positive interaction history"
+        )
     seed_everything(cfg.seed)
     model.freeze_encoder_layers(cfg.trainable_layers)
     if cfg.lora_rank > 0:

@@ -206,6 +206,21 @@ FILE_CASES = {
         SchemaError,
         r"items\.csv: missing required items column\(s\) title \(found: item_id, name\)",
     ),
+    "an empty items file": (
+        {"items": {"items.csv": b""}},
+        SchemaError,
+        r"items/ds=2026-01-02/items\.csv: empty file \(no header row\)$",
+    ),
+    "a header naming item_id twice": (
+        {"interactions": {"events.csv": b"user_id,item_id,timestamp,item_id\nu1,i1,1767225600,i2\n"}},
+        SchemaError,
+        r"events\.csv: column\(s\) item_id appear more than once in the header$",
+    ),
+    "a pretty-printed JSON array": (
+        {"items": {"items.json": json.dumps([{"item_id": "i1", "title": "Alpha"}], indent=2).encode()}},
+        SchemaError,
+        r"items\.json: not JSON lines \(one object per line\); a JSON array or an object spread over several lines",
+    ),
     "no interactions file": (
         {"interactions": {}},
         SchemaError,

@@ -27,6 +27,17 @@ def test_too_few_users_to_learn_from_stop_at_features(spark, settings):
     events = ("user_id,item_id,timestamp\n" + events).encode()
     storage.replace_raw_drop("interactions", DS, {"interactions.csv": events})
     ingest.run(settings, DS)
-    expected = r"^too little to train on for 2026-01-02: 2 users and 3 items have training events, below features"
+    expected = r"^too little to train on for 2026-01-02: 2 users and 3 items have positive training events, below"
     with pytest.raises(DataValidationError, match=expected):
+        features.run(settings, DS)
+
+
+@pytest.mark.spark
+def test_events_that_are_all_weight_zero_leave_nothing_to_train_on(spark, settings):
+    storage = Storage(settings)
+    storage.replace_raw_drop("items", DS, {"items.csv": b"item_id,title\na,A\nb,B\n"})
+    events = "".join(f"u{n},{'ab'[n % 2]},{1767225600 + n},0\n" for n in range(20))
+    storage.replace_raw_drop("interactions", DS, {"e.csv": ("user_id,item_id,timestamp,weight\n" + events).encode()})
+    ingest.run(settings, DS)
+    with pytest.raises(DataValidationError, match=f"^nothing to train on for {DS}: 0 positive training events of 20 "):
         features.run(settings, DS)

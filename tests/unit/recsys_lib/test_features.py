@@ -171,7 +171,7 @@ def test_build_features_makes_every_table_of_the_stage(spark, settings):
     features = fx.build_features(items, events, users, cfg)
     assert set(features.tables) == set(FeatureTable)
     assert features.counts() == {"events": {"train": 8, "holdout": 2, "cold": 0}, "cold_items": 0,
-                                 "train_users": 2, "train_items": 5}
+                                 "train_positives": 8, "train_users": 2, "train_items": 5}
     train = features.tables[FeatureTable.INTERACTIONS_TRAIN].collect()
     assert sorted((r.user_id, r.item_id) for r in train if r.is_validation) == [("u1", "i3"), ("u2", "i4")]
     histories = {r.user_id: r for r in features.tables[FeatureTable.USER_HISTORIES].collect()}
