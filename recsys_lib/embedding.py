@@ -211,9 +211,9 @@ def embed_version(
     def pool(docs: TokenizedDocuments) -> np.ndarray:
         if runtime in ONNX_RUNTIMES:
             return onnx_pooler(model, runtime, cfg.onnx_dir).pool(docs, cfg.batch_size)
-        bf16 = runtime == "torch-bf16"
-        return embed_text(model, docs, cfg.batch_size, device, pooled=True, cpu_bf16=bf16).cpu().numpy()
+        return embed_text(model, docs, cfg.batch_size, device, pooled=True, cpu_bf16=True).cpu().numpy()
 
+    pool = None if runtime == "torch" else pool  # fp32 torch: embed_catalogue's own path
     items, computed = embed_catalogue(model, tokenizer, documents, cfg.batch_size, device, cached, pool)
     if len(computed):
         storage.add_encoder_outputs(key, computed.to_table())

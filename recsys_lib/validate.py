@@ -71,6 +71,7 @@ def check_columns(columns: list[str], entity: str, source: str) -> None:
             f"{source}: not JSON lines (one object per line); a JSON array or an object spread over "
             "several lines is not read: convert it, e.g. jq -c '.[]'"
         )
+    # Spark reads a header naming a column twice as <name><position> for each copy.
     twice = [c for c in missing if sum(bool(re.fullmatch(rf"{re.escape(c)}\d+", x)) for x in columns) > 1]
     if twice:
         raise SchemaError(f"{source}: column(s) {', '.join(twice)} appear more than once in the header")

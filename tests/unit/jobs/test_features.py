@@ -9,24 +9,25 @@ from recsys_lib.storage import Storage
 DS = "2026-01-02"
 
 
+def ingest_drop(settings, items: bytes, events: str) -> None:
+    """Land and ingest one day's drop: an items CSV and interactions CSV rows under a header."""
+    storage = Storage(settings)
+    storage.replace_raw_drop("items", DS, {"items.csv": items})
+    storage.replace_raw_drop("interactions", DS, {"interactions.csv": events.encode()})
+    ingest.run(settings, DS)
+
+
 @pytest.mark.spark
 def test_a_header_only_interactions_drop_stops_at_features(spark, settings):
-    storage = Storage(settings)
-    storage.replace_raw_drop("items", DS, {"items.csv": b"item_id,title\na,A\nb,B\n"})
-    storage.replace_raw_drop("interactions", DS, {"interactions.csv": b"user_id,item_id,timestamp\n"})
-    ingest.run(settings, DS)
+    ingest_drop(settings, b"item_id,title\na,A\nb,B\n", "user_id,item_id,timestamp\n")
     with pytest.raises(DataValidationError, match=f"nothing to train on for {DS}: 0 positive training events"):
         features.run(settings, DS)
 
 
 @pytest.mark.spark
 def test_too_few_users_to_learn_from_stop_at_features(spark, settings):
-    storage = Storage(settings)
-    storage.replace_raw_drop("items", DS, {"items.csv": b"item_id,title\na,A\nb,B\nc,C\n"})
     events = "".join(f"u{n % 2},{'abc'[n % 3]},{1767225600 + n}\n" for n in range(6))
-    events = ("user_id,item_id,timestamp\n" + events).encode()
-    storage.replace_raw_drop("interactions", DS, {"interactions.csv": events})
-    ingest.run(settings, DS)
+    ingest_drop(settings, b"item_id,title\na,A\nb,B\nc,C\n", "user_id,item_id,timestamp\n" + events)
     expected = r"^too little to train on for 2026-01-02: 2 users and 3 items have positive training events, below"
     with pytest.raises(DataValidationError, match=expected):
         features.run(settings, DS)
@@ -34,10 +35,7 @@ def test_too_few_users_to_learn_from_stop_at_features(spark, settings):
 
 @pytest.mark.spark
 def test_events_that_are_all_weight_zero_leave_nothing_to_train_on(spark, settings):
-    storage = Storage(settings)
-    storage.replace_raw_drop("items", DS, {"items.csv": b"item_id,title\na,A\nb,B\n"})
     events = "".join(f"u{n},{'ab'[n % 2]},{1767225600 + n},0\n" for n in range(20))
-    storage.replace_raw_drop("interactions", DS, {"e.csv": ("user_id,item_id,timestamp,weight\n" + events).encode()})
-    ingest.run(settings, DS)
+    ingest_drop(settings, b"item_id,title\na,A\nb,B\n", "user_id,item_id,timestamp,weight\n" + events)
     with pytest.raises(DataValidationError, match=f"^nothing to train on for {DS}: 0 positive training events of 20 "):
         features.run(settings, DS)
