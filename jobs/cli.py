@@ -5,7 +5,7 @@ An entry point like the stage jobs beside it: it parses arguments, calls the lib
 with their one-line message, not a traceback (``recsys --verbose ...`` shows it), naming your
 files rather than their copies in the raw drop.
 
-recsys run --interactions FILE --items FILE [--users FILE] --output DIR_OR_URI [--ds DATE] [--config FILE]
+recsys run --interactions FILE --items FILE [--users FILE] [--queries FILE] --output DIR_OR_URI [--ds DATE]
 recsys benchmark --protocol P --interactions FILE --items FILE --ds DATE    the model and baselines on one split
 recsys land-sample --ds DATE          stage the bundled MovieLens sample as that day's raw drop
 recsys show [--users N]               the published tables, and a few users' history and top-10
@@ -55,10 +55,11 @@ def _project_root(output: str) -> str:
 
 
 def _land_files(args: argparse.Namespace, settings) -> None:
-    """The --interactions, --items and --users files as the raw drop of --ds."""
+    """The --interactions, --items, --users and --queries files as the raw drop of --ds."""
     from recsys_lib.storage import Storage
 
-    sources = {"interactions": args.interactions, "items": args.items, "users": args.users}
+    sources = {"interactions": args.interactions, "items": args.items, "users": args.users,
+               "queries": getattr(args, "queries", None)}  # fmt: skip
     for entity, path in sources.items():
         if path is not None and Path(path).expanduser().is_dir():
             raise SystemExit(f"recsys {args.command}: --{entity} {path}: a directory, not a file")
@@ -293,7 +294,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run the whole pipeline on your own files")
     p.add_argument("--interactions", required=True, help="CSV / Parquet / JSON-lines file")
     p.add_argument("--items", required=True, help="CSV / Parquet / JSON-lines file")
-    p.add_argument("--users", help="optional: registered users and their segments (same formats)")
+    p.add_argument("--users", help="optional: registered users, their segments and interests (same formats)")
+    p.add_argument("--queries", help="optional: a search log (query, timestamp [, user_id] [, item_id clicked])")
     p.add_argument("--output", required=True, help="where to publish: a directory or s3://bucket/prefix")
     p.add_argument(
         "--ds",
@@ -314,7 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--holdout-fraction", type=float, default=0.2, help="share held out (0.25 for random_item's 75/25)")
     p.add_argument("--interactions", required=True, help="CSV / Parquet / JSON-lines file")
     p.add_argument("--items", required=True, help="CSV / Parquet / JSON-lines file")
-    p.add_argument("--users", help="optional: registered users and their segments")
+    p.add_argument("--users", help="optional: registered users, their segments and interests")
     p.add_argument("--ds", type=logical_date, required=True, help="logical date: the day of the latest event or later")
     p.add_argument("--config", help="settings TOML file")
     p.add_argument("--data-root", help="work data and MLflow store (default: a new folder under RECSYS_DATA_ROOT)")

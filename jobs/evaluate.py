@@ -5,9 +5,12 @@ evaluation model (trained on the split's training side; the served model is its 
 everything) and the champion's (trained on an earlier, smaller training side, so today's holdout
 is unseen to it too). Each ranks the training side of every holdout user the way recommend ranks
 live users, over today's catalogue; tuned baselines (most-popular, item-kNN, Spark ALS) rank
-the same users; then the cold-item protocol. The protocols are
-``recsys_lib.evaluation.protocols``. Writes the typed report to ``runs/ds=<ds>/evaluation.json``
-(and a text table beside it) and to the candidate's MLflow run.
+the same users; then the cold-item protocol and the search protocol (held-out tags as queries:
+the model's query path against BM25 and the pretrained encoder). Evaluation models read the
+evaluation documents (the held-out tags left out). The protocols are
+``recsys_lib.evaluation.protocols`` and ``recsys_lib.evaluation.search``. Writes the typed
+report to ``runs/ds=<ds>/evaluation.json`` (and a text table beside it) and to the candidate's
+MLflow run.
 """
 
 from __future__ import annotations
@@ -21,10 +24,13 @@ log = logging.getLogger(__name__)
 
 
 def run(settings: Settings, ds: str, model_version: str | None = None) -> dict[str, Any]:
+    import dataclasses
+
     import numpy as np
     import pandas as pd
 
     from recsys_lib.evaluation.protocols import EvaluationSplit, Ranking, baselines, evaluate_candidate
+    from recsys_lib.evaluation.search import text_user_segment
     from recsys_lib.ranker import EventLog, features_at_end_of_ds
     from recsys_lib.rules import first_categories
     from recsys_lib.schema import (
@@ -42,13 +48,14 @@ def run(settings: Settings, ds: str, model_version: str | None = None) -> dict[s
 
     storage, tracker = Storage(settings), Tracker(settings)
     mv = tracker.resolve(model_version)
-    candidate = _evaluation_retriever(settings, storage, tracker, mv, ds)
+    candidate, tokenizer = _evaluation_retriever(settings, storage, tracker, mv, ds)
     champion, champion_ranker = _champion_retriever(settings, storage, tracker, mv, ds)
     item_ids = candidate.items.ids
     train = storage.read_features(FeatureTable.INTERACTIONS_TRAIN, ds,
                                   columns=[USER_COL, ITEM_COL, TIMESTAMP_COL, VALIDATION_COL])  # fmt: skip
     holdout = storage.read_features(FeatureTable.INTERACTIONS_HOLDOUT, ds, columns=[USER_COL, ITEM_COL, TIMESTAMP_COL])
-    documents = storage.read_features(FeatureTable.ITEM_DOCUMENTS, ds, columns=[ITEM_COL, DOCUMENT_COL, CATEGORIES_COL])
+    documents = storage.read_features(FeatureTable.EVALUATION_DOCUMENTS, ds,
+                                      columns=[ITEM_COL, DOCUMENT_COL, CATEGORIES_COL])  # fmt: skip
     split = EvaluationSplit.from_frames(
         item_ids,
         storage.read_features(FeatureTable.TRAIN_USER_HISTORIES, ds),
@@ -69,6 +76,12 @@ def run(settings: Settings, ds: str, model_version: str | None = None) -> dict[s
     rankers = baselines(cfg.baselines, lambda: get_spark(settings, "recsys-evaluate"), cfg.seed)
     report = evaluate_candidate(split, candidate, champion, rankers, cfg.k, cfg.seed, ds, mv.label,
                                 cfg.tune_baselines, ranking, (tracker.load_ranker(mv), champion_ranker))  # fmt: skip
+    pairs = storage.read_features(FeatureTable.SEARCH_PAIRS, ds)
+    report = dataclasses.replace(
+        report,
+        search=_search_segment(settings, storage, ds, candidate, tokenizer, split, pairs),
+        text_users=text_user_segment(split, candidate, pairs, cfg.k),
+    )
     location = storage.write_evaluation(report)
     tracker.log_evaluation(mv.run_id, report)
     primary = {name: m[report.primary_metric] for name, m in report.all_users.rankers.items()}
@@ -77,18 +90,65 @@ def run(settings: Settings, ds: str, model_version: str | None = None) -> dict[s
 
 
 def _evaluation_retriever(settings: Settings, storage, tracker, mv, ds: str):
-    """A registered version's evaluation model over the catalogue of ds, with an index of its
-    own built as ``[index]`` says (vectors through the encoder-output cache: the transformer runs
-    only for texts its encoder has not seen)."""
+    """(a registered version's evaluation model over the evaluation documents of ds, with an
+    index of its own built as ``[index]`` says, its tokenizer). Vectors come through the
+    encoder-output cache: the transformer runs only for texts its encoder has not seen."""
     from recsys_lib.embedding import embed_version
     from recsys_lib.models.two_tower import resolve_device
     from recsys_lib.retrieval import Retriever
+    from recsys_lib.storage import FeatureTable
 
     device = resolve_device(settings.embed.device)
     model, tokenizer = tracker.load_model(mv, device, evaluation=True)
-    items, _ = embed_version(storage, ds, model, tokenizer, mv.version, settings.embed, device, write=False)
+    items, _ = embed_version(storage, ds, model, tokenizer, mv.version, settings.embed, device, write=False,
+                             table=FeatureTable.EVALUATION_DOCUMENTS)  # fmt: skip
     log.info("evaluating %s (its evaluation model) on the split of %s", mv.label, ds)
-    return Retriever.with_index(model.cpu(), items, settings.index, settings.recommend.user_batch_size)
+    batch_size = settings.recommend.user_batch_size
+    return Retriever.with_index(model.cpu(), items, settings.index, batch_size, tokenizer), tokenizer
+
+
+def _search_segment(settings: Settings, storage, ds: str, candidate, tokenizer, split, pairs):
+    """The search protocol: the candidate's query path, BM25 and the pretrained encoder over the
+    evaluation documents, most-popular as the floor."""
+    import numpy as np
+
+    from recsys_lib.embedding import embed_version
+    from recsys_lib.evaluation.search import MIN_QUERIES, SearchQueries, bm25_scorer, search_segment, vector_scorer
+    from recsys_lib.models.two_tower import TokenizedDocuments, TwoTowerModel, embed_text, resolve_device
+    from recsys_lib.schema import DOCUMENT_COL, ITEM_COL
+    from recsys_lib.storage import FeatureTable
+
+    item_ids = candidate.items.ids
+    queries = SearchQueries.from_pairs(pairs, item_ids)
+    if len(queries) < MIN_QUERIES:
+        return search_segment(queries, {}, len(item_ids), settings.evaluate.k)
+    device = resolve_device(settings.embed.device)
+
+    def encoder(model, tok):
+        def encode(texts: list[str]) -> np.ndarray:
+            docs = TokenizedDocuments.from_texts(tok, texts, model.config.max_length)
+            return embed_text(model, docs, settings.embed.batch_size, device).cpu().numpy()
+        return encode
+
+    documents = storage.read_features(FeatureTable.EVALUATION_DOCUMENTS, ds, columns=[ITEM_COL, DOCUMENT_COL])
+    texts = documents.set_index(ITEM_COL)[DOCUMENT_COL].reindex(item_ids).fillna("").tolist()
+    cfg = settings.model
+    pretrained, pretrained_tokenizer = TwoTowerModel.from_encoder(cfg.encoder, cfg.history_length, cfg.max_length,
+                                                                  settings.train.temperature)  # fmt: skip
+    pretrained_items, _ = embed_version(
+        storage, ds, pretrained.to(device), pretrained_tokenizer, "pretrained", settings.embed, device, write=False,
+        table=FeatureTable.EVALUATION_DOCUMENTS,
+    )  # fmt: skip
+    popularity = split.popularity().astype(np.float64)
+    scorers = {
+        "model": vector_scorer(encoder(candidate.model.to(device), tokenizer), candidate.items.vectors),
+        "bm25": bm25_scorer(texts),
+        "pretrained": vector_scorer(encoder(pretrained, pretrained_tokenizer), pretrained_items.vectors),
+        "popularity": lambda q: np.broadcast_to(popularity, (len(q), len(popularity))),
+    }
+    segment = search_segment(queries, scorers, len(item_ids), settings.evaluate.k)
+    candidate.model.cpu()
+    return segment
 
 
 def _champion_retriever(settings: Settings, storage, tracker, candidate, ds: str):
@@ -103,7 +163,7 @@ def _champion_retriever(settings: Settings, storage, tracker, candidate, ds: str
     if champion is None or champion.version == candidate.version:
         return None, None
     try:
-        return _evaluation_retriever(settings, storage, tracker, champion, ds), tracker.load_ranker(champion)
+        return _evaluation_retriever(settings, storage, tracker, champion, ds)[0], tracker.load_ranker(champion)
     except (OSError, ValueError, KeyError, TypeError, MlflowException) as e:
         log.warning("cannot re-evaluate champion %s on this split: %s", champion.label, e)
         return None, None

@@ -2,6 +2,12 @@
 
 Writes under ``features/ds=<ds>/`` (``recsys_lib.storage.FeatureTable``):
   item_documents        item_id, title, categories, document, content_hash
+  evaluation_documents  the same, with the search evaluation's held-out tags left out: what the
+                        evaluation model reads
+  search_pairs          query, item_id, is_holdout: lower-cased tags and categories -> the items
+                        they describe (search's pseudo-queries; is_holdout: the held-out tags),
+                        and the search log's clicks
+  top_queries           query, n_searches: the search log's most frequent queries (features.top_queries)
   item_stats            item_id, n_interactions, n_users, last_ts (positives up to ds)
   user_histories        user_id, history, history_ts, seen, segment (everything up to ds: for
                         serving; registered users without interactions have empty lists)
@@ -36,8 +42,9 @@ def run(settings: Settings, ds: str) -> dict[str, Any]:
     items = lake.read_lake(spark, storage, "items", ds)
     events = lake.read_lake(spark, storage, "interactions", ds)
     users = lake.read_registered_users(spark, storage, ds)
+    search_log = lake.read_search_log(spark, storage, ds)
 
-    split = fx.build_features(items, events, users, settings.features)
+    split = fx.build_features(items, events, users, settings.features, search_log)
     counts = split.counts()
     if counts["train_positives"] < 2:
         split.release()

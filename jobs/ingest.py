@@ -1,7 +1,7 @@
 """Ingest + validate (Spark): raw drops for ds -> typed lake partitions + quarantine.
 
-Reads every CSV / Parquet / JSON-lines file under ``raw/{items,interactions,users}/ds=<ds>/``
-(users are optional: registered users and their segments).
+Reads every CSV / Parquet / JSON-lines file under ``raw/{items,interactions,users,queries}/ds=<ds>/``
+(users and queries are optional: registered users, their segments and interests; a search log).
 Rejected rows land in ``quarantine/<entity>/ds=<ds>`` with a reason. All or nothing per ds:
 every entity of the drop is validated first, and a file whose rejected share is over
 ``ingest.max_reject_fraction`` stops the run before the lake is touched; then each entity's
@@ -35,7 +35,7 @@ def run(settings: Settings, ds: str) -> dict[str, Any]:
     from recsys_lib.schema import ITEM_COL
     from recsys_lib.spark import get_spark
     from recsys_lib.storage import Storage
-    from recsys_lib.validate import validate_interactions, validate_items, validate_users
+    from recsys_lib.validate import validate_interactions, validate_items, validate_queries, validate_users
 
     spark = get_spark(settings, "recsys-ingest")
     storage = Storage(settings)
@@ -53,6 +53,7 @@ def run(settings: Settings, ds: str) -> dict[str, Any]:
             "CSV/Parquet/JSON file"
         )
     raw_users = lake.read_raw_drop(spark, storage, "users", ds, settings.ingest.encoding)
+    raw_queries = lake.read_raw_drop(spark, storage, "queries", ds, settings.ingest.encoding)
 
     checked: list[CheckedEntity] = []
     persisted = []
@@ -79,7 +80,11 @@ def run(settings: Settings, ds: str) -> dict[str, Any]:
             persisted.append(raw_users.persist())
             valid_users, rejected_users = validate_users(raw_users, ds)
             checked.append(_check(storage, "users", ds, raw_users, valid_users, rejected_users, settings))
-        return {"ds": ds, **_switch_in(storage, ds, checked, users_dropped=raw_users is None)}
+        if raw_queries is not None:
+            persisted.append(raw_queries.persist())
+            valid_queries, rejected_queries = validate_queries(raw_queries, ds, known, settings.ingest.min_timestamp)
+            checked.append(_check(storage, "queries", ds, raw_queries, valid_queries, rejected_queries, settings))
+        return {"ds": ds, **_switch_in(storage, ds, checked)}
     finally:
         for df in persisted:
             df.unpersist()
@@ -105,10 +110,11 @@ def _check(storage, entity: str, ds: str, raw, valid, rejected, settings: Settin
     return CheckedEntity(entity, valid, summary)
 
 
-def _switch_in(storage, ds: str, checked: list[CheckedEntity], users_dropped: bool) -> dict[str, Any]:
+def _switch_in(storage, ds: str, checked: list[CheckedEntity]) -> dict[str, Any]:
     """Write every checked entity to its staging key, then switch the ds partitions in together
-    (a users partition an earlier run of ds left goes too when the drop has no users file)."""
+    (a users or queries partition an earlier run of ds left goes too when the drop has no such file)."""
     from recsys_lib.lake import write_table
+    from recsys_lib.schema import OPTIONAL_ENTITIES
     from recsys_lib.storage import Storage
 
     out = {}
@@ -117,8 +123,8 @@ def _switch_in(storage, ds: str, checked: list[CheckedEntity], users_dropped: bo
     for c in checked:
         storage.work.replace_prefix(Storage.lake_staging(c.entity, ds), Storage.lake_partition(c.entity, ds))
         out[c.entity] = {**c.summary, "lake": storage.work.uri(Storage.lake_partition(c.entity, ds))}
-    if users_dropped:
-        storage.work.delete_prefix(Storage.lake_partition("users", ds) + "/")
+    for entity in set(OPTIONAL_ENTITIES) - {c.entity for c in checked}:
+        storage.work.delete_prefix(Storage.lake_partition(entity, ds) + "/")
     return out
 
 

@@ -28,7 +28,7 @@ def run(settings: Settings, ds: str, model_version: str | None = None) -> dict[s
     from recsys_lib.gate import NO_CHAMPION, GateDecision, decide
     from recsys_lib.reader import PublishedTables
     from recsys_lib.rules import read_rules
-    from recsys_lib.schema import ITEM_COL, SEEN_COL, USER_COL
+    from recsys_lib.schema import ITEM_COL, QUERY_COL, SEEN_COL, USER_COL
     from recsys_lib.storage import FeatureTable, OutputTable, Storage
     from recsys_lib.tracking import CHAMPION, Tracker, code_version
 
@@ -41,7 +41,8 @@ def run(settings: Settings, ds: str, model_version: str | None = None) -> dict[s
     histories = storage.read_features(FeatureTable.USER_HISTORIES, ds, columns=[USER_COL, SEEN_COL])
     live = pub.read_latest(storage.published)
     previous = None if live is None else PublishedTables(storage.published).table(OutputTable.USER_TOPN).to_pandas()
-    failures = check_tables(tables, histories, active, previous, cfg)
+    queries = storage.read_features(FeatureTable.TOP_QUERIES, ds, columns=[QUERY_COL])[QUERY_COL].tolist()
+    failures = check_tables(tables, histories, active, previous, cfg, queries)
     if failures:
         raise PublishRefused("checks failed, the live tables are unchanged:\n  " + "\n  ".join(failures))
 

@@ -1,11 +1,14 @@
 """Recommend (FAISS + numpy): user top-N, item-to-item and vector tables, staged for publish.
 
 Reads user histories up to ds, the model's user tower, the item vectors and the index; writes
-``runs/ds=<ds>/{user_topn, item_similar, item_vectors, user_vectors}`` (the vectors let a service
+``runs/ds=<ds>/{user_topn, item_similar, query_topn, item_vectors, user_vectors}`` (query_topn:
+the search log's frequent queries, searched as ``PublishedTables.search`` does; the vectors let a service
 retrieve online with the same model), and ``runs/ds=<ds>/query_encoder/`` (the query side of the
 model as ONNX with its tokenizer, for search). Seen items are excluded; users without a usable
-history get the most popular items they have not seen, of their segment where the optional
-users input gives one (``rules.fallback_by_segment``). Business rules (``[rules]``: blocked
+history who said what they like (the users input's ``interests``) are ranked from their words
+when train's check found that beats popularity (``interests.used``); the others get the most
+popular items they have not seen, of their segment where the users input gives one
+(``rules.fallback_by_segment``). Business rules (``[rules]``: blocked
 items, new-item boost, minimum score, category cap) apply before the lists are cut to N. Users
 are ranked in parts of ``recommend.users_per_part``, each written before the next starts, so
 memory stays bounded by one part.
@@ -33,7 +36,7 @@ def run(settings: Settings, ds: str, model_version: str | None = None) -> dict[s
     from recsys_lib.models.inference import export_query_encoder
     from recsys_lib.retrieval import Retriever
     from recsys_lib.rules import read_rules
-    from recsys_lib.schema import USER_COL
+    from recsys_lib.schema import QUERY_COL, USER_COL
     from recsys_lib.storage import FeatureTable, OutputTable, Storage
     from recsys_lib.tracking import Tracker
 
@@ -42,7 +45,9 @@ def run(settings: Settings, ds: str, model_version: str | None = None) -> dict[s
     cfg = settings.recommend
     items = ItemVectors.from_table(storage.read_item_embeddings(ds, mv.version))
     model, tokenizer = tracker.load_model(mv, "cpu")
-    retriever = Retriever(model, items, storage.read_index(ds, mv.version), cfg.user_batch_size)
+    retriever = Retriever(model, items, storage.read_index(ds, mv.version), cfg.user_batch_size, tokenizer)
+    # Users known only by their words get the text path where train's check found it beats popularity.
+    interests = tracker.run_metrics(mv.run_id).get("interests.used", 0.0) > 0
     histories = storage.read_features(FeatureTable.USER_HISTORIES, ds).sort_values(USER_COL, kind="stable")
     popularity = rec.popularity_vector(items.ids, storage.read_features(FeatureTable.ITEM_STATS, ds))
     rules = read_rules(settings.rules, storage, ds, items.ids, items.vectors)
@@ -51,23 +56,33 @@ def run(settings: Settings, ds: str, model_version: str | None = None) -> dict[s
         segments = storage.read_features(FeatureTable.SEGMENT_POPULARITY, ds)
         by_segment = rec.SegmentPopularity.from_frame(segments, items.ids, popularity, settings.rules.min_segment_users)
     ranking = _served_ranking(settings, storage, tracker, mv, ds, items)
-    totals = Counter(users=0, fallback_users=0, segment_fallback_users=0, user_rows=0)
+    totals = Counter(users=0, interests_users=0, fallback_users=0, segment_fallback_users=0, user_rows=0)
 
     def user_parts():
         for start in range(0, len(histories), cfg.users_per_part):
             part = histories.iloc[start : start + cfg.users_per_part]
-            ranked = rec.user_topn(retriever, part, popularity, cfg.top_n, mv.label, ds, rules, by_segment, ranking)
+            ranked = rec.user_topn(retriever, part, popularity, cfg.top_n, mv.label, ds, rules, by_segment, ranking,
+                                   interests)  # fmt: skip
             totals.update(ranked.counts)
             yield {OutputTable.USER_TOPN: ranked.table, OutputTable.USER_VECTORS: ranked.vectors}
 
     parts = storage.write_output_parts(ds, user_parts())
     similar = rec.item_similar(retriever, cfg.similar_n, mv.label, ds, rules.blocked)
     storage.write_output_table(OutputTable.ITEM_SIMILAR, ds, similar)
+    queries = storage.read_features(FeatureTable.TOP_QUERIES, ds)[QUERY_COL].tolist()
+    searched = rec.query_topn(retriever, queries, cfg.top_n, mv.label, ds, rules.blocked)
+    storage.write_output_table(OutputTable.QUERY_TOPN, ds, searched)
     active = items.subset(np.flatnonzero(~rules.blocked))  # a service must not retrieve blocked items either
     storage.write_output_table(OutputTable.ITEM_VECTORS, ds, rec.item_vectors_table(active, mv.label))
-    with tempfile.TemporaryDirectory() as folder:  # the query side, for search services
-        storage.write_output_files(Storage.QUERY_ENCODER, ds, export_query_encoder(model, tokenizer, Path(folder)))
+    # The query side, for search services: the one registered with the model in MLflow (older
+    # versions without one: exported now).
+    encoder_files = tracker.query_encoder_files(mv)
+    if encoder_files is None:
+        with tempfile.TemporaryDirectory() as folder:
+            encoder_files = export_query_encoder(model, tokenizer, Path(folder))
+    storage.write_output_files(Storage.QUERY_ENCODER, ds, encoder_files)
     summary = {**totals, "user_parts": parts, "items": len(items), "item_rows": similar.num_rows,
+               "queries": len(queries), "query_rows": searched.num_rows,
                "blocked_items": int(rules.blocked.sum()), "ranker": float(ranking is not None)}  # fmt: skip
     log.info("recommend %s", summary)
     tracker.log_metrics(mv.run_id, {f"recommend.{k}": v for k, v in summary.items()})

@@ -1,8 +1,9 @@
 """Train (torch + transformers): fine-tune the two-tower model, log it to MLflow, register it.
 
-Reads ``features/ds=<ds>/{item_documents, interactions_train, interactions_all}``. Trains the
-evaluation model on the split's training side (warm-started from the champion's evaluation
-model), then continues it on every interaction up to ds into the served model
+Reads ``features/ds=<ds>/{item_documents, evaluation_documents, search_pairs, interactions_train,
+interactions_all}``. Trains the evaluation model on the split's training side and the evaluation
+documents (warm-started from the champion's evaluation model), then continues it on every
+interaction up to ds and the whole documents into the served model
 (``recsys_lib.models.training.train_nightly``). Both go to one MLflow run;
 the served model is the registered version, with the alias ``candidate``; publish decides
 whether it becomes ``champion``. Warm-starts from the current champion unless
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from pathlib import Path
 from typing import Any
 
 from recsys_lib.settings import Settings
@@ -25,9 +27,13 @@ log = logging.getLogger(__name__)
 def run(settings: Settings, ds: str) -> dict[str, Any]:
     import numpy as np
     import pandas as pd
+    import torch
 
     from recsys_lib.embedding import EncoderOutputs
+    from recsys_lib.evaluation.search import check_interests
     from recsys_lib.models.examples import prepare_serving_data, prepare_training_data
+    from recsys_lib.models.inference import export_query_encoder
+    from recsys_lib.models.train_task import SearchPairs
     from recsys_lib.models.training import initial_model, train_nightly, training_fingerprint
     from recsys_lib.models.two_tower import TokenizedDocuments, resolve_device
     from recsys_lib.ranker import features_at_end_of_ds
@@ -46,19 +52,26 @@ def run(settings: Settings, ds: str) -> dict[str, Any]:
         CHAMPION,
         EVALUATION_MODEL_ARTIFACT,
         MODEL_ARTIFACT,
+        QUERY_ENCODER_ARTIFACT,
         RANKER_ARTIFACT,
         Tracker,
     )
 
     storage, tracker = Storage(settings), Tracker(settings)
     cfg = settings.train
-    documents = storage.read_features(FeatureTable.ITEM_DOCUMENTS, ds).sort_values(ITEM_COL, kind="stable")
-    documents = documents.reset_index(drop=True)
+    documents, evaluation_documents = (
+        storage.read_features(table, ds).sort_values(ITEM_COL, kind="stable").reset_index(drop=True)
+        for table in (FeatureTable.ITEM_DOCUMENTS, FeatureTable.EVALUATION_DOCUMENTS)
+    )
+    if not documents[ITEM_COL].equals(evaluation_documents[ITEM_COL]):
+        raise ValueError(f"features of {ds}: evaluation_documents and item_documents list different items")
+    pairs = storage.read_features(FeatureTable.SEARCH_PAIRS, ds)
     interactions = storage.read_features(FeatureTable.INTERACTIONS_TRAIN, ds)
     all_interactions = storage.read_features(FeatureTable.INTERACTIONS_ALL, ds)
     events = [USER_COL, ITEM_COL, TIMESTAMP_COL]
     fingerprint = training_fingerprint(
-        [documents[[ITEM_COL, CONTENT_HASH_COL]], interactions[events + [VALIDATION_COL]], all_interactions[events]],
+        [documents[[ITEM_COL, CONTENT_HASH_COL]], evaluation_documents[[CONTENT_HASH_COL]], pairs,
+         interactions[events + [VALIDATION_COL]], all_interactions[events]],
         settings,
     )
     tags = {"ds": ds, "stage": "train", "fingerprint": fingerprint}
@@ -81,6 +94,9 @@ def run(settings: Settings, ds: str) -> dict[str, Any]:
     # The ranker's event log: the whole training side, validation events included (each feature
     # counts strictly earlier events, so no event sees itself), as evaluate and recommend count.
     ranker_events = interactions[[ITEM_COL, TIMESTAMP_COL]]
+    # No validation event in the interests pairs: a user's words tie all of the user's items
+    # together, and would tie the validation item to the rest of the history it is ranked from.
+    text_frames = _text_pairs(settings, item_ids, pairs, interactions[~interactions[VALIDATION_COL]], all_interactions)
     del interactions, all_interactions  # the examples hold what training needs: gigabytes at scale
     champion = None if cfg.full_retrain else tracker.alias(CHAMPION)
     if champion is not None and champion.tags.get("ds", "") > ds:
@@ -91,7 +107,16 @@ def run(settings: Settings, ds: str) -> dict[str, Any]:
         champion = None
     model, tokenizer, warm_started = initial_model(settings.model, cfg, train.id_vocab, _warm_start(tracker, champion))
     warm_start = champion.label if warm_started else "none"
-    docs = TokenizedDocuments.from_texts(tokenizer, documents[DOCUMENT_COL].tolist(), model.config.max_length)
+    max_length = model.config.max_length
+    docs = TokenizedDocuments.from_texts(tokenizer, documents[DOCUMENT_COL].tolist(), max_length)
+    evaluation_docs = docs
+    if not documents[CONTENT_HASH_COL].equals(evaluation_documents[CONTENT_HASH_COL]):
+        evaluation_docs = TokenizedDocuments.from_texts(tokenizer, evaluation_documents[DOCUMENT_COL].tolist(),
+                                                        max_length)  # fmt: skip
+    text_pairs = tuple(
+        {kind: SearchPairs.from_frame(frame, item_ids, tokenizer, max_length) for kind, frame in side.items()}
+        for side in text_frames
+    )
     device = resolve_device(cfg.device)
 
     run_id = tracker.start_run(f"train {ds}", {**tags, "warm_start": warm_start, "device": device.type})
@@ -103,18 +128,26 @@ def run(settings: Settings, ds: str) -> dict[str, Any]:
             "data.examples": len(train.examples), "data.validation_users": len(train.validation),
             "data.id_vocab": len(train.id_vocab), "data.all_examples": len(everything.examples),
         })  # fmt: skip
-        models = train_nightly(model, docs, item_ids, train, everything, cfg, device, settings.evaluate.k,
+        models = train_nightly(model, evaluation_docs, item_ids, train, everything, cfg, device, settings.evaluate.k,
                                on_step=lambda step, m: tracker.log_metrics(run_id, m, step),
-                               warm_started=warm_started)  # fmt: skip
-        ranker = _fit_ranker(settings, models, item_ids, documents, ranker_events, train.ranking, device)
-        tracker.log_metrics(run_id, models.report | _ranker_metrics(ranker))
-        outputs = EncoderOutputs(pd.Index(documents[CONTENT_HASH_COL]), models.pooled.cpu().numpy()).unique()
+                               warm_started=warm_started, served_documents=docs, text_pairs=text_pairs)  # fmt: skip
+        retriever = _evaluation_retriever(settings, models, item_ids, tokenizer)
+        ranker = _fit_ranker(settings, retriever, documents, ranker_events, train.ranking)
+        interests = check_interests(retriever, train.validation, pairs, _popularity(item_ids, ranker_events),
+                                    settings.evaluate.primary_k)  # fmt: skip
+        models.evaluation.to(device)
+        tracker.log_metrics(run_id, models.report | _ranker_metrics(ranker) | interests)
+        hashes = pd.Index(pd.concat([documents[CONTENT_HASH_COL], evaluation_documents[CONTENT_HASH_COL]]))
+        pooled = torch.cat([models.pooled, models.evaluation_pooled]).cpu().numpy()
+        outputs = EncoderOutputs(hashes, pooled).unique()
         storage.add_encoder_outputs(models.served.encoder_fingerprint(), outputs.to_table())
         with storage.temp_dir() as tmp:
             models.served.save(f"{tmp}/{MODEL_ARTIFACT}", tokenizer)
             models.evaluation.save(f"{tmp}/{EVALUATION_MODEL_ARTIFACT}", tokenizer)
             if ranker is not None:
                 ranker.save(f"{tmp}/{RANKER_ARTIFACT}")
+            # The query side, registered with the model: what recommend publishes for search.
+            export_query_encoder(models.served.cpu(), tokenizer, Path(tmp) / QUERY_ENCODER_ARTIFACT)
             tracker.log_artifacts(run_id, tmp)
         mv = tracker.register_model(run_id, {"ds": ds, "fingerprint": fingerprint})
         tracker.set_alias(CANDIDATE, mv.version)
@@ -126,26 +159,59 @@ def run(settings: Settings, ds: str) -> dict[str, Any]:
             "reused": False, **models.report}  # fmt: skip
 
 
-def _fit_ranker(settings: Settings, models, item_ids, documents, events, validation, device):
-    """The second stage, learned on the evaluation model's candidates for the validation events
-    (recsys_lib/ranker.py); None when ranking is off or too few users can teach it."""
+def _text_pairs(settings: Settings, item_ids, pairs, train_events, all_events):
+    """({kind: (query, item_id) frame} of the evaluation model, of the served model): search
+    pairs (the evaluation model's without the held-out tags) and interests pairs (the words that
+    describe each user's history -> their items; the training side's users for the evaluation
+    model, everyone's for the served one; a seeded sample of train.max_validation_users users)."""
+    from recsys_lib.models.examples import interest_pairs
+    from recsys_lib.models.train_task import INTERESTS, SEARCH
+    from recsys_lib.schema import HOLDOUT_COL
+
+    cfg = settings.train
+    out = []
+    for side_pairs, events in ((pairs, train_events), (pairs.assign(**{HOLDOUT_COL: False}), all_events)):
+        kinds = {SEARCH: side_pairs[~side_pairs[HOLDOUT_COL]]}
+        if cfg.interests_loss_weight > 0:
+            kinds[INTERESTS] = interest_pairs(events, item_ids, side_pairs, cfg.max_validation_users,
+                                              settings.features.max_history, cfg.seed)  # fmt: skip
+        out.append(kinds)
+    return tuple(out)
+
+
+def _evaluation_retriever(settings: Settings, models, item_ids, tokenizer):
+    """The evaluation model (on the CPU) over its own item vectors, for the checks below."""
     import torch
 
     from recsys_lib.embedding import ItemVectors
-    from recsys_lib.ranker import fit_ranker
     from recsys_lib.retrieval import Retriever
+
+    model = models.evaluation.cpu()
+    vectors, bias = model.items_from_pooled(models.evaluation_pooled.cpu(), torch.as_tensor(model.id_rows(item_ids)))
+    items = ItemVectors(item_ids, vectors.numpy(), bias.numpy())
+    return Retriever.with_index(model, items, settings.index, settings.recommend.user_batch_size, tokenizer)
+
+
+def _fit_ranker(settings: Settings, retriever, documents, events, validation):
+    """The second stage, learned on the evaluation model's candidates for the validation events
+    (recsys_lib/ranker.py); None when ranking is off or too few users can teach it."""
+    from recsys_lib.ranker import fit_ranker
     from recsys_lib.rules import first_categories
 
     if not settings.rank.enabled or validation is None or validation.time is None or not len(validation):
         return None
-    model = models.evaluation.cpu()
-    vectors, bias = model.items_from_pooled(models.pooled.cpu(), torch.as_tensor(model.id_rows(item_ids)))
-    items = ItemVectors(item_ids, vectors.numpy(), bias.numpy())
-    retriever = Retriever.with_index(model, items, settings.index, settings.recommend.user_batch_size)
-    ranker = fit_ranker(retriever, first_categories(documents, item_ids), events, validation, settings.rank,
-                        settings.evaluate.primary_k, settings.train.seed)  # fmt: skip
-    model.to(device)
-    return ranker
+    return fit_ranker(retriever, first_categories(documents, retriever.items.ids), events, validation, settings.rank,
+                      settings.evaluate.primary_k, settings.train.seed)  # fmt: skip
+
+
+def _popularity(item_ids, events):
+    """[n_items] training events per catalogue item."""
+    import numpy as np
+
+    from recsys_lib.schema import ITEM_COL
+
+    rows = item_ids.get_indexer(events[ITEM_COL])
+    return np.bincount(rows[rows >= 0], minlength=len(item_ids)).astype(np.float64)
 
 
 def _ranker_metrics(ranker) -> dict[str, float]:

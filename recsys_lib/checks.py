@@ -19,6 +19,8 @@ from recsys_lib.schema import (
     ITEM_COL,
     ITEM_SIMILAR_SCHEMA,
     ITEM_VECTORS_SCHEMA,
+    QUERY_COL,
+    QUERY_TOPN_SCHEMA,
     RANK_COL,
     REASON_ITEM_COL,
     SCORE_COL,
@@ -39,6 +41,7 @@ def check_tables(
     catalogue: pd.Series,
     previous_topn: pd.DataFrame | None,
     cfg: PublishSettings,
+    queries: list[str] | None = None,
 ) -> list[str]:
     """Every check of the staged tables, each failure prefixed with its table's name.
 
@@ -46,6 +49,7 @@ def check_tables(
         histories: user_id, seen of every active user.
         catalogue: the active catalogue's item ids (blocked items left out).
         previous_topn: the live user top-N, or None before the first publish.
+        queries: the frequent queries query_topn must answer (None: no query_topn check).
     """
     topn = tables[OutputTable.USER_TOPN].to_pandas()
     similar = tables[OutputTable.ITEM_SIMILAR]
@@ -61,6 +65,29 @@ def check_tables(
     for name, (key, schema, expected, complete) in vectors.items():
         if name in tables:
             failures += [f"{name}: {f}" for f in check_vectors(tables[name], key, schema, expected, complete)]
+    if queries is not None and OutputTable.QUERY_TOPN in tables:
+        searched = tables[OutputTable.QUERY_TOPN]
+        checked = check_query_topn(searched.to_pandas(), active, queries, searched.schema)
+        failures += [f"query_topn: {f}" for f in checked]
+    return failures
+
+
+def check_query_topn(
+    searched: pd.DataFrame, catalogue: set[str] | pd.Index, queries: list[str], schema: pa.Schema | None = None
+) -> list[str]:
+    """The frequent-query table: its schema, ranks 1..N, active items only, and rows for every
+    query it was asked (empty when the search log is)."""
+    failures = []
+    if schema is not None and not schema.equals(QUERY_TOPN_SCHEMA):
+        failures.append(f"schema differs from the contract: {schema} != {QUERY_TOPN_SCHEMA}")
+    if len(searched):
+        failures += _check_ranks(searched, QUERY_COL, ITEM_COL)
+        unknown = ~searched[ITEM_COL].isin(catalogue)
+        if unknown.any():
+            failures.append(f"{int(unknown.sum())} rows list items outside the active catalogue")
+    missing = set(queries) - set(searched[QUERY_COL])
+    if missing:
+        failures.append(f"{len(missing)} frequent queries have no results, e.g. {sorted(missing)[:3]}")
     return failures
 
 

@@ -186,7 +186,7 @@ def vector_column(matrix: np.ndarray) -> pa.Array:
 
 
 def embed_version(
-    storage, ds: str, model, tokenizer, model_version: str, cfg, device, write: bool = True
+    storage, ds: str, model, tokenizer, model_version: str, cfg, device, write: bool = True, table=None
 ) -> tuple[ItemVectors, dict]:
     """Embed the catalogue of ds with one model, through the encoder-output cache of its
     encoder, and (``write``) store the vectors as that version's embeddings of ds. Shared by the
@@ -195,6 +195,8 @@ def embed_version(
 
     Args:
         storage: a ``Storage``; cfg: ``EmbedSettings``.
+        table: the features table of documents (default ``item_documents``; evaluate embeds an
+            evaluation model's ``evaluation_documents``).
     Returns:
         (the vectors, {"items", "encoded", "cached", "runtime", "embeddings": URI or None}).
     """
@@ -202,7 +204,8 @@ def embed_version(
     from recsys_lib.models.two_tower import TokenizedDocuments, embed_text
     from recsys_lib.storage import FeatureTable
 
-    documents = storage.read_features(FeatureTable.ITEM_DOCUMENTS, ds).sort_values(ITEM_COL, kind="stable")
+    table = FeatureTable.ITEM_DOCUMENTS if table is None else table
+    documents = storage.read_features(table, ds).sort_values(ITEM_COL, kind="stable")
     documents = documents.reset_index(drop=True)
     runtime = resolve_runtime(cfg.runtime, device)
     key = cache_key(model.encoder_fingerprint(), runtime)

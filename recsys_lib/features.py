@@ -1,4 +1,5 @@
-"""Feature engineering (Spark): item documents, item stats, user histories, the holdout split.
+"""Feature engineering (Spark): item documents, item stats, user histories, the holdout split,
+the search pairs.
 
 Pure DataFrame -> DataFrame transforms; ``build_features`` composes them into the features
 stage's tables, and the features job reads the lake and writes them.
@@ -23,10 +24,13 @@ from recsys_lib.schema import (
     HISTORY_COL,
     HISTORY_TS_COL,
     HOLDOUT_COL,
+    INTERESTS_COL,
     ITEM_COL,
     LAST_TS_COL,
     N_INTERACTIONS_COL,
+    N_SEARCHES_COL,
     N_USERS_COL,
+    QUERY_COL,
     RATING_COL,
     SEEN_COL,
     SEGMENT_COL,
@@ -43,6 +47,7 @@ from recsys_lib.settings import FeatureSettings, Split
 from recsys_lib.storage import FeatureTable
 
 HASH_BUCKETS = 10_000
+SEARCH_LOG_SCHEMA = "query string, timestamp timestamp, user_id string, item_id string"
 SPLITS = typing.get_args(Split)
 
 
@@ -74,14 +79,27 @@ class FeatureSet:
             df.unpersist()
 
 
-def build_features(items: DataFrame, interactions: DataFrame, users: DataFrame, cfg: FeatureSettings) -> FeatureSet:
-    """Every feature table from the lake's items, interactions and registered users up to ds.
+def build_features(
+    items: DataFrame,
+    interactions: DataFrame,
+    users: DataFrame,
+    cfg: FeatureSettings,
+    search_log: DataFrame | None = None,
+) -> FeatureSet:
+    """Every feature table from the lake's items, interactions, registered users and search log up to ds.
 
     Args:
         items, interactions: lake rows of every drop up to ds (with their ds column).
-        users: user_id, segment of registered users (may be empty).
+        users: user_id, segment, interests of registered users (may be empty).
+        search_log: query, timestamp, user_id, item_id rows (None or empty: no search log).
     """
-    documents = item_documents(latest_rows(items, ITEM_COL), cfg.max_tags_per_item)
+    catalogue = latest_rows(items, ITEM_COL)
+    documents = item_documents(catalogue, cfg.max_tags_per_item)
+    pairs = search_pairs(catalogue, cfg.max_tags_per_item, cfg.search_holdout_fraction, cfg.search_holdout_seed)
+    if search_log is None:
+        search_log = items.sparkSession.createDataFrame([], SEARCH_LOG_SCHEMA)
+    pairs = with_clicks(pairs, search_log, catalogue)
+    held_out = pairs.where(F.col(HOLDOUT_COL)).select(F.col(QUERY_COL).alias("_tag")).distinct()
     events = dedupe_interactions(interactions).withColumn(TIMESTAMP_COL, epoch_seconds())
     events = weigh_events(events, cfg.event_weight_map()).persist()
     cold = cold_items(events, cfg.cold_item_fraction, cfg.cold_item_seed).persist()
@@ -96,6 +114,11 @@ def build_features(items: DataFrame, interactions: DataFrame, users: DataFrame, 
     holdout_pos = positives(split.where(F.col(HOLDOUT_COL)), cfg.min_positive_rating)
     tables = {
         FeatureTable.ITEM_DOCUMENTS: documents.orderBy(ITEM_COL),
+        FeatureTable.EVALUATION_DOCUMENTS: item_documents(
+            without_tags(catalogue, held_out), cfg.max_tags_per_item
+        ).orderBy(ITEM_COL),
+        FeatureTable.SEARCH_PAIRS: pairs.orderBy(QUERY_COL, ITEM_COL),
+        FeatureTable.TOP_QUERIES: top_queries(search_log, cfg.top_queries),
         FeatureTable.ITEM_STATS: item_stats(all_pos),
         FeatureTable.USER_HISTORIES: with_registered_users(user_histories(all_pos, events, cfg.max_history), users),
         FeatureTable.SEGMENT_POPULARITY: segment_popularity(all_pos, users),
@@ -140,6 +163,57 @@ def item_documents(items: DataFrame, max_tags: int = 10) -> DataFrame:
         document.alias(DOCUMENT_COL),
         F.sha2(document, 256).alias(CONTENT_HASH_COL),
     )
+
+
+def search_pairs(items: DataFrame, max_tags: int, holdout_fraction: float, seed: int) -> DataFrame:
+    """(query, item_id, is_holdout): each item's tags and categories as the queries that should
+    find it (the pseudo-queries search is trained on when there is no search log).
+
+    A seeded share of the distinct tags (by a hash of the lower-cased tag, so a tag stays held
+    out from night to night) is held out whole: those tags are left out of the evaluation
+    model's documents and of its training pairs, and the search evaluation asks for them.
+    Categories are never held out: they are the catalogue's own vocabulary.
+    """
+    tag = F.explode(F.slice(F.col(TAGS_COL), 1, max_tags))
+    tags = items.select(ITEM_COL, tag.alias(QUERY_COL))
+    categories = items.select(ITEM_COL, F.explode(CATEGORIES_COL).alias(QUERY_COL))
+    normal = normal_query()
+    bucket = F.pmod(F.xxhash64(F.lit(seed), normal), F.lit(HASH_BUCKETS))
+    held = bucket < F.lit(int(round(holdout_fraction * HASH_BUCKETS)))
+    pairs = tags.withColumn(HOLDOUT_COL, held).unionByName(categories.withColumn(HOLDOUT_COL, F.lit(False)))
+    pairs = pairs.withColumn(QUERY_COL, normal).where(F.col(QUERY_COL) != "")
+    # A tag that is also a category name stays a training pair.
+    pairs = pairs.groupBy(QUERY_COL, ITEM_COL).agg(F.min(HOLDOUT_COL).alias(HOLDOUT_COL))
+    return pairs.select(QUERY_COL, ITEM_COL, HOLDOUT_COL)
+
+
+def normal_query(col: str = QUERY_COL) -> Column:
+    """A query as search pairs and the frequent-query table key it: trimmed, lower-cased, inner
+    runs of white space made one space."""
+    return F.regexp_replace(F.lower(F.trim(F.col(col))), r"\s+", " ")
+
+
+def with_clicks(pairs: DataFrame, search_log: DataFrame, items: DataFrame) -> DataFrame:
+    """``search_pairs`` plus the search log's clicks (normalised query -> clicked catalogue item):
+    what real users found for their words, never held out (the held-out tags are the evaluation)."""
+    clicks = search_log.where(F.col(ITEM_COL).isNotNull()).join(items.select(ITEM_COL), ITEM_COL, "left_semi")
+    clicks = clicks.select(normal_query().alias(QUERY_COL), ITEM_COL, F.lit(False).alias(HOLDOUT_COL))
+    both = pairs.unionByName(clicks.where(F.col(QUERY_COL) != ""))
+    return both.groupBy(QUERY_COL, ITEM_COL).agg(F.min(HOLDOUT_COL).alias(HOLDOUT_COL))
+
+
+def top_queries(search_log: DataFrame, n: int) -> DataFrame:
+    """(query, n_searches) of the ``n`` most frequent normalised queries (ties by query text)."""
+    counted = search_log.select(normal_query().alias(QUERY_COL)).where(F.col(QUERY_COL) != "")
+    counted = counted.groupBy(QUERY_COL).agg(F.count(F.lit(1)).alias(N_SEARCHES_COL))
+    return counted.orderBy(F.col(N_SEARCHES_COL).desc(), F.col(QUERY_COL)).limit(n)
+
+
+def without_tags(items: DataFrame, tags: DataFrame) -> DataFrame:
+    """``items`` with every tag in ``tags`` (column ``_tag``, lower-cased) removed from their tag lists."""
+    held = tags.agg(F.collect_set("_tag").alias("_held"))
+    kept = F.filter(TAGS_COL, lambda t: ~F.array_contains(F.col("_held"), F.lower(F.trim(t))))
+    return items.crossJoin(held).withColumn(TAGS_COL, kept).drop("_held")
 
 
 def dedupe_interactions(interactions: DataFrame) -> DataFrame:
@@ -262,16 +336,17 @@ def user_histories(positives: DataFrame, seen_from: DataFrame, max_history: int)
 
 
 def with_registered_users(histories: DataFrame, users: DataFrame) -> DataFrame:
-    """Add each user's segment (null if unknown) to ``user_histories`` rows, and a row with an
-    empty history for every registered user without interactions: they are active users too,
-    served the (segment's) popularity fallback."""
+    """Add each user's segment and interests (null if unknown) to ``user_histories`` rows, and a
+    row with an empty history for every registered user without interactions: they are active
+    users too, served from their interests or the (segment's) popularity fallback."""
     empty = F.array().cast("array<string>")
-    return histories.join(users.select(USER_COL, SEGMENT_COL), USER_COL, "full").select(
+    return histories.join(users.select(USER_COL, SEGMENT_COL, INTERESTS_COL), USER_COL, "full").select(
         USER_COL,
         F.coalesce(HISTORY_COL, empty).alias(HISTORY_COL),
         F.coalesce(HISTORY_TS_COL, F.array().cast("array<bigint>")).alias(HISTORY_TS_COL),
         F.coalesce(SEEN_COL, empty).alias(SEEN_COL),
         SEGMENT_COL,
+        INTERESTS_COL,
     )
 
 

@@ -12,7 +12,7 @@ from functools import reduce
 from pyspark.sql import DataFrame, SparkSession
 
 from recsys_lib.errors import MissingInput, SchemaError
-from recsys_lib.schema import SEGMENT_COL, USER_COL
+from recsys_lib.schema import INTERESTS_COL, SEGMENT_COL, USER_COL
 from recsys_lib.storage import Storage
 from recsys_lib.validate import as_strings
 
@@ -129,19 +129,36 @@ def read_lake(spark: SparkSession, storage: Storage, entity: str, ds: str, befor
             f"no {entity} in the lake {'before' if before else 'up to'} {ds} "
             f"({storage.work.uri(Storage.lake(entity))}): run the ingest stage first"
         )
-    return spark.read.option("basePath", storage.spark_path(Storage.lake(entity))).parquet(
+    # mergeSchema: a partition written before an optional column joined the contract lacks it.
+    reader = spark.read.option("basePath", storage.spark_path(Storage.lake(entity))).option("mergeSchema", "true")
+    return reader.parquet(
         *[storage.spark_path(Storage.lake_partition(entity, d)) for d in days]
     )
 
 
 def read_registered_users(spark: SparkSession, storage: Storage, ds: str) -> DataFrame:
-    """The latest row of every registered user up to ds (user_id, segment); none if no drop has
-    had a users file (users are an optional input)."""
+    """The latest row of every registered user up to ds (user_id, segment, interests); none if
+    no drop has had a users file (users are an optional input)."""
+    from pyspark.sql import functions as F
+
     from recsys_lib.features import latest_rows
 
     if not lake_days(storage, "users", ds):
-        return spark.createDataFrame([], f"{USER_COL} string, {SEGMENT_COL} string")
-    return latest_rows(read_lake(spark, storage, "users", ds), USER_COL).select(USER_COL, SEGMENT_COL)
+        return spark.createDataFrame([], f"{USER_COL} string, {SEGMENT_COL} string, {INTERESTS_COL} string")
+    users = latest_rows(read_lake(spark, storage, "users", ds), USER_COL)
+    if INTERESTS_COL not in users.columns:
+        users = users.withColumn(INTERESTS_COL, F.lit(None).cast("string"))
+    return users.select(USER_COL, SEGMENT_COL, INTERESTS_COL)
+
+
+def read_search_log(spark: SparkSession, storage: Storage, ds: str) -> DataFrame:
+    """Every search-log row up to ds (query, timestamp, user_id, item_id); none if no drop has
+    had a queries file (the search log is an optional input)."""
+    from recsys_lib.features import SEARCH_LOG_SCHEMA
+
+    if not lake_days(storage, "queries", ds):
+        return spark.createDataFrame([], SEARCH_LOG_SCHEMA)
+    return read_lake(spark, storage, "queries", ds).drop("ds")
 
 
 def write_table(df: DataFrame, storage: Storage, key: str) -> str:

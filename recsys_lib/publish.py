@@ -30,15 +30,18 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from recsys_lib.errors import NothingPublished, RollbackRefused
-from recsys_lib.schema import ITEM_COL, RANK_COL, USER_COL
+from recsys_lib.schema import ITEM_COL, QUERY_COL, RANK_COL, USER_COL
 from recsys_lib.storage import ObjectStore, OutputTable, Storage
 
 # Format 3: the evaluation is the typed report (recsys_lib.evaluation.report), not flat metrics.
 # Format 4: "artefacts" lists files beside the tables (the query encoder), with checksums.
-MANIFEST_FORMAT = 4
+# Format 5: user_topn has a `source` column (history, interests or popularity); a query_topn
+# table (the search log's frequent queries); the evaluation has the search and text-user segments.
+MANIFEST_FORMAT = 5
 SORT_KEYS = {
     OutputTable.USER_TOPN: [USER_COL, RANK_COL],
     OutputTable.ITEM_SIMILAR: [ITEM_COL, RANK_COL],
+    OutputTable.QUERY_TOPN: [QUERY_COL, RANK_COL],
     OutputTable.ITEM_VECTORS: [ITEM_COL],
     OutputTable.USER_VECTORS: [USER_COL],
 }

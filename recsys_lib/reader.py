@@ -123,7 +123,9 @@ class PublishedTables:
             user_id = str(user_id)
             users = self.table(OutputTable.USER_VECTORS, version, filters=[(USER_COL, "=", user_id)], key=user_id)
             if users.num_rows:
-                query = query + USER_WEIGHT * vectors_of(users)[0]
+                # Published user vectors are the model's queries (unit vector / temperature).
+                user = vectors_of(users)[0]
+                query = query + USER_WEIGHT * user / max(float(np.linalg.norm(user)), 1e-12)
                 query, personalised = query / np.linalg.norm(query), True
         ids, vectors = self._item_vectors(version)
         scores = vectors @ query

@@ -22,16 +22,22 @@ import pyarrow as pa
 
 from recsys_lib.embedding import ItemVectors, vector_column
 from recsys_lib.logs import Progress
-from recsys_lib.retrieval import retrieval_users
+from recsys_lib.retrieval import retrieval_neighbours, retrieval_users
 from recsys_lib.rules import BusinessRules, diversify
 from recsys_lib.schema import (
     DS_COL,
+    FROM_HISTORY,
+    FROM_INTERESTS,
+    FROM_POPULARITY,
     HISTORY_COL,
+    INTERESTS_COL,
     ITEM_COL,
     ITEM_SIMILAR_SCHEMA,
     ITEM_VECTORS_SCHEMA,
     MODEL_VERSION_COL,
     N_USERS_COL,
+    QUERY_COL,
+    QUERY_TOPN_SCHEMA,
     RANK_COL,
     REASON_ITEM_COL,
     SCORE_COL,
@@ -39,6 +45,7 @@ from recsys_lib.schema import (
     SEGMENT_COL,
     SEGMENT_USERS_COL,
     SIMILAR_ITEM_COL,
+    SOURCE_COL,
     USER_COL,
     USER_TOPN_SCHEMA,
     USER_VECTORS_SCHEMA,
@@ -261,8 +268,11 @@ def explain(
     return reasons
 
 
-def user_topn_table(user_ids, ranks, item_ids, scores, model_version: str, ds: str, reason_ids=None) -> pa.Table:
-    """The published user top-N table; ``reason_ids`` holds item ids or None (fallback rows)."""
+def user_topn_table(
+    user_ids, ranks, item_ids, scores, model_version: str, ds: str, reason_ids=None, sources=None
+) -> pa.Table:
+    """The published user top-N table; ``reason_ids`` holds item ids or None (fallback rows),
+    ``sources`` what each row was ranked from (default: the user's history)."""
     n = len(user_ids)
     return pa.table(
         {
@@ -273,6 +283,7 @@ def user_topn_table(user_ids, ranks, item_ids, scores, model_version: str, ds: s
             MODEL_VERSION_COL: pa.array([model_version] * n, pa.string()),
             DS_COL: pa.array([ds] * n, pa.string()),
             REASON_ITEM_COL: pa.array([None] * n if reason_ids is None else reason_ids, pa.string()),
+            SOURCE_COL: pa.array([FROM_HISTORY] * n if sources is None else sources, pa.string()),
         },
         schema=USER_TOPN_SCHEMA,
     )
@@ -358,7 +369,7 @@ class UserTopN:
 
     table: pa.Table  # USER_TOPN_SCHEMA
     vectors: pa.Table  # USER_VECTORS_SCHEMA: users with a vector (not the popularity fallback)
-    counts: dict[str, int]  # users, fallback_users, segment_fallback_users, user_rows
+    counts: dict[str, int]  # users, interests_users, fallback_users, segment_fallback_users, user_rows
 
 
 def user_topn(
@@ -371,20 +382,32 @@ def user_topn(
     rules: BusinessRules | None = None,
     segment_popularity: SegmentPopularity | None = None,
     ranking: ServedRanking | None = None,
+    interests: bool = True,
 ) -> UserTopN:
-    """The user top-N table of ``histories`` (user_id, history, seen [, segment] rows): the
-    model's retrieval (re-ordered by ``ranking``'s ranker when given) for users with a history,
-    the (segment's) popularity fallback for the others, seen items excluded, business rules
-    applied last, each row explained by a history item; and the user vectors it ranked with.
+    """The user top-N table of ``histories`` (user_id, history, seen [, segment] [, interests]
+    rows): the model's retrieval (re-ordered by ``ranking``'s ranker when given) for users with a
+    history; for users without one who said what they like (``interests``), the model's text
+    path (their words as the user vector, scored like any user's: cosine / T + the item bias, the
+    model's popularity prior); the (segment's) popularity fallback for the others. Seen items
+    are excluded, business rules applied last, each row explained by a history item and marked
+    with its ``source``; and the user vectors it ranked with. ``interests`` false: users without
+    history get the fallback whatever they said (train found their words lose to popularity).
     """
     items = retriever.items
     history_idx = items.indices(histories[HISTORY_COL])
     seen_idx = items.indices(histories[SEEN_COL])
     segments = histories[SEGMENT_COL].to_numpy(dtype=object) if SEGMENT_COL in histories else None
     user_vectors, fallback = retriever.user_vectors(history_idx)
+    said = np.zeros(len(fallback), dtype=bool)
+    if interests and INTERESTS_COL in histories and retriever.tokenizer is not None:
+        said = fallback & histories[INTERESTS_COL].notna().to_numpy()
+        if said.any():
+            user_vectors[said] = retriever.text_vectors(histories[INTERESTS_COL].to_numpy()[said].tolist())
+            fallback = fallback & ~said
+    source = np.where(fallback, FROM_POPULARITY, np.where(said, FROM_INTERESTS, FROM_HISTORY)).astype(object)
     queries = retrieval_users(user_vectors, retriever.temperature)
-    # With a ranker, the popularity fallback alone goes through rank_users: others are re-ranked.
-    ranked_here = fallback if ranking is not None else np.ones(len(fallback), dtype=bool)
+    # With a ranker, users with a history are re-ranked; the others go through rank_users.
+    ranked_here = (fallback | said) if ranking is not None else np.ones(len(fallback), dtype=bool)
     rows_here = np.flatnonzero(ranked_here)
     scores = np.full((len(fallback), n), -np.inf, dtype=np.float32)
     ids = np.full((len(fallback), n), -1, dtype=np.int64)
@@ -393,21 +416,24 @@ def user_topn(
         fallback[rows_here], rules, segments=None if segments is None else segments[rows_here],
         segment_popularity=segment_popularity,
     )  # fmt: skip
-    if ranking is not None and (~fallback).any():
-        warm = np.flatnonzero(~fallback)
+    if ranking is not None and (~fallback & ~said).any():
+        warm = np.flatnonzero(~fallback & ~said)
         scores[warm], ids[warm] = ranking.rerank_users(
             retriever, [history_idx[r] for r in warm], [seen_idx[r] for r in warm], n, rules, popularity
         )
     reasons = explain(items.vectors, history_idx, ids)
-    users, ranks, rows, row_scores, why = ranked_rows(histories[USER_COL].to_numpy(), ids, scores, reasons)
+    sources = np.broadcast_to(source[:, None], ids.shape)
+    users, ranks, rows, row_scores, why, row_sources = ranked_rows(histories[USER_COL].to_numpy(), ids, scores,
+                                                                   reasons, sources)  # fmt: skip
     catalogue = items.ids.to_numpy()
     reason_ids = np.where(why >= 0, catalogue[why.clip(min=0)], None)
-    table = user_topn_table(users, ranks, catalogue[rows], row_scores, model_version, ds, reason_ids)
+    table = user_topn_table(users, ranks, catalogue[rows], row_scores, model_version, ds, reason_ids, row_sources)
     by_segment = 0
     if segments is not None and segment_popularity is not None:
         by_segment = sum(segment in segment_popularity for segment in segments[fallback])
     counts = {
         "users": len(histories),
+        "interests_users": int(said.sum()),
         "fallback_users": int(fallback.sum()),
         "segment_fallback_users": int(by_segment),
         "user_rows": table.num_rows,
@@ -440,3 +466,35 @@ def item_similar(
     catalogue = retriever.items.ids.to_numpy()
     items, ranks, similar, similar_scores = ranked_rows(catalogue, ids, scores)
     return item_similar_table(items, ranks, catalogue[similar], similar_scores, model_version, ds)
+
+
+def query_topn(
+    retriever: Retriever, queries: list[str], n: int, model_version: str, ds: str, blocked: np.ndarray | None = None
+) -> pa.Table:
+    """The frequent-query table: each query's ``n`` best items as search ranks them (cosine of
+    the query's text vector and the item vectors, ``PublishedTables.search`` without a user),
+    blocked items excluded."""
+    if not queries:
+        return query_topn_table([], [], [], [], model_version, ds)
+    vectors = retriever.text_vectors(queries)
+    n_items = len(retriever.items)
+    banned = np.flatnonzero(blocked) if blocked is not None else np.empty(0, np.int64)
+    scores, ids = retriever.search(retrieval_neighbours(vectors), min(n_items, n + len(banned)))
+    scores, ids = exclude_and_truncate(scores, ids, [banned] * len(queries), n)
+    keys, ranks, rows, row_scores = ranked_rows(np.asarray(queries, dtype=object), ids, scores)
+    return query_topn_table(keys, ranks, retriever.items.ids.to_numpy()[rows], row_scores, model_version, ds)
+
+
+def query_topn_table(queries, ranks, item_ids, scores, model_version: str, ds: str) -> pa.Table:
+    n = len(queries)
+    return pa.table(
+        {
+            QUERY_COL: pa.array(queries, pa.string()),
+            RANK_COL: pa.array(ranks, pa.int32()),
+            ITEM_COL: pa.array(item_ids, pa.string()),
+            SCORE_COL: pa.array(scores, pa.float32()),
+            MODEL_VERSION_COL: pa.array([model_version] * n, pa.string()),
+            DS_COL: pa.array([ds] * n, pa.string()),
+        },
+        schema=QUERY_TOPN_SCHEMA,
+    )

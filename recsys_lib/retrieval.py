@@ -76,20 +76,25 @@ class Retriever:
         items: the model's vectors for the catalogue; the index rows follow their order.
         index: a FAISS index over ``retrieval_items(items)``.
         batch_size: users embedded per batch.
+        tokenizer: the model's tokenizer, for texts as users (``text_vectors``); None: none.
     """
 
-    def __init__(self, model, items: ItemVectors, index, batch_size: int = 4096):
+    def __init__(self, model, items: ItemVectors, index, batch_size: int = 4096, tokenizer=None):
         self.model = model
         self.items = items
         self.index = index
         self.batch_size = batch_size
+        self.tokenizer = tokenizer
 
     @classmethod
-    def with_index(cls, model, items: ItemVectors, cfg: IndexSettings, batch_size: int = 4096) -> "Retriever":
+    def with_index(
+        cls, model, items: ItemVectors, cfg: IndexSettings, batch_size: int = 4096, tokenizer=None
+    ) -> "Retriever":
         """A retriever over a new in-memory index of ``items``, built as ``cfg`` says."""
         from recsys_lib.index import build_index
 
-        return cls(model, items, build_index(retrieval_items(items.vectors, items.bias), cfg), batch_size)
+        index = build_index(retrieval_items(items.vectors, items.bias), cfg)
+        return cls(model, items, index, batch_size, tokenizer)
 
     @property
     def temperature(self) -> float:
@@ -106,6 +111,15 @@ class Retriever:
         matrix = history_matrix(history_idx, self.model.config.history_length)
         vectors = embed_users(self.model, torch.from_numpy(self.items.vectors), matrix, self.batch_size).numpy()
         return vectors, np.array([len(h) == 0 for h in history_idx], dtype=bool)
+
+    def text_vectors(self, texts: list[str]) -> np.ndarray:
+        """Unit vectors [t, d] of texts through the item tower's text path: where a query or a
+        user's own words land among the items."""
+        from recsys_lib.models.two_tower import TokenizedDocuments, embed_text
+
+        docs = TokenizedDocuments.from_texts(self.tokenizer, texts, self.model.config.max_length)
+        device = next(self.model.parameters()).device
+        return embed_text(self.model, docs, 256, device).cpu().numpy()
 
     def user_queries(self, history_idx: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """(index queries [u, d + 1], fallback [u] bool): ``user_vectors`` as index queries."""

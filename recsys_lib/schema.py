@@ -3,8 +3,13 @@
 Input contract (any of CSV with a header, Parquet, JSON lines):
   interactions: user_id, item_id, timestamp [, event_type] [, weight | rating]
   items:        item_id, title [, description] [, categories] [, tags] [, updated_at]
-  users:        user_id [, segment] [, updated_at]      (optional: registered users and the
-                segment whose popular items a user without history is served)
+  users:        user_id [, segment] [, interests] [, updated_at]   (optional: registered users,
+                the segment whose popular items a user without history is served, and what
+                they say they like, in their own words: a user without history but with
+                interests is served from the model's text path)
+  queries:      query, timestamp [, user_id] [, item_id]   (optional: a search log; item_id is
+                the item the user clicked, if any: clicks train search, the most frequent
+                queries get a precomputed query_topn table)
 ``timestamp``/``updated_at`` are epoch seconds or ISO-8601; ``categories``/``tags`` are lists or
 strings separated by ``|`` (``,`` and ``;`` are accepted too).
 Tests: tests/unit/recsys_lib/test_validate.py, tests/unit/recsys_lib/test_checks.py.
@@ -29,6 +34,7 @@ CATEGORIES_COL = "categories"
 TAGS_COL = "tags"
 UPDATED_AT_COL = "updated_at"
 SEGMENT_COL = "segment"
+INTERESTS_COL = "interests"
 
 DS_COL = "ds"
 
@@ -36,6 +42,7 @@ REASON_COL = "reason"
 SOURCE_FILE_COL = "source_file"
 RAW_RECORD_COL = "raw_record"  # in quarantine: the original text of a line that could not be parsed
 
+QUERY_COL = "query"  # a search query's text (search pairs: lower-cased tags and categories)
 DOCUMENT_COL = "document"
 CONTENT_HASH_COL = "content_hash"
 VECTOR_COL = "vector"
@@ -46,12 +53,16 @@ RANK_COL = "rank"
 SCORE_COL = "score"
 SIMILAR_ITEM_COL = "similar_item_id"
 REASON_ITEM_COL = "reason_item_id"  # the history item that best explains a recommendation
+SOURCE_COL = "source"  # what a user's list was ranked from: one of LIST_SOURCES
+FROM_HISTORY, FROM_INTERESTS, FROM_POPULARITY = "history", "interests", "popularity"
+LIST_SOURCES = (FROM_HISTORY, FROM_INTERESTS, FROM_POPULARITY)
 HISTORY_COL = "history"  # item ids, oldest first
 HISTORY_TS_COL = "history_ts"  # epoch seconds, aligned with HISTORY_COL
 SEEN_COL = "seen"  # every item the user interacted with up to ds
 VALIDATION_COL = "is_validation"  # each user's latest training event, held out for early stopping
 HOLDOUT_COL = "is_holdout"  # the time-based holdout, while the features job splits
 N_INTERACTIONS_COL = "n_interactions"  # item stats: positive events up to ds
+N_SEARCHES_COL = "n_searches"  # top queries: how often the (normalised) query was searched up to ds
 N_USERS_COL = "n_users"  # item stats: distinct users (the item's popularity); per segment in segment_popularity
 LAST_TS_COL = "last_ts"  # item stats: epoch seconds of the latest event
 SEGMENT_USERS_COL = "segment_users"  # segment_popularity: users of the segment with any interaction
@@ -79,8 +90,10 @@ ITEMS = Entity(
     required=(ITEM_COL, TITLE_COL),
     optional=(DESCRIPTION_COL, CATEGORIES_COL, TAGS_COL, UPDATED_AT_COL),
 )
-USERS = Entity("users", required=(USER_COL,), optional=(SEGMENT_COL, UPDATED_AT_COL))
-ENTITIES = {e.name: e for e in (INTERACTIONS, ITEMS, USERS)}
+USERS = Entity("users", required=(USER_COL,), optional=(SEGMENT_COL, INTERESTS_COL, UPDATED_AT_COL))
+QUERIES = Entity("queries", required=(QUERY_COL, TIMESTAMP_COL), optional=(USER_COL, ITEM_COL))
+ENTITIES = {e.name: e for e in (INTERACTIONS, ITEMS, USERS, QUERIES)}
+OPTIONAL_ENTITIES = ("users", "queries")  # a drop may leave these out
 
 # Output tables: the product downstream systems read.
 USER_TOPN_SCHEMA = pa.schema(
@@ -92,6 +105,19 @@ USER_TOPN_SCHEMA = pa.schema(
         pa.field(MODEL_VERSION_COL, pa.string(), nullable=False),
         pa.field(DS_COL, pa.string(), nullable=False),
         pa.field(REASON_ITEM_COL, pa.string(), nullable=True),
+        pa.field(SOURCE_COL, pa.string(), nullable=False),
+    ]
+)
+# The most frequent queries of the search log and the items search answers them with (cosine of
+# the query's vector and the item vectors, as PublishedTables.search ranks).
+QUERY_TOPN_SCHEMA = pa.schema(
+    [
+        pa.field(QUERY_COL, pa.string(), nullable=False),
+        pa.field(RANK_COL, pa.int32(), nullable=False),
+        pa.field(ITEM_COL, pa.string(), nullable=False),
+        pa.field(SCORE_COL, pa.float32(), nullable=False),
+        pa.field(MODEL_VERSION_COL, pa.string(), nullable=False),
+        pa.field(DS_COL, pa.string(), nullable=False),
     ]
 )
 ITEM_SIMILAR_SCHEMA = pa.schema(

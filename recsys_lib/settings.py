@@ -82,6 +82,9 @@ class FeatureSettings:
     max_tags_per_item: int
     cold_item_fraction: float
     cold_item_seed: int
+    search_holdout_fraction: float
+    search_holdout_seed: int
+    top_queries: int
 
     def __post_init__(self):
         self.event_weight_map()  # refuse a malformed entry when settings load
@@ -131,6 +134,9 @@ class TrainSettings:
     logq_correction: bool
     id_dropout: float
     text_loss_weight: float
+    search_loss_weight: float
+    interests_loss_weight: float
+    search_batch_size: int
     trainable_layers: int
     lora_rank: int
     refit_steps: int

@@ -363,6 +363,9 @@ class FeatureTable(StrEnum):
     """The features stage's tables, under ``features/ds=<ds>/`` (jobs/features.py says what each holds)."""
 
     ITEM_DOCUMENTS = "item_documents"
+    EVALUATION_DOCUMENTS = "evaluation_documents"
+    SEARCH_PAIRS = "search_pairs"
+    TOP_QUERIES = "top_queries"
     ITEM_STATS = "item_stats"
     USER_HISTORIES = "user_histories"
     SEGMENT_POPULARITY = "segment_popularity"
@@ -379,6 +382,7 @@ class OutputTable(StrEnum):
 
     USER_TOPN = "user_topn"
     ITEM_SIMILAR = "item_similar"
+    QUERY_TOPN = "query_topn"
     ITEM_VECTORS = "item_vectors"
     USER_VECTORS = "user_vectors"
 

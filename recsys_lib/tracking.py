@@ -29,6 +29,7 @@ CANDIDATE = "candidate"
 MODEL_ARTIFACT = "model"  # the served model: the registered version's source
 EVALUATION_MODEL_ARTIFACT = "evaluation_model"  # its twin trained on the split's training side
 RANKER_ARTIFACT = "ranker"  # the second stage, when one was learned
+QUERY_ENCODER_ARTIFACT = "query_encoder"  # the served model's text path as ONNX + tokenizer, for search
 EVALUATION_ARTIFACT = "evaluation.json"
 
 
@@ -216,6 +217,14 @@ class Tracker:
 
         folder = self.download_model(mv.version).parent / RANKER_ARTIFACT
         return Ranker.load(folder) if folder.is_dir() else None
+
+    def query_encoder_files(self, mv: ModelVersion) -> dict[str, bytes] | None:
+        """The version's exported query encoder (file name -> bytes), or None for a version
+        trained before train logged one."""
+        folder = self.download_model(mv.version).parent / QUERY_ENCODER_ARTIFACT
+        if not folder.is_dir():
+            return None
+        return {f.name: f.read_bytes() for f in sorted(folder.iterdir()) if f.is_file()}
 
     def load_model(self, mv: ModelVersion, device="cpu", evaluation: bool = False):
         """(TwoTowerModel, tokenizer) of a registered version, or of the evaluation model it was

@@ -22,7 +22,9 @@ from recsys_lib.schema import (
     DS_COL,
     ENTITIES,
     EVENT_TYPE_COL,
+    INTERESTS_COL,
     ITEM_COL,
+    QUERY_COL,
     RATING_COL,
     RAW_RECORD_COL,
     REASON_COL,
@@ -139,6 +141,21 @@ def _not_finite(col: str) -> Column:
     return F.isnan(col) | (F.abs(F.col(col)) == float("inf"))
 
 
+def _mark_known_items(df: DataFrame, known_items: DataFrame | None) -> DataFrame:
+    """``_is_known``: true where ``item_id`` is in ``known_items`` (null where not); all true
+    when there is no catalogue to check against."""
+    if known_items is None:
+        return df.withColumn("_is_known", F.lit(True))
+    known = known_items.select(F.col(ITEM_COL).alias("_known_item")).distinct().withColumn("_is_known", F.lit(True))
+    # A plain join: Spark broadcasts small catalogues by itself and shuffles large ones.
+    return df.join(known, df[ITEM_COL] == known["_known_item"], "left").drop("_known_item")
+
+
+def _before(min_timestamp: str | None) -> Column:
+    """Rows whose parsed time (``_ts``) is before ``min_timestamp`` (never, when unset)."""
+    return F.col("_ts") < F.lit(min_timestamp).cast("timestamp") if min_timestamp else F.lit(False)
+
+
 def validate_interactions(
     raw: DataFrame,
     ds: str,
@@ -160,13 +177,8 @@ def validate_interactions(
     rating = F.col(RATING_COL).try_cast("double")
     weight = F.col(WEIGHT_COL).try_cast("double")
     df = raw.withColumn("_ts", ts).withColumn("_rating", rating).withColumn("_weight", weight)
-    if known_items is not None:
-        known = known_items.select(F.col(ITEM_COL).alias("_known_item")).distinct().withColumn("_is_known", F.lit(True))
-        # A plain join: Spark broadcasts small catalogues by itself and shuffles large ones.
-        df = df.join(known, df[ITEM_COL] == known["_known_item"], "left").drop("_known_item")
-    else:
-        df = df.withColumn("_is_known", F.lit(True))
-    too_early = F.col("_ts") < F.lit(min_timestamp).cast("timestamp") if min_timestamp else F.lit(False)
+    df = _mark_known_items(df, known_items)
+    too_early = _before(min_timestamp)
     item_rejection = F.lit(None).cast("string")
     if known_items is not None and rejected_items is not None:
         why = (
@@ -217,6 +229,33 @@ def validate_interactions(
     return valid, rejected
 
 
+def validate_queries(
+    raw: DataFrame, ds: str, known_items: DataFrame | None = None, min_timestamp: str | None = None
+) -> tuple[DataFrame, DataFrame]:
+    """Split string-typed search-log rows into (valid typed rows, rejected rows with a reason).
+
+    A query without a click (no ``item_id``) is valid: it counts towards the frequent queries.
+    A click on an item outside the catalogue known up to ds is rejected (``known_items``).
+    """
+    ts = parse_time(F.col(TIMESTAMP_COL))
+    df = _mark_known_items(raw.withColumn("_ts", ts), known_items)
+    too_early = _before(min_timestamp)
+    rules = [
+        _unparseable(),
+        (F.col(QUERY_COL).isNull(), "query: missing"),
+        (F.col(TIMESTAMP_COL).isNull(), "timestamp: missing"),
+        (F.col("_ts").isNull(), "timestamp: not epoch seconds or ISO-8601"),
+        (F.col("_ts") >= F.lit(day_end(ds)), f"timestamp: after the logical date {ds}"),
+        (too_early, f"timestamp: before ingest.min_timestamp {min_timestamp}"),
+        (F.col(ITEM_COL).isNotNull() & F.col("_is_known").isNull(), "item_id: not in the item catalogue"),
+    ]
+    df = df.withColumn(REASON_COL, _first_failure(rules))
+    valid = df.where(F.col(REASON_COL).isNull()).select(
+        F.col(QUERY_COL), F.col("_ts").alias(TIMESTAMP_COL), F.col(USER_COL), F.col(ITEM_COL)
+    )
+    return valid, _rejected(df, "queries", ds)
+
+
 def validate_items(raw: DataFrame, ds: str) -> tuple[DataFrame, DataFrame]:
     """Split string-typed item rows into (valid typed rows, rejected rows with a reason).
 
@@ -247,8 +286,9 @@ def validate_users(raw: DataFrame, ds: str) -> tuple[DataFrame, DataFrame]:
     """
     required = [_unparseable(), (F.col(USER_COL).isNull(), "user_id: missing")]
     df = _latest_version_wins(raw, ds, USER_COL, "user", required)
+    interests = F.when(F.trim(INTERESTS_COL) != "", F.trim(INTERESTS_COL))
     valid = df.where(F.col(REASON_COL).isNull()).select(
-        F.col(USER_COL), F.col(SEGMENT_COL), F.col("_updated_at").alias(UPDATED_AT_COL)
+        F.col(USER_COL), F.col(SEGMENT_COL), interests.alias(INTERESTS_COL), F.col("_updated_at").alias(UPDATED_AT_COL)
     )
     return valid, _rejected(df, "users", ds)
 

@@ -19,6 +19,7 @@ MODEL = "model"  # the candidate being evaluated
 CHAMPION = "champion"  # the current champion, re-ranked on the candidate's split
 CATALOGUE = "catalogue"  # the cold-item slice's reference row (its share of the catalogue)
 NOT_BASELINES = (MODEL, CHAMPION, "retrieval_only", "with_ranker")
+SEGMENTS = ("all_users", "light_users", "cold_items", "search", "text_users")
 
 Metrics = dict[str, float]
 
@@ -40,8 +41,10 @@ class Segment:
 class EvaluationReport:
     """One candidate model against the champion and the baselines, on one ds's split.
 
-    Segments: ``all_users`` (the warm protocol), ``light_users`` (few training events) and
-    ``cold_items`` (users rank only items whose every interaction was held out).
+    Segments: ``all_users`` (the warm protocol), ``light_users`` (few training events),
+    ``cold_items`` (users rank only items whose every interaction was held out), ``search``
+    (held-out tags as queries) and ``text_users`` (users known only by words that describe their
+    history; both in recsys_lib/evaluation/search.py).
     """
 
     ds: str
@@ -52,6 +55,8 @@ class EvaluationReport:
     cold_items: Segment
     tuned: dict[str, dict[str, Any]] = field(default_factory=dict)  # baseline -> chosen parameters
     seconds: float = 0.0
+    search: Segment = field(default_factory=lambda: Segment("search", 0, {}, "not measured"))
+    text_users: Segment = field(default_factory=lambda: Segment("users described in words", 0, {}, "not measured"))
 
     @property
     def primary_metric(self) -> str:
@@ -72,29 +77,34 @@ class EvaluationReport:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "EvaluationReport":
-        segments = {name: Segment(**data[name]) for name in ("all_users", "light_users", "cold_items")}
+        segments = {name: Segment(**data[name]) for name in SEGMENTS if name in data}
         rest = {k: v for k, v in data.items() if k not in segments}
         return cls(**{**rest, "ks": tuple(rest["ks"]), **segments})
 
     def mlflow_metrics(self) -> dict[str, float]:
         """Flat names for the MLflow UI: ``<ranker>.<metric>``, ``<ranker>.light.<metric>``,
-        ``cold.<ranker>.<metric>``."""
+        ``cold.<ranker>.<metric>``, ``search.<ranker>.<metric>``, ``text_users.<ranker>.<metric>``."""
         flat = {f"{r}.{m}": v for r, ms in self.all_users.rankers.items() for m, v in ms.items()}
         flat |= {f"{r}.light.{m}": v for r, ms in self.light_users.rankers.items() for m, v in ms.items()}
         flat |= {f"cold.{r}.{m}": v for r, ms in self.cold_items.rankers.items() for m, v in ms.items()}
+        flat |= {f"search.{r}.{m}": v for r, ms in self.search.rankers.items() for m, v in ms.items()}
+        flat |= {f"text_users.{r}.{m}": v for r, ms in self.text_users.rankers.items() for m, v in ms.items()}
         return {**flat, "evaluate.seconds": self.seconds}
 
     def mlflow_tags(self) -> dict[str, str]:
         return {f"baseline.{name}": json.dumps(params) for name, params in self.tuned.items()}
 
     def to_text(self) -> str:
-        """The three segments as fixed-width tables, one row per ranker."""
+        """The segments as fixed-width tables, one row per ranker."""
         k, depth = self.ks[0], max(self.ks)
         columns = [f"{m}_at_{c}" for c in self.ks for m in ("recall", "ndcg")]
         columns += [f"{m}_at_{k}" for m in ("map", "precision", "coverage")] + ["users"]
         cold_columns = [f"recall_at_{k}", f"ndcg_at_{k}", f"share_in_top_{depth}"]
+        search_columns = [f"{m}_at_{c}" for c in self.ks for m in ("recall", "ndcg")] + ["users"]
         parts = []
-        for segment, cols in ((self.all_users, columns), (self.light_users, columns), (self.cold_items, cold_columns)):
+        tables = ((self.all_users, columns), (self.light_users, columns), (self.cold_items, cold_columns),
+                  (self.search, search_columns), (self.text_users, search_columns))  # fmt: skip
+        for segment, cols in tables:
             if segment.rankers:
                 parts.append(format_table(segment.rankers, cols, segment.title))
             else:

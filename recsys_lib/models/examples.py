@@ -1,5 +1,6 @@
 """What training learns from: (history -> next item) examples and the validation set, over
-catalogue indices.
+catalogue indices; and the words that describe a user's history (``interest_texts``), the
+stand-in for what a user would say they like.
 
 Tests: tests/unit/recsys_lib/models/test_examples.py (hand-written interactions).
 """
@@ -12,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from recsys_lib.models.two_tower import PAD, history_matrix
-from recsys_lib.schema import ITEM_COL, TIMESTAMP_COL, USER_COL, VALIDATION_COL, WEIGHT_COL
+from recsys_lib.schema import HOLDOUT_COL, ITEM_COL, QUERY_COL, TIMESTAMP_COL, USER_COL, VALIDATION_COL, WEIGHT_COL
 
 
 @dataclass(frozen=True)
@@ -114,8 +115,13 @@ def build_examples(
 
 
 def profile_examples(
-    items: np.ndarray, start: np.ndarray, position: np.ndarray, count: np.ndarray, rows: np.ndarray,
-    history_length: int, rng: np.random.Generator,
+    items: np.ndarray,
+    start: np.ndarray,
+    position: np.ndarray,
+    count: np.ndarray,
+    rows: np.ndarray,
+    history_length: int,
+    rng: np.random.Generator,
 ) -> np.ndarray:
     """Histories [len(rows), L] for (the user's other items -> this item) examples.
 
@@ -209,3 +215,51 @@ def prepare_serving_data(
     examples = build_examples(interactions, item_ids, history_length, profile_share, seed)
     empty = ValidationSet(np.empty((0, history_length), np.int64), np.empty(0, np.int64), [], np.empty(0, np.int64))
     return TrainingData(item_ids, id_vocab, examples, empty)
+
+
+def interest_texts(
+    history_idx: list[np.ndarray], pairs: pd.DataFrame, item_ids: pd.Index, n_terms: int = 8
+) -> list[str]:
+    """What each user would say they like, from their history: the ``n_terms`` tags and
+    categories (training pairs only) with the highest TF-IDF over the items of the history (a
+    word on half the catalogue says little), most telling first, joined by ", "."""
+    from scipy import sparse
+
+    train = pairs[~pairs[HOLDOUT_COL]]
+    rows = item_ids.get_indexer(train[ITEM_COL])
+    train, rows = train[rows >= 0], rows[rows >= 0]
+    codes, words = pd.factorize(train[QUERY_COL], sort=True)
+    if not len(words):
+        return [""] * len(history_idx)
+    item_words = sparse.csr_matrix((np.ones(len(rows)), (rows, codes)), shape=(len(item_ids), len(words)))
+    idf = np.log(len(item_ids) / (1.0 + np.asarray((item_words > 0).sum(axis=0)).ravel()))
+    texts = []
+    for start in range(0, len(history_idx), 1024):
+        chunk = history_idx[start : start + 1024]
+        indptr = np.concatenate([[0], np.cumsum([len(h) for h in chunk])])
+        flat = np.concatenate(chunk) if indptr[-1] else np.zeros(0, np.int64)
+        users = sparse.csr_matrix((np.ones(len(flat)), flat, indptr), shape=(len(chunk), len(item_ids)))
+        weights = (users @ item_words).toarray() * np.maximum(idf, 0.0)
+        best = np.argsort(-weights, axis=1, kind="stable")[:, :n_terms]
+        for row, cols in zip(weights, best):
+            texts.append(", ".join(words[c] for c in cols if row[c] > 0))
+    return texts
+
+
+def interest_pairs(
+    interactions: pd.DataFrame, item_ids: pd.Index, pairs: pd.DataFrame, max_users: int, max_items: int, seed: int
+) -> pd.DataFrame:
+    """(query, item_id) pairs for the interests loss: for up to ``max_users`` users (a seeded
+    sample), the words that describe their latest ``max_items`` items -> each of those items."""
+    events = interactions[[USER_COL, ITEM_COL, TIMESTAMP_COL]].sort_values([USER_COL, TIMESTAMP_COL], kind="stable")
+    events = events.groupby(USER_COL, sort=True).tail(max_items)
+    users = events[USER_COL].unique()
+    if len(users) > max_users:
+        users = np.sort(np.random.default_rng(seed).choice(users, max_users, replace=False))
+        events = events[events[USER_COL].isin(users)]
+    grouped = events.groupby(USER_COL, sort=True)[ITEM_COL].agg(list)
+    histories = [item_ids.get_indexer(pd.Index(items, dtype=object)) for items in grouped]
+    texts = interest_texts([h[h >= 0] for h in histories], pairs, item_ids)
+    words = pd.Series(texts, index=grouped.index, name=QUERY_COL)
+    out = events[[USER_COL, ITEM_COL]].merge(words, left_on=USER_COL, right_index=True)
+    return out.loc[out[QUERY_COL] != "", [QUERY_COL, ITEM_COL]].reset_index(drop=True)

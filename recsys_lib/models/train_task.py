@@ -8,6 +8,11 @@ fine-tuned, the batch's first ``encoded`` next items go through it with gradient
 from a softmax among those items only: against the cached negatives it would receive the pull of
 each positive toward its user but none of the pushes away, and all item vectors would drift
 toward the average user.
+Text pairs teach the text path a query takes at serving time (the item tower's text vector) to
+land on items: "search" pairs (tags and categories as pseudo-queries, or a search log's clicks)
+on the items they describe, ranked by cosine as search ranks; "interests" pairs (the words that
+describe a user's history) on that user's items, scored as a user's list is (cosine / T + the
+item bias), the path of a new user who says what they like.
 Tests: tests/unit/recsys_lib/models/test_train_task.py.
 """
 
@@ -16,8 +21,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from recsys_lib.models.inference import cpu_bf16
 from recsys_lib.models.two_tower import (
@@ -47,10 +54,56 @@ class Batch:
 class TrainOutput:
     loss: torch.Tensor  # the sampled softmax over cached candidates (+ the text-only term)
     encoder_loss: torch.Tensor | None  # the softmax among the freshly encoded items
+    text_losses: dict[str, torch.Tensor] | None = None  # per kind of text pairs, weighted
 
     @property
     def total(self) -> torch.Tensor:
-        return self.loss if self.encoder_loss is None else self.loss + self.encoder_loss
+        extra = [self.encoder_loss] if self.encoder_loss is not None else []
+        extra += list((self.text_losses or {}).values())
+        return self.loss + sum(extra) if extra else self.loss
+
+
+@dataclass(frozen=True)
+class SearchPairs:
+    """(text -> item) pairs a text loss learns from, grouped by text (query)."""
+
+    queries: TokenizedDocuments  # distinct query texts; row q is query q
+    starts: np.ndarray  # [n_queries] first pair of each query in ``items``
+    counts: np.ndarray  # [n_queries] pairs of each query
+    items: np.ndarray  # [n_pairs] catalogue indices, grouped by query
+    n_items: int  # catalogue size (pair keys: query * n_items + item)
+
+    @classmethod
+    def from_frame(cls, pairs: pd.DataFrame, item_ids: pd.Index, tokenizer, max_length: int) -> "SearchPairs | None":
+        """From (query, item_id) rows; items outside the catalogue are dropped. None if no pair is left."""
+        rows = item_ids.get_indexer(pairs["item_id"])
+        pairs = pd.DataFrame({"query": pairs["query"].to_numpy(), "item": rows})[rows >= 0]
+        if pairs.empty:
+            return None
+        pairs = pairs.drop_duplicates().sort_values(["query", "item"], kind="stable")
+        texts, counts = np.unique(pairs["query"].to_numpy(dtype=str), return_counts=True)
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        queries = TokenizedDocuments.from_texts(tokenizer, texts.tolist(), max_length)
+        return cls(queries, starts, counts, pairs["item"].to_numpy(np.int64).copy(), len(item_ids))
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def sample(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """(query rows [n], catalogue indices [n]): queries drawn uniformly, then one of each
+        query's items, so that a category with thousands of items does not drown the tags."""
+        query = torch.randint(0, len(self.starts), (n,), generator=generator)
+        offset = (torch.rand(n, generator=generator) * torch.from_numpy(self.counts)[query]).long()
+        return query, torch.from_numpy(self.items)[torch.from_numpy(self.starts)[query] + offset]
+
+    def keys(self) -> torch.Tensor:
+        """Every pair as one sorted integer key (query * n_items + item)."""
+        query = np.repeat(np.arange(len(self.starts)), self.counts)
+        return torch.from_numpy(np.sort(query * self.n_items + self.items))
+
+    def is_pair(self, keys: torch.Tensor, query: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """[q, i] bool: does query q describe item i (``keys``: ``self.keys()`` on their device)?"""
+        return torch.isin(query[:, None] * self.n_items + items[None, :], keys)
 
 
 class TwoTowerTrainTask(nn.Module):
@@ -63,6 +116,8 @@ class TwoTowerTrainTask(nn.Module):
         batch_size: examples per step (the expected in-batch counts of logQ).
         pooled: the transformer's outputs for ``documents`` when they are known already (it is
             frozen); None encodes them.
+        text_pairs: "search" and "interests" pairs for the text losses (weights:
+            ``train.search_loss_weight``, ``train.interests_loss_weight``); missing kinds: none.
     """
 
     def __init__(
@@ -75,6 +130,7 @@ class TwoTowerTrainTask(nn.Module):
         batch_size: int,
         device: torch.device,
         pooled: torch.Tensor | None = None,
+        text_pairs: dict[str, SearchPairs] | None = None,
     ):
         super().__init__()
         self.model = model
@@ -93,14 +149,30 @@ class TwoTowerTrainTask(nn.Module):
         expected = batch_size * counts / counts.sum() + cfg.extra_negatives * (counts > 0) / len(self.warm_items)
         self.log_q = torch.as_tensor(np.log(np.maximum(expected, 1e-12)), dtype=torch.float32, device=device)
         self.log_popularity = torch.as_tensor(np.log(np.maximum(counts, 1e-12)), dtype=torch.float32, device=device)
-        self.pooled_cache = self.refresh() if pooled is None else pooled.to(self.device)
+        weights = {SEARCH: cfg.search_loss_weight, INTERESTS: cfg.interests_loss_weight}
+        self.texts = {
+            kind: _TextObjective(pairs, weights[kind], kind == INTERESTS, pairs.keys().to(self.device))
+            for kind, pairs in (text_pairs or {}).items() if pairs is not None and weights[kind] > 0
+        }  # fmt: skip
+        self.generator = torch.Generator().manual_seed(cfg.seed + 1)
+        if pooled is None:
+            self.refresh()
+        else:
+            self.pooled_cache = pooled.to(self.device)
+            self._encode_queries()
 
     def refresh(self) -> torch.Tensor:
-        """Re-encode every document's pooled transformer output (exact while it is frozen)."""
+        """Re-encode every document's (and query's) pooled transformer output (exact while it is frozen)."""
         self.pooled_cache = embed_text(
             self.model, self.documents, max(256, self.batch_size), self.device, pooled=True, cpu_bf16=self.cpu_bf16
         )
+        self._encode_queries()
         return self.pooled_cache
+
+    def _encode_queries(self) -> None:
+        for text in self.texts.values():
+            text.cache = embed_text(self.model, text.pairs.queries, max(256, self.batch_size), self.device,
+                                    pooled=True, cpu_bf16=self.cpu_bf16)  # fmt: skip
 
     @torch.no_grad()
     def item_vectors(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -168,4 +240,47 @@ class TwoTowerTrainTask(nn.Module):
                 tower.bias(fresh_text, fresh_rows),
                 None if batch.weight is None else batch.weight[:n],
             )
-        return TrainOutput(loss, encoder_loss)
+        text_losses = {
+            kind: text.weight * self.text_loss(text, batch, candidate_ids, candidates, candidate_bias)
+            for kind, text in self.texts.items()
+        }
+        return TrainOutput(loss, encoder_loss, text_losses or None)
+
+    def text_loss(self, text: "_TextObjective", batch: Batch, candidate_ids: torch.Tensor, candidates: torch.Tensor,
+                  candidate_bias: torch.Tensor) -> torch.Tensor:  # fmt: skip
+        """Softmax of each sampled text over its item, the other sampled pairs' items and the
+        step's candidates: the text's unit vector against item vectors (plus the item bias for
+        interests, as a user's list is scored). While the transformer is fine-tuned, the step's
+        first ``batch.encoded`` texts go through it with gradients, the others come from the cache."""
+        tower = self.model.item_tower
+        query_rows, items = text.pairs.sample(self.cfg.search_batch_size, self.generator)
+        query_rows, items = query_rows.to(self.device), items.to(self.device)
+        pooled = text.cache[query_rows]
+        if batch.encoded:
+            fresh = query_rows[: batch.encoded]
+            ids, mask = text.pairs.queries.batch(fresh.cpu(), self.device)
+            with autocast(self.device, self.cpu_bf16):
+                pooled = torch.cat([tower.pool(ids, mask).float(), pooled[len(fresh) :]])
+        queries = tower.project(pooled)
+        item_text, item_rows = tower.project(self.pooled_cache[items]), self._id_rows(items)
+        positives = tower.combine(item_text, item_rows)
+        logits = queries @ torch.cat([positives, candidates.float()]).T / self.model.temperature
+        if text.with_bias:
+            logits = logits + torch.cat([tower.bias(item_text, item_rows), candidate_bias.float()])
+        # An item the text goes with (another of its pairs, a candidate) is no negative.
+        others = text.pairs.is_pair(text.keys, query_rows, torch.cat([items, candidate_ids]))
+        others[:, : len(items)].fill_diagonal_(False)
+        logits = logits.masked_fill(others, torch.finfo(logits.dtype).min)
+        return F.cross_entropy(logits, torch.arange(len(items), device=self.device))
+
+
+SEARCH, INTERESTS = "search", "interests"  # the kinds of text pairs
+
+
+@dataclass
+class _TextObjective:
+    pairs: SearchPairs
+    weight: float
+    with_bias: bool
+    keys: torch.Tensor  # pairs.keys() on the training device
+    cache: torch.Tensor | None = None  # pooled transformer outputs of pairs.queries

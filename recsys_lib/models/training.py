@@ -37,7 +37,7 @@ from recsys_lib.errors import DataValidationError
 from recsys_lib.logs import Progress
 from recsys_lib.models.examples import TrainingData, TrainingExamples, ValidationSet
 from recsys_lib.models.inference import cpu_bf16
-from recsys_lib.models.train_task import Batch, TwoTowerTrainTask
+from recsys_lib.models.train_task import Batch, SearchPairs, TwoTowerTrainTask
 from recsys_lib.models.two_tower import TokenizedDocuments, TwoTowerModel, embed_text, embed_users
 from recsys_lib.settings import ModelSettings, Settings, TrainSettings
 
@@ -186,6 +186,7 @@ def train_two_tower(
     ks: Sequence[int],
     pooled: torch.Tensor | None = None,
     keep_initial: bool = False,
+    text_pairs: dict[str, SearchPairs] | None = None,
 ) -> dict[str, float]:
     """Fine-tune ``model`` in place; returns a summary of the run.
 
@@ -198,6 +199,7 @@ def train_two_tower(
         pooled: the transformer's outputs for ``documents``, when known (see TwoTowerTrainTask).
         keep_initial: the starting state (a warm start) competes with every checkpoint of the
             run: a night that cannot improve on its champion keeps it rather than degrade it.
+        text_pairs: "search" / "interests" pairs for the text losses (see TwoTowerTrainTask).
     """
     if len(examples) < 2:
         raise DataValidationError(
@@ -216,7 +218,7 @@ def train_two_tower(
     optimizer, scheduler = build_optimizer(model, cfg, frozen, steps)
     batch_size = min(cfg.batch_size, len(examples))
     encoded = max(1, min(cfg.encoder_batch_size, batch_size))
-    task = TwoTowerTrainTask(model, documents, id_rows, examples.target, cfg, batch_size, device, pooled)
+    task = TwoTowerTrainTask(model, documents, id_rows, examples.target, cfg, batch_size, device, pooled, text_pairs)
     sampler = BatchSampler(examples, task.warm_items, batch_size, cfg)
     stopper = EarlyStopping(f"val_ndcg_at_{ks[0]}", cfg.patience)
     if keep_initial and validation is not None and len(validation):
@@ -247,6 +249,8 @@ def train_two_tower(
             logged = {"train_loss": losses[-1], "temperature": model.temperature.item()}
             if out.encoder_loss is not None:
                 logged["encoder_loss"] = out.encoder_loss.item()
+            for kind, value in (out.text_losses or {}).items():
+                logged[f"{kind}_loss"] = value.item()
             on_step(step, logged)
         if not ((cfg.refresh_every > 0 and (step + 1) % cfg.refresh_every == 0) or step + 1 in (frozen, steps)):
             continue
@@ -295,7 +299,8 @@ class NightlyModels:
 
     evaluation: TwoTowerModel  # trained on the training side of the split only
     served: TwoTowerModel  # the evaluation model continued on every interaction up to ds
-    pooled: torch.Tensor  # [n_items] the shared transformer's outputs for the catalogue
+    pooled: torch.Tensor  # [n_items] the shared transformer's outputs for the served documents
+    evaluation_pooled: torch.Tensor  # [n_items] ... for the evaluation model's documents
     report: dict[str, float]  # the evaluation model's training summary, then refit.* entries
 
 
@@ -316,27 +321,38 @@ def train_nightly(
     ks: Sequence[int],
     on_step: Callable[[int, dict[str, float]], None] | None = None,
     warm_started: bool = False,
+    served_documents: TokenizedDocuments | None = None,
+    text_pairs: tuple[dict[str, SearchPairs], dict[str, SearchPairs]] = ({}, {}),
 ) -> NightlyModels:
     """Train the evaluation model on ``train`` (early stopping on its validation events), then
     continue a copy of it on ``everything`` with ID tables over every item that has interactions:
     evaluation never scores a model on its own training data, and what is served has learned
-    from all of it (the same recipe, ``train.refit_steps`` more steps)."""
+    from all of it (the same recipe, ``train.refit_steps`` more steps).
+
+    ``documents`` are what the evaluation model reads (the search evaluation's held-out tags
+    left out), ``served_documents`` the whole item documents the served model continues on (None:
+    the same); ``text_pairs``: the (evaluation, served) models' text pairs."""
     report = train_two_tower(
         model, documents, model.id_rows(item_ids), train.examples, cfg, device, train.validation, on_step, ks=ks,
-        keep_initial=warm_started,
+        keep_initial=warm_started, text_pairs=text_pairs[0],
     )  # fmt: skip
     bf16 = cpu_bf16(cfg.cpu_precision, device)
-    pooled = embed_text(model, documents, max(256, cfg.batch_size), device, pooled=True, cpu_bf16=bf16)
+    evaluation_pooled = embed_text(model, documents, max(256, cfg.batch_size), device, pooled=True, cpu_bf16=bf16)
+    pooled = evaluation_pooled
+    if served_documents is not None and served_documents is not documents:
+        pooled = embed_text(model, served_documents, max(256, cfg.batch_size), device, pooled=True, cpu_bf16=bf16)
     if cfg.refit_steps <= 0 or len(everything.examples) < 2:
-        return NightlyModels(model, model, pooled, report)
+        return NightlyModels(model, model, pooled, evaluation_pooled, report)
     # The copy shares the transformer with the evaluation model: the refit leaves it frozen.
     served = model.with_id_vocab(everything.id_vocab)
+    served_documents = documents if served_documents is None else served_documents
     refit = train_two_tower(
-        served, documents, served.id_rows(item_ids), everything.examples, refit_settings(cfg), device,
-        pooled=pooled, ks=ks,
+        served, served_documents, served.id_rows(item_ids), everything.examples, refit_settings(cfg), device,
+        pooled=pooled, ks=ks, text_pairs=text_pairs[1],
     )  # fmt: skip
     report |= {f"refit.{k}": refit[k] for k in ("train_loss", "first_loss", "steps", "epochs", "train_seconds")}
-    return NightlyModels(model, served, pooled, report | {"refit.id_vocab": float(len(everything.id_vocab))})
+    report |= {"refit.id_vocab": float(len(everything.id_vocab))}
+    return NightlyModels(model, served, pooled, evaluation_pooled, report)
 
 
 def _add_lora(model: TwoTowerModel, rank: int) -> None:

@@ -4,10 +4,12 @@ users), in a fresh process, publishing to a directory: the bring-your-own-data p
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
 
+import pandas as pd
 import pytest
 
 from jobs import cli
@@ -26,6 +28,14 @@ def test_recsys_run_publishes_tables_for_every_user(tmp_path, tiny_encoder, caps
     (tmp_path / "events.parquet").write_bytes(to_bytes(interactions, "parquet"))
     (tmp_path / "catalogue.jsonl").write_bytes(to_bytes(data.items, "jsonl"))
     (tmp_path / "users.csv").write_bytes(to_bytes(data.users, "csv"))
+    # A search log: two searches for one title (one clicked), one for another, one unclicked.
+    titles, ids = data.items["title"].tolist(), data.items["item_id"].tolist()
+    searches = pd.DataFrame({
+        "query": [titles[0], titles[0].upper(), titles[1], "nothing clicked"],
+        "timestamp": [synthetic.last_day(interactions)] * 4, "user_id": ["x", "y", None, "z"],
+        "item_id": [ids[0], None, ids[1], None],
+    })  # fmt: skip
+    (tmp_path / "searches.csv").write_bytes(to_bytes(searches, "csv"))
     config = tmp_path / "settings.toml"
     config.write_text(settings_toml({**TINY_TRAIN, "model.encoder": str(tiny_encoder)}))
     out = tmp_path / "published"
@@ -34,6 +44,7 @@ def test_recsys_run_publishes_tables_for_every_user(tmp_path, tiny_encoder, caps
         "--interactions", str(tmp_path / "events.parquet"),
         "--items", str(tmp_path / "catalogue.jsonl"),
         "--users", str(tmp_path / "users.csv"),
+        "--queries", str(tmp_path / "searches.csv"),
         "--output", str(out),
         "--ds", synthetic.last_day(interactions),
         "--config", str(config),
@@ -48,6 +59,18 @@ def test_recsys_run_publishes_tables_for_every_user(tmp_path, tiny_encoder, caps
     assert set(topn[USER_COL]) == set(data.users[USER_COL])  # the two new users included
     assert set(interactions[USER_COL]) < set(data.users[USER_COL])
     assert tables.table("item_similar").num_rows > 0
+    # The search log's frequent queries, normalised, most frequent first, answered as search does.
+    searched = tables.table("query_topn").to_pandas()
+    assert set(searched["query"]) == {titles[0].lower(), titles[1].lower(), "nothing clicked"}
+    assert searched.groupby("query")["rank"].max().eq(5).all()  # recommend.top_n
+    first = searched[searched["query"] == titles[0].lower()].sort_values("rank")
+    assert first["item_id"].tolist() == tables.search(titles[0].lower(), k=5)["item_id"].tolist()
+    assert set(tables.manifest()["tables"]) >= {"user_topn", "item_similar", "query_topn"}
+    # The published query encoder is the one registered with the model in MLflow.
+    (logged,) = (tmp_path / "work" / "mlflow").rglob("query_encoder/query.onnx")
+    files = tables.manifest()["artefacts"]["query_encoder"]["files"]
+    published = {f["key"].rsplit("/", 1)[1]: f["sha256"] for f in files}
+    assert published["query.onnx"] == hashlib.sha256(logged.read_bytes()).hexdigest()
     assert not (tmp_path / "unused").exists()  # --data-root holds all work state
     # Search answers from the published version's own query encoder, as `recsys search` does.
     title = data.items["title"].iloc[0]

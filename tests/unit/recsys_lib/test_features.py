@@ -30,6 +30,30 @@ def test_latest_item_rows_and_documents(spark):
     assert docs["i1"].content_hash == hashlib.sha256(b"Heat (1995). Crime, Thriller. Tags: heist, la").hexdigest()
 
 
+def test_search_pairs_hold_out_whole_tags_and_never_categories(spark):
+    items = spark.createDataFrame(
+        [
+            ("i1", "Heat", ["Crime"], ["Heist", "pacino", "crime"]),
+            ("i2", "Ronin", ["Crime", "Action"], ["heist", "car chase"]),
+        ],
+        "item_id string, title string, categories array<string>, tags array<string>",
+    )
+    everything = {(r.query, r.item_id, r.is_holdout) for r in fx.search_pairs(items, 10, 1.0, 23).collect()}
+    # Tags are lower-cased; a tag that is also a category stays a training pair.
+    assert everything == {("heist", "i1", True), ("heist", "i2", True), ("pacino", "i1", True),
+                          ("car chase", "i2", True), ("crime", "i1", False), ("crime", "i2", False),
+                          ("action", "i2", False)}  # fmt: skip
+    assert not any(r.is_holdout for r in fx.search_pairs(items, 10, 0.0, 23).collect())
+    some = {(r.query, r.is_holdout) for r in fx.search_pairs(items, 1, 0.5, 23).collect()}
+    assert {q for q, _ in some} == {"heist", "crime", "action"}  # max_tags: the first tag of each item
+    # One decision per tag, whichever item carries it.
+    assert len({held for q, held in some if q == "heist"}) == 1
+
+    held = spark.createDataFrame([("heist",)], "_tag string")
+    kept = {r.item_id: r.tags for r in fx.without_tags(items, held).collect()}
+    assert kept == {"i1": ["pacino", "crime"], "i2": ["car chase"]}
+
+
 def events(spark, rows, weights=None):
     weights = weights or [1.0] * len(rows)
     rows = [(*r, w) for r, w in zip(rows, weights)]
@@ -99,16 +123,17 @@ def test_registered_users_and_segment_popularity(spark):
     rows = [("u1", "a", 1, None), ("u1", "b", 2, None), ("u2", "a", 3, None), ("u3", "c", 4, None)]
     all_events = events(spark, rows)
     users = spark.createDataFrame(
-        [("u1", "kids"), ("u2", "kids"), ("u4", "kids"), ("u5", None)], "user_id string, segment string"
+        [("u1", "kids", None), ("u2", "kids", None), ("u4", "kids", None), ("u5", None, "space operas")],
+        "user_id string, segment string, interests string",
     )
     histories = fx.with_registered_users(fx.user_histories(all_events, all_events, 10), users)
-    got = {r.user_id: (r.history, r.seen, r.segment) for r in histories.collect()}
+    got = {r.user_id: (r.history, r.seen, r.segment, r.interests) for r in histories.collect()}
     assert got == {
-        "u1": (["a", "b"], ["a", "b"], "kids"),
-        "u2": (["a"], ["a"], "kids"),
-        "u3": (["c"], ["c"], None),  # interacted, not registered: served, no segment
-        "u4": ([], [], "kids"),  # registered, no interactions yet: served the fallback
-        "u5": ([], [], None),
+        "u1": (["a", "b"], ["a", "b"], "kids", None),
+        "u2": (["a"], ["a"], "kids", None),
+        "u3": (["c"], ["c"], None, None),  # interacted, not registered: served, no segment
+        "u4": ([], [], "kids", None),  # registered, no interactions yet: served the fallback
+        "u5": ([], [], None, "space operas"),  # ... or from what they said they like
     }
     popularity = {
         (r.segment, r.item_id): (r.n_users, r.segment_users) for r in fx.segment_popularity(all_events, users).collect()
@@ -166,15 +191,38 @@ def test_build_features_makes_every_table_of_the_stage(spark, settings):
         "user_id string, item_id string, timestamp timestamp, event_type string, rating double, weight double, "
         "ds string",
     )  # fmt: skip
-    users = spark.createDataFrame([("u1", "a"), ("u3", "b")], "user_id string, segment string")
+    users = spark.createDataFrame(
+        [("u1", "a", None), ("u3", "b", "jazz")], "user_id string, segment string, interests string"
+    )
     cfg = dataclasses.replace(settings.features, cold_item_fraction=0.0, holdout_fraction=0.2)
     features = fx.build_features(items, events, users, cfg)
     assert set(features.tables) == set(FeatureTable)
-    assert features.counts() == {"events": {"train": 8, "holdout": 2, "cold": 0}, "cold_items": 0,
-                                 "train_positives": 8, "train_users": 2, "train_items": 5}
+    assert features.counts() == {
+        "events": {"train": 8, "holdout": 2, "cold": 0},
+        "cold_items": 0,
+        "train_positives": 8,
+        "train_users": 2,
+        "train_items": 5,
+    }
     train = features.tables[FeatureTable.INTERACTIONS_TRAIN].collect()
     assert sorted((r.user_id, r.item_id) for r in train if r.is_validation) == [("u1", "i3"), ("u2", "i4")]
     histories = {r.user_id: r for r in features.tables[FeatureTable.USER_HISTORIES].collect()}
     assert histories["u3"].history == [] and histories["u3"].segment == "b"  # registered, no events yet
     assert histories["u1"].history == ["i0", "i1", "i2", "i3", "i4"] and histories["u1"].segment == "a"
     features.release()
+
+
+def test_search_log_clicks_become_pairs_and_frequent_queries_are_counted(spark):
+    items = spark.createDataFrame([("i1",), ("i2",)], "item_id string")
+    pairs = spark.createDataFrame([("heist", "i1", True)], "query string, item_id string, is_holdout boolean")
+    log = spark.createDataFrame(
+        [("Heist  Movies", "u1", "i2"), ("heist movies", "u2", None), ("heist", "u3", "i1"), ("space", None, "gone"),
+         ("  ", "u4", "i1")],
+        "query string, user_id string, item_id string",
+    )  # fmt: skip
+    got = {(r.query, r.item_id, r.is_holdout) for r in fx.with_clicks(pairs, log, items).collect()}
+    # Queries are normalised; a click on an item outside the catalogue and a blank query add
+    # nothing; a click on a held-out tag's item makes a training pair of it.
+    assert got == {("heist movies", "i2", False), ("heist", "i1", False)}
+    top = [(r.query, r.n_searches) for r in fx.top_queries(log, 2).collect()]
+    assert top == [("heist movies", 2), ("heist", 1)]

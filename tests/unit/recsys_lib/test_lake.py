@@ -74,3 +74,16 @@ def test_lake_partitions_up_to_or_before_a_day(spark, settings):
     before = lake.read_lake(spark, storage, "items", "2026-01-02", before=True).collect()
     assert [r.item_id for r in before] == ["i1"]
     assert lake.read_registered_users(spark, storage, "2026-01-02").count() == 0  # users are optional
+
+
+def test_users_from_before_interests_joined_the_contract_read_with_none(spark, settings):
+    storage = Storage(settings)
+    old = spark.createDataFrame([("u1", "kids", None)], "user_id string, segment string, updated_at timestamp")
+    lake.write_table(old, storage, Storage.lake_partition("users", "2026-01-01"))
+    users = [tuple(r) for r in lake.read_registered_users(spark, storage, "2026-01-01").collect()]
+    assert users == [("u1", "kids", None)]
+    new = spark.createDataFrame([("u2", None, "jazz", None)],
+                                "user_id string, segment string, interests string, updated_at timestamp")  # fmt: skip
+    lake.write_table(new, storage, Storage.lake_partition("users", "2026-01-02"))
+    users = sorted(tuple(r) for r in lake.read_registered_users(spark, storage, "2026-01-02").collect())
+    assert users == [("u1", "kids", None), ("u2", None, "jazz")]

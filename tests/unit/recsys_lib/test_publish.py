@@ -39,6 +39,7 @@ def test_publish_writes_version_manifest_then_pointer(object_store):
         "model_version",
         "ds",
         "reason_item_id",
+        "source",
     ]
     reader = PublishedTables(object_store)
     assert reader.recommendations_for("u1")["item_id"].tolist() == ["b", "c"]

@@ -48,8 +48,9 @@ def test_search_answers_a_text_query_from_the_versions_own_encoder(object_store,
     texts = ["space adventure with robots", "a quiet french romance", "heist thriller in a bank", "cartoon toys"]
     vectors = embed_text(model, TokenizedDocuments.from_texts(tokenizer, texts, 16), 8, "cpu").numpy()
     items = ItemVectors(pd.Index(["a", "b", "c", "d"], dtype=object), vectors, np.zeros(4, np.float32))
+    # User vectors are published as the model's queries: unit vector / T.
     tables = {"item_vectors": item_vectors_table(items, "m/1"),
-              "user_vectors": user_vectors_table(["fan"], vectors[[3]], "m/1")}  # fmt: skip
+              "user_vectors": user_vectors_table(["fan"], vectors[[3]] / 0.05, "m/1")}  # fmt: skip
     files = export_query_encoder(model, tokenizer, tmp_path / "export")
     manifest = pub.publish_version(object_store, "2026-01-01", tables, "m/1", {}, artefacts={"query_encoder": files})
     assert pub.verify_version(object_store, manifest) == []
@@ -63,6 +64,7 @@ def test_search_answers_a_text_query_from_the_versions_own_encoder(object_store,
     for_fan = reader.search("heist thriller in a bank", k=4, user_id="fan")
     assert for_fan["personalised"].all()
     assert for_fan["item_id"].tolist().index("d") < plain.index("d")  # the fan's taste moves their item up
+    assert for_fan["item_id"].iloc[0] == "c"  # ... but the query still decides what is relevant
     assert not reader.search("cartoon", user_id="stranger")["personalised"].any()  # no vector: plain search
 
 

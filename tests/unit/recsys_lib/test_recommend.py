@@ -159,7 +159,9 @@ def test_user_topn_ranks_explains_and_falls_back(retriever):
     # c's cosine with a (0.707 / T = 14.14).
     assert by_user["u3"]["item_id"].tolist()[:2] == ["e", "c"]
     assert set(rows["model_version"]) == {"m/7"} and set(rows["ds"]) == {"2026-01-01"}
-    assert counts == {"users": 3, "fallback_users": 1, "segment_fallback_users": 0, "user_rows": 8}
+    assert counts == {"users": 3, "interests_users": 0, "fallback_users": 1, "segment_fallback_users": 0,
+                      "user_rows": 8}  # fmt: skip
+    assert by_user["u1"]["source"].eq("history").all() and by_user["u2"]["source"].eq("popularity").all()
     # The vectors a service scores with: u1's is the mean of a and b over T = 0.05; u2 has none.
     vectors = ranked.vectors.to_pandas()
     assert vectors["user_id"].tolist() == ["u1", "u3"] and set(vectors["model_version"]) == {"m/7"}
@@ -170,6 +172,32 @@ def test_user_topn_ranks_explains_and_falls_back(retriever):
     items = rec.item_vectors_table(retriever.items, "m/7").to_pandas().set_index("item_id")
     score_e = np.dot(vectors["vector"][0], items.loc["e", "vector"]) + items.loc["e", "bias"]
     assert score_e == pytest.approx(by_user["u1"]["score"].iloc[0], rel=1e-5)
+
+
+def test_a_user_without_history_who_says_what_they_like_is_served_from_the_text_path(tiny_two_tower, tiny_encoder):
+    from transformers import AutoTokenizer
+
+    items = hand_made_items()
+    flat = IndexSettings("flat", recall_queries=5, recall_k=3, hnsw_m=16, hnsw_ef_search=64, ivf_nprobe=8)
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_encoder))
+    retriever = Retriever(tiny_two_tower, items, build_item_index(items, flat).index, 2, tokenizer)
+    histories = pd.DataFrame({
+        "user_id": ["new", "quiet", "old"], "history": [[], [], ["a"]], "seen": [["e"], [], ["a"]],
+        "interests": ["space operas and jazz", None, "ignored: has a history"],
+    })  # fmt: skip
+    ranked = rec.user_topn(retriever, histories, np.arange(5.0), 2, "m/7", "2026-01-01")
+    rows = ranked.table.to_pandas()
+    by_user = {u: g.sort_values("rank") for u, g in rows.groupby("user_id")}
+    assert by_user["new"]["source"].eq("interests").all() and by_user["new"]["reason_item_id"].isna().all()
+    assert by_user["quiet"]["source"].eq("popularity").all() and by_user["old"]["source"].eq("history").all()
+    # Their words are their user vector, scored as any user's: cosine / T + bias, seen items out.
+    words = retriever.text_vectors(["space operas and jazz"])[0]
+    scores = items.vectors @ words / 0.05 + items.bias
+    scores[4] = -np.inf  # e is seen
+    assert by_user["new"]["item_id"].tolist() == [items.ids[i] for i in np.argsort(-scores)[:2]]
+    assert by_user["new"]["score"].tolist() == pytest.approx(np.sort(scores)[::-1][:2].tolist(), rel=1e-4)
+    assert ranked.counts["interests_users"] == 1 and ranked.counts["fallback_users"] == 1
+    assert "new" in ranked.vectors.column("user_id").to_pylist()  # search can personalise for them too
 
 
 def test_user_topn_applies_rules_and_segment_fallback(retriever):
@@ -220,3 +248,31 @@ def test_user_topn_with_a_ranker_reorders_users_with_history_only(retriever):
     assert rows[rows.user_id == "u1"]["item_id"].tolist() == ["d", "e"]
     assert rows[rows.user_id == "u1"]["score"].tolist() == [1.0, 0.0]
     assert rows[rows.user_id == "u2"]["item_id"].tolist() == ["a", "b"]  # the popularity fallback as before
+
+
+def test_query_topn_answers_each_frequent_query_as_search_does(tiny_two_tower, tiny_encoder):
+    from transformers import AutoTokenizer
+
+    from recsys_lib.checks import check_query_topn
+    from recsys_lib.schema import QUERY_TOPN_SCHEMA
+
+    items = hand_made_items()
+    flat = IndexSettings("flat", recall_queries=5, recall_k=3, hnsw_m=16, hnsw_ef_search=64, ivf_nprobe=8)
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_encoder))
+    retriever = Retriever(tiny_two_tower, items, build_item_index(items, flat).index, 2, tokenizer)
+    blocked = np.array([False, False, True, False, False])
+    table = rec.query_topn(retriever, ["red shoes", "jazz"], 3, "m/7", "2026-01-01", blocked)
+    assert table.schema.equals(QUERY_TOPN_SCHEMA)
+    rows = table.to_pandas()
+    for query in ("red shoes", "jazz"):
+        cosine = items.vectors @ retriever.text_vectors([query])[0]  # search's score: no bias
+        cosine[2] = -np.inf  # c is blocked
+        got = rows[rows["query"] == query].sort_values("rank")
+        assert got["item_id"].tolist() == [items.ids[i] for i in np.argsort(-cosine)[:3]]
+        assert got["score"].tolist() == pytest.approx(np.sort(cosine)[::-1][:3].tolist(), rel=1e-4)
+    assert check_query_topn(rows, {"a", "b", "d", "e"}, ["red shoes", "jazz"], table.schema) == []
+    assert check_query_topn(rows, {"a", "b", "d", "e"}, ["red shoes", "jazz", "boots"], table.schema) == [
+        "1 frequent queries have no results, e.g. ['boots']"
+    ]
+    empty = rec.query_topn(retriever, [], 3, "m/7", "2026-01-01")
+    assert empty.num_rows == 0 and check_query_topn(empty.to_pandas(), {"a"}, [], empty.schema) == []

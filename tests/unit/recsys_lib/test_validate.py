@@ -9,6 +9,7 @@ from recsys_lib.validate import (
     summarize_rejects,
     validate_interactions,
     validate_items,
+    validate_queries,
     validate_users,
 )
 
@@ -130,6 +131,15 @@ def test_duplicate_rows_with_the_same_updated_at_keep_the_last_in_file_order(spa
     }
 
 
+def test_user_interests_are_free_text_trimmed_and_blank_means_none(spark):
+    rows = [("u1", "  space operas, heist films "), ("u2", "   "), ("u3", None)]
+    valid, rejected = validate_users(strings(spark, rows, ["user_id", "interests"], "users"), DS)
+    assert sorted((r.user_id, r.interests) for r in valid.collect()) == [
+        ("u1", "space operas, heist films"), ("u2", None), ("u3", None)
+    ]  # fmt: skip
+    assert rejected.count() == 0
+
+
 def test_user_rules_and_latest_row_wins(spark):
     rows = [
         ("u1", "young", "1767225600"),
@@ -140,7 +150,8 @@ def test_user_rules_and_latest_row_wins(spark):
     ]
     raw = strings(spark, rows, ["user_id", "segment", "updated_at"], "users")
     valid, rejected = validate_users(raw, DS)
-    assert sorted((r.user_id, r.segment) for r in valid.collect()) == [("u1", "adult"), ("u2", None)]
+    assert sorted((r.user_id, r.segment, r.interests) for r in valid.collect()) == [("u1", "adult", None),
+                                                                                   ("u2", None, None)]  # fmt: skip
     assert sorted(r.reason for r in rejected.collect()) == [
         "updated_at: after the logical date 2026-01-02",
         "user_id: missing",
@@ -177,3 +188,22 @@ def test_reject_limit_message_names_file_column_and_counts(spark):
     assert "timestamp: not epoch seconds or ISO-8601: 3 rows" in message and "user_id: missing: 1 rows" in message
     assert "quarantine/interactions/ds=x" in message
     enforce_reject_limit(summaries, 0.9, "interactions", "q")  # under the limit: no error
+
+
+def test_search_log_rules(spark):
+    rows = [
+        ("red shoes", "1767225600", "u1", "i1"),
+        ("no click", "1767225600", None, None),  # a search without a click is fine
+        (" ", "1767225600", "u1", None),
+        ("late", "2027-01-01", "u1", None),
+        ("unknown item", "1767225600", "u1", "zz"),
+    ]
+    raw = strings(spark, rows, ["query", "timestamp", "user_id", "item_id"], "queries")
+    known = spark.createDataFrame([("i1",)], "item_id string")
+    valid, rejected = validate_queries(raw, DS, known)
+    assert sorted((r.query, r.item_id) for r in valid.collect()) == [("no click", None), ("red shoes", "i1")]
+    assert sorted(r.reason for r in rejected.collect()) == [
+        "item_id: not in the item catalogue",
+        "query: missing",
+        "timestamp: after the logical date 2026-01-02",
+    ]

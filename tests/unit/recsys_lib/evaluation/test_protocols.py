@@ -96,3 +96,52 @@ def test_baselines_are_made_by_name_and_spark_starts_only_for_spark_als():
     assert made["implicit_als"].grid == protocols.IMPLICIT_ALS_GRID and made["cornac_bivae"].grid is None
     with pytest.raises(ZeroDivisionError):  # the session is asked for when ALS is
         protocols.baselines(["als"], lambda: 1 / 0, seed=3)
+
+
+def test_users_described_in_words_rank_from_their_words_alone(tiny_two_tower, tiny_encoder, monkeypatch):
+    from transformers import AutoTokenizer
+
+    from recsys_lib.evaluation import search
+    from recsys_lib.evaluation.metrics import ranking_metrics
+
+    words = pd.DataFrame({"query": ["crime", "crime", "space"], "item_id": ["a", "b", "d"], "is_holdout": False})
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_encoder))
+    retriever = Retriever(tiny_two_tower, ITEMS, build_item_index(ITEMS, FLAT).index, 2, tokenizer)
+    s = split()
+    assert search.text_user_segment(s, retriever, words, ks=(1, 2)).rankers == {}  # 2 users: too few
+    monkeypatch.setattr(search, "MIN_QUERIES", 1)
+    segment = search.text_user_segment(s, retriever, words, ks=(1, 2))
+    # u1's history (a, b) says "crime"; u2's (d) says "space": each ranks from those words only.
+    vectors = retriever.text_vectors(["crime", "space"])
+    scores = vectors @ ITEMS.vectors.T
+    scores[0, [0, 1]] = scores[1, 3] = -np.inf  # seen in training
+    expected = ranking_metrics(np.argsort(-scores, axis=1)[:, :2], [{2}, {0}], 5, (1, 2))
+    assert segment.rankers["model"] == pytest.approx(expected)
+    assert segment.rankers["popularity"]["users"] == 2 and segment.users == 2
+
+
+def test_the_text_path_serves_users_known_by_words_only_where_it_beats_popularity(tiny_two_tower, tiny_encoder,
+                                                                                   monkeypatch):  # fmt: skip
+    from transformers import AutoTokenizer
+
+    from recsys_lib.evaluation import search
+    from recsys_lib.models.examples import ValidationSet
+    from recsys_lib.models.two_tower import PAD
+
+    words = pd.DataFrame({"query": ["crime", "crime"], "item_id": ["a", "b"], "is_holdout": False})
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_encoder))
+    retriever = Retriever(tiny_two_tower, ITEMS, build_item_index(ITEMS, FLAT).index, 2, tokenizer)
+    monkeypatch.setattr(search, "MIN_INTEREST_USERS", 1)
+    crime = retriever.text_vectors(["crime"])[0] @ ITEMS.vectors.T
+    crime[[0, 1]] = np.nan  # a and b are seen
+    best, worst = int(np.nanargmax(crime)), int(np.nanargmin(crime))
+    validation = ValidationSet(np.array([[PAD, 0, 1]]), np.array([best]), [np.array([0, 1])])
+    popular_worst = np.zeros(5)
+    popular_worst[worst] = 10.0
+    used = search.check_interests(retriever, validation, words, popular_worst, k=1)
+    assert used["interests.used"] == 1.0 and used["interests.model_ndcg_at_1"] == 1.0
+    validation = ValidationSet(validation.history, np.array([worst]), validation.exclude)
+    kept = search.check_interests(retriever, validation, words, popular_worst, k=1)
+    assert kept["interests.used"] == 0.0 and kept["interests.popularity_ndcg_at_1"] == 1.0
+    assert search.check_interests(Retriever(tiny_two_tower, ITEMS, retriever.index, 2), validation, words,
+                                  popular_worst, k=1) == {"interests.used": 0.0}  # no tokenizer: no text path

@@ -1,5 +1,6 @@
 """Training examples and the validation set from hand-written interactions."""
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -108,3 +109,31 @@ def test_profile_examples_draw_distinct_other_items_when_the_user_has_many():
         assert (history[: 4 - len(kept)] == PAD).all()  # right-aligned
     later = sum(int((h[h != PAD] > t).any()) for h, t in zip(profile, ex.target[29:]))
     assert later > 10  # later items are context too, not only earlier ones
+
+
+WORD_PAIRS = pd.DataFrame({
+    "query": ["drama", "drama", "drama", "heist", "heist", "pacino", "noir"],
+    "item_id": ["a", "b", "c", "a", "b", "a", "c"],
+    "is_holdout": [False, False, False, False, False, False, True],
+})  # fmt: skip
+
+
+def test_interest_texts_are_the_most_telling_words_of_a_history():
+    from recsys_lib.models.examples import interest_texts
+
+    items = pd.Index(["a", "b", "c", "d"])
+    texts = interest_texts([np.array([0, 1]), np.array([2]), np.array([], np.int64)], WORD_PAIRS, items, n_terms=2)
+    # pacino (idf log 4/2, said once: 0.69) before heist (idf log 4/3, said twice: 0.58); drama is
+    # on 3 of 4 items (idf 0): it says nothing. Held-out tags (noir) are never used.
+    assert texts == ["pacino, heist", "", ""]
+
+
+def test_interest_pairs_describe_each_users_latest_items():
+    from recsys_lib.models.examples import interest_pairs
+
+    events = pd.DataFrame({"user_id": ["u1", "u1", "u1", "u2"], "item_id": ["c", "a", "b", "d"],
+                           "timestamp": [1, 2, 3, 1]})  # fmt: skip
+    pairs = interest_pairs(events, pd.Index(["a", "b", "c", "d"]), WORD_PAIRS, max_users=10, max_items=2, seed=0)
+    # u1's latest two items are a and b; u2's d has no words, so u2 gives no pair.
+    assert sorted(map(tuple, pairs.to_numpy())) == [("pacino, heist", "a"), ("pacino, heist", "b")]
+    assert len(interest_pairs(events, pd.Index(["a", "b", "c", "d"]), WORD_PAIRS, 1, 2, seed=0)) <= 2

@@ -3,10 +3,11 @@
 import dataclasses
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
-from recsys_lib.models.train_task import Batch, TwoTowerTrainTask
+from recsys_lib.models.train_task import Batch, SearchPairs, TwoTowerTrainTask
 from recsys_lib.models.two_tower import PAD, TokenizedDocuments, TwoTowerModel
 
 TEXTS = ["red apple", "green apple", "blue ocean", "deep ocean"]
@@ -14,14 +15,16 @@ TEXTS = ["red apple", "green apple", "blue ocean", "deep ocean"]
 
 @pytest.fixture
 def task(tiny_encoder, settings):
-    def make(**train):
+    def make(pairs=None, kinds=("search",), **train):
         model, tokenizer = TwoTowerModel.from_encoder(
             str(tiny_encoder), history_length=2, max_length=8, temperature=0.1, id_vocab=["0", "1", "2"], seed=0
         )
         docs = TokenizedDocuments.from_texts(tokenizer, TEXTS, 8)
         cfg = dataclasses.replace(settings.train, extra_negatives=4, **train)
         targets = np.array([0, 0, 1])
-        return TwoTowerTrainTask(model.train(), docs, model.id_rows(["0", "1", "2", "new"]), targets, cfg, 2, "cpu")
+        ids = pd.Index(["0", "1", "2", "new"])
+        text = {} if pairs is None else {kind: SearchPairs.from_frame(pairs, ids, tokenizer, 8) for kind in kinds}
+        return TwoTowerTrainTask(model.train(), docs, model.id_rows(ids), targets, cfg, 2, "cpu", text_pairs=text)
 
     return make
 
@@ -66,3 +69,56 @@ def test_id_dropout_hides_ids_from_the_loss(task):
     t = task(id_dropout=0.0)
     t(Batch(**BATCH, encoded=0)).total.backward()
     assert t.model.item_tower.id_embedding.weight.grad[1:3].abs().sum() > 0
+
+
+PAIRS = pd.DataFrame(
+    {"query": ["apple", "apple", "ocean", "ocean", "ocean"], "item_id": ["0", "1", "2", "new", "gone"]}
+)
+
+
+def test_search_pairs_are_grouped_by_query_and_drawn_query_first():
+    pairs = SearchPairs.from_frame(PAIRS, pd.Index(["0", "1", "2", "new"]), _Whitespace(), 4)
+    assert len(pairs) == 4 and pairs.counts.tolist() == [2, 2]  # "gone" is not in the catalogue
+    query, items = pairs.sample(400, torch.Generator().manual_seed(0))
+    assert set(zip(query.tolist(), items.tolist())) == {(0, 0), (0, 1), (1, 2), (1, 3)}
+    assert 150 < int((query == 0).sum()) < 250  # each query about as often, whatever its item count
+    assert SearchPairs.from_frame(PAIRS.iloc[4:], pd.Index(["0"]), _Whitespace(), 4) is None
+
+
+def test_text_losses_train_the_text_path_and_the_transformer_only_while_fine_tuning(task):
+    t = task(pairs=PAIRS, kinds=("search", "interests"), search_batch_size=4, search_loss_weight=0.5,
+             interests_loss_weight=0.25)  # fmt: skip
+    out = t(Batch(**BATCH, encoded=0))
+    assert set(out.text_losses) == {"search", "interests"}
+    assert all(torch.isfinite(v) for v in out.text_losses.values())
+    assert out.total.item() == pytest.approx(out.loss.item() + sum(v.item() for v in out.text_losses.values()))
+    out.total.backward()
+    assert all(g is None for g in encoder_grads(t.model))
+    assert t.model.item_tower.text_bias.weight.grad.abs().sum() > 0  # interests are scored with the bias
+    t.model.zero_grad()
+    t(Batch(**BATCH, encoded=2)).text_losses["search"].backward()
+    assert any(g is not None and g.abs().sum() > 0 for g in encoder_grads(t.model))
+    assert task(pairs=PAIRS, search_loss_weight=0.0)(Batch(**BATCH, encoded=0)).text_losses is None
+
+
+def test_the_search_loss_learns_which_items_a_query_describes(task):
+    t = task(pairs=PAIRS, search_batch_size=8, search_loss_weight=1.0, id_dropout=0.0)
+    optimizer = torch.optim.Adam(t.model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(60):
+        out = t(Batch(**BATCH, encoded=0))
+        optimizer.zero_grad()
+        out.text_losses["search"].backward()
+        optimizer.step()
+        losses.append(out.text_losses["search"].item())
+    assert np.mean(losses[-10:]) < 0.5 * np.mean(losses[:10])
+
+
+class _Whitespace:
+    """A stand-in tokenizer for pair bookkeeping: one id per word."""
+
+    def __call__(self, texts, max_length, **_):
+        ids = torch.zeros(len(texts), max_length, dtype=torch.long)
+        for i, text in enumerate(texts):
+            ids[i, : len(text.split())] = 1
+        return {"input_ids": ids, "attention_mask": (ids > 0).long()}

@@ -1,0 +1,164 @@
+"""Protocols for words: held-out tags as search queries, and users known only by what they say.
+
+Search: held-out tags are the queries, the items that carry them the answers.
+The features stage holds out a seeded share of the distinct tags whole
+(``features.search_holdout_fraction``): they are left out of the evaluation model's documents
+and of its search training pairs, so no ranker here has seen a query next to its answers. Each
+held-out tag is a query; its relevant items are every catalogue item that carried it. The model
+ranks by its query path (the item tower's text vector of the query) against its item vectors;
+BM25 (``bm25s``) and the pretrained encoder (mean-pooled, cosine) rank the same evaluation
+documents; most-popular is the floor.
+
+Users described in words: each warm user's history is hidden and replaced by the words that
+describe it best (the tags and categories of their training items, weighted by TF-IDF, the
+training pairs only: no held-out tag and no held-out item is among them); the model ranks from
+those words through the path a new user with stated interests takes at serving time (text
+vector as the user vector, plus the item bias); most-popular is what such a user gets otherwise.
+Tests: tests/unit/recsys_lib/evaluation/test_search.py.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from recsys_lib.evaluation.metrics import PAD, ranking_metrics
+from recsys_lib.evaluation.report import MODEL, Segment
+from recsys_lib.models.examples import interest_texts
+from recsys_lib.schema import HOLDOUT_COL, ITEM_COL, QUERY_COL
+
+log = logging.getLogger(__name__)
+
+MIN_QUERIES = 5  # fewer held-out tags than this: no search evaluation (the numbers would be noise)
+MIN_INTEREST_USERS = 50  # fewer validation users with words than this: the text path is not used
+
+# A scorer maps query texts to scores [n_queries, n_items] over the catalogue; -inf: not retrieved.
+Scorer = Callable[[list[str]], np.ndarray]
+
+
+@dataclass(frozen=True)
+class SearchQueries:
+    """Held-out tags and the catalogue indices of the items that carry each."""
+
+    texts: list[str]
+    relevant: list[set[int]]
+
+    @classmethod
+    def from_pairs(cls, pairs: pd.DataFrame, item_ids: pd.Index) -> "SearchQueries":
+        held = pairs[pairs[HOLDOUT_COL]]
+        held = held.assign(_row=item_ids.get_indexer(held[ITEM_COL]))
+        held = held[held["_row"] >= 0]
+        grouped = held.groupby(QUERY_COL, sort=True)["_row"].agg(lambda rows: set(int(r) for r in rows))
+        return cls(grouped.index.tolist(), grouped.tolist())
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+
+def bm25_scorer(documents: Sequence[str]) -> Scorer:
+    """BM25 (bm25s, English stop words, its default k1 and b) over the documents; a document
+    sharing no word with the query is not retrieved (rather than listed in catalogue order)."""
+    import bm25s
+
+    retriever = bm25s.BM25()
+    retriever.index(bm25s.tokenize(list(documents), stopwords="en", show_progress=False), show_progress=False)
+
+    def score(queries: list[str]) -> np.ndarray:
+        tokens = bm25s.tokenize(queries, stopwords="en", show_progress=False, return_ids=False)
+        scores = np.stack([retriever.get_scores(t) if t else np.zeros(len(documents)) for t in tokens])
+        return np.where(scores > 0, scores, -np.inf)
+
+    return score
+
+
+def vector_scorer(encode: Callable[[list[str]], np.ndarray], item_vectors: np.ndarray) -> Scorer:
+    """Inner products of encoded queries with item vectors."""
+    return lambda queries: encode(queries) @ item_vectors.T
+
+
+def search_segment(queries: SearchQueries, scorers: dict[str, Scorer], n_items: int, ks: Sequence[int]) -> Segment:
+    """Every scorer's ranking metrics on the held-out tag queries (the whole catalogue ranked)."""
+    title = f"search, held-out tags as queries (n={len(queries)})"
+    if len(queries) < MIN_QUERIES:
+        note = f"{len(queries)} held-out tags: too few for this protocol (features.search_holdout_fraction)"
+        return Segment(title, len(queries), {}, note)
+    depth = min(max(ks), n_items)
+    results = {}
+    for name, scorer in scorers.items():
+        scores = scorer(queries.texts)
+        top = np.argpartition(-scores, depth - 1, axis=1)[:, :depth]
+        order = np.take_along_axis(scores, top, axis=1).argsort(axis=1, kind="stable")[:, ::-1]
+        lists = np.take_along_axis(top, order, axis=1)
+        lists[~np.isfinite(np.take_along_axis(scores, lists, axis=1))] = PAD
+        results[name] = ranking_metrics(lists, queries.relevant, n_items, ks)
+    log.info("search: %s", {n: round(m[f"ndcg_at_{ks[0]}"], 4) for n, m in results.items()})
+    return Segment(title, len(queries), dict(sorted(results.items(), key=lambda kv: kv[0] != MODEL)))
+
+
+def text_user_segment(split, candidate, pairs: pd.DataFrame, ks: Sequence[int]) -> Segment:
+    """Warm users ranked from ``interest_texts`` of their training history (the history itself
+    hidden): the model's text path against most-popular, on the warm protocol's answers."""
+    from recsys_lib.evaluation.protocols import WarmUsers
+    from recsys_lib.recommend import rank_users
+    from recsys_lib.retrieval import retrieval_users
+
+    warm = WarmUsers.of(split)
+    texts = interest_texts([split.history_idx[i] for i in warm.rows], pairs, split.item_ids)
+    said = np.array([bool(t) for t in texts], dtype=bool)
+    title = f"users described in words, history hidden (n={int(said.sum())})"
+    if said.sum() < MIN_QUERIES or candidate.tokenizer is None:
+        return Segment(title, int(said.sum()), {}, "too few users whose history has tags or categories")
+    rows = np.flatnonzero(said)
+    exclude = [warm.exclude[r] for r in rows]
+    relevant = [warm.relevant[r] for r in rows]
+    depth = max(ks)
+    popularity = split.popularity()
+    queries = retrieval_users(candidate.text_vectors([texts[r] for r in rows]), candidate.temperature)
+    results = {}
+    for name, fallback in ((MODEL, False), ("popularity", True)):
+        every = np.full(len(rows), fallback)
+        _, lists = rank_users(candidate.search, queries, exclude, popularity, depth, candidate.batch_size, every)
+        results[name] = ranking_metrics(lists, relevant, split.n_items, ks)
+    log.info("users described in words: %s", {n: round(m[f"ndcg_at_{ks[0]}"], 4) for n, m in results.items()})
+    return Segment(title, len(rows), results)
+
+
+def check_interests(retriever, validation, pairs: pd.DataFrame, popularity: np.ndarray, k: int) -> dict[str, float]:
+    """Whether users known only by their words should be served from the model's text path:
+    each validation user's history is replaced by ``interest_texts`` of it and their validation
+    event ranked, by the text path (cosine / T + item bias) and by popularity. The path is used
+    (``interests.used``) only where it wins, as the ranker is: on a catalogue whose words say
+    little beyond popularity, such users keep the popularity fallback."""
+    from recsys_lib.models.two_tower import PAD
+    from recsys_lib.recommend import rank_users
+    from recsys_lib.retrieval import retrieval_users
+
+    if validation is None or not len(validation) or retriever.tokenizer is None:
+        return {"interests.used": 0.0}
+    histories = [h[h != PAD] for h in validation.history]
+    texts = interest_texts(histories, pairs, retriever.items.ids)
+    rows = np.flatnonzero([bool(t) for t in texts])
+    if len(rows) < MIN_INTEREST_USERS:
+        return {"interests.used": 0.0, "interests.users": float(len(rows))}
+    queries = retrieval_users(retriever.text_vectors([texts[r] for r in rows]), retriever.temperature)
+    exclude = [validation.exclude[r] for r in rows]
+    relevant = [{int(validation.target[r])} for r in rows]
+    ndcg = {}
+    for name, fallback in ((MODEL, False), ("popularity", True)):
+        every = np.full(len(rows), fallback)
+        _, lists = rank_users(retriever.search, queries, exclude, popularity, k, retriever.batch_size, every)
+        ndcg[name] = ranking_metrics(lists, relevant, len(popularity), (k,))[f"ndcg_at_{k}"]
+    used = ndcg[MODEL] > ndcg["popularity"]
+    log.info("users described in words, on validation events: NDCG@%d %.4f (text path) vs %.4f (popularity) on "
+             "%d users: %s", k, ndcg[MODEL], ndcg["popularity"], len(rows), "text path used" if used else
+             "popularity kept")  # fmt: skip
+    return {
+        "interests.used": float(used),
+        "interests.users": float(len(rows)),
+        f"interests.model_ndcg_at_{k}": ndcg[MODEL],
+        f"interests.popularity_ndcg_at_{k}": ndcg["popularity"],
+    }
