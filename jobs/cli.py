@@ -221,6 +221,20 @@ def cmd_versions(args: argparse.Namespace) -> None:
         print(f"{mark} {m['version']}  {m['created_at']}  {m['model_version']:<24} {rows:>10,} rows  {quality}")
 
 
+def cmd_report(args: argparse.Namespace) -> None:
+    from recsys_lib.reader import PublishedTables
+    from recsys_lib.run_report import REPORT_FILE, RUN_REPORT
+
+    tables = PublishedTables.from_settings(_located_settings(args))
+    manifest = tables.manifest(args.version)
+    files = manifest.get("artefacts", {}).get(RUN_REPORT, {}).get("files", [])
+    report = next((f for f in files if f["key"].endswith("/" + REPORT_FILE)), None)
+    if report is None:
+        raise NothingPublished(f"version {manifest['version']} has no run report (published before reports, "
+                               "or its report failed: see the publish task's log)")  # fmt: skip
+    print(tables.store.uri(report["key"]))
+
+
 def cmd_rollback(args: argparse.Namespace) -> None:
     from recsys_lib import publish as pub
     from recsys_lib.storage import open_store
@@ -351,6 +365,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config")
     _add_location(p)
     p.set_defaults(func=cmd_versions)
+
+    p = sub.add_parser("report", help="print where the run report (HTML) of the live or a given version is")
+    p.add_argument("--version", help="a published version instead of the live one")
+    p.add_argument("--config")
+    _add_location(p)
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("rollback", help="make an earlier published version live again")
     p.add_argument("--to", help="version id (default: the one published before the live one)")

@@ -106,7 +106,12 @@ def _check(storage, entity: str, ds: str, raw, valid, rejected, settings: Settin
     enforce_reject_limit(summaries, settings.ingest.max_reject_fraction, entity, quarantine)
     total = sum(s.total for s in summaries)
     rejected_n = sum(s.rejected for s in summaries)
-    summary = {"rows": total, "valid": total - rejected_n, "rejected": rejected_n, "quarantine": quarantine}
+    by_reason: dict[str, int] = {}
+    for s in summaries:
+        for reason, n in s.by_reason.items():
+            by_reason[reason] = by_reason.get(reason, 0) + n
+    summary = {"rows": total, "valid": total - rejected_n, "rejected": rejected_n, "by_reason": by_reason,
+               "quarantine": quarantine}  # fmt: skip
     return CheckedEntity(entity, valid, summary)
 
 

@@ -8,6 +8,7 @@ imports the stage jobs.
 
 from __future__ import annotations
 
+import datetime as dt
 import importlib
 import logging
 from typing import Any, Mapping
@@ -51,9 +52,24 @@ def run_stage(
         raise ValueError(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
     settings = settings_for_run(params, settings)
     module = importlib.import_module(f"jobs.{stage}")
+    started = dt.datetime.now(dt.timezone.utc)
     if stage in MODEL_STAGES:
-        return module.run(settings, ds, model_version=model_version)
-    return module.run(settings, ds)
+        result = module.run(settings, ds, model_version=model_version)
+    else:
+        result = module.run(settings, ds)
+    _record(settings, stage, ds, started, result)
+    return result
+
+
+def _record(settings: Settings, stage: str, ds: str, started: dt.datetime, result: dict[str, Any]) -> None:
+    """The stage's seconds and summary beside the run's outputs, for the run report."""
+    from recsys_lib.run_report import STAGES_DIR
+    from recsys_lib.storage import Storage
+
+    seconds = (dt.datetime.now(dt.timezone.utc) - started).total_seconds()
+    record = {"stage": stage, "started_at": started.isoformat(timespec="milliseconds"), "seconds": seconds,
+              "result": result}  # fmt: skip
+    Storage(settings).write_json(Storage.run_output(f"{STAGES_DIR}/{stage}.json", ds), record)
 
 
 # What a benchmark needs: evaluate embeds and indexes the evaluation models itself.

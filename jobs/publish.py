@@ -5,7 +5,8 @@ version. Gate (``recsys_lib.gate``): the candidate's NDCG at the primary cut-off
 more than ``publish.max_ndcg_drop`` below the champion's, both from the evaluate stage's typed
 report on today's split; ``publish.force`` overrides it (recorded in the manifest). On success
 the MLflow alias ``champion`` moves to the candidate. On failure nothing changes and
-PublishRefused says why.
+PublishRefused says why. Either way the run report (``recsys_lib.run_report``) goes to the
+model's MLflow run and beside the staged outputs; a published version lists it as an artefact.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ def run(settings: Settings, ds: str, model_version: str | None = None) -> dict[s
     from recsys_lib.gate import NO_CHAMPION, GateDecision, decide
     from recsys_lib.reader import PublishedTables
     from recsys_lib.rules import read_rules
+    from recsys_lib.run_report import REPORT_FILE, RUN_REPORT
     from recsys_lib.schema import ITEM_COL, QUERY_COL, SEEN_COL, USER_COL
     from recsys_lib.storage import FeatureTable, OutputTable, Storage
     from recsys_lib.tracking import CHAMPION, Tracker, code_version
@@ -56,6 +58,9 @@ def run(settings: Settings, ds: str, model_version: str | None = None) -> dict[s
         recorded = None if report.model_metrics(CHAMPION_ROW) else tracker.evaluation_of(champion.run_id)
         decision = decide(report, recorded, cfg.max_ndcg_drop)
     forced = not decision.passed and cfg.force
+    verdict = "passed" if decision.passed else "forced past" if forced else "refused"
+    gate = f"{verdict} ({decision.basis})" if decision.passed else f"{verdict}: {decision.refusal}"
+    report_html = _run_report(storage, tracker, ds, mv, gate, champion)
     if not decision.passed and not forced:
         raise PublishRefused(
             f"quality gate: {decision.refusal}; {champion.label} stays champion and its tables stay live"
@@ -78,6 +83,8 @@ def run(settings: Settings, ds: str, model_version: str | None = None) -> dict[s
     backfill = live is not None and ds < live["ds"]
     make_live = not backfill or cfg.backfill or cfg.force
     artefacts = {Storage.QUERY_ENCODER: storage.read_output_files(Storage.QUERY_ENCODER, ds)}
+    if report_html is not None:
+        artefacts[RUN_REPORT] = {REPORT_FILE: report_html}
     manifest = pub.publish_version(storage.published, ds, tables, mv.label, metadata, make_live=make_live,
                                    artefacts=artefacts)  # fmt: skip
     if make_live:
@@ -101,6 +108,24 @@ def run(settings: Settings, ds: str, model_version: str | None = None) -> dict[s
         "live": make_live,
         "latest": storage.published.uri(Storage.LATEST),
     }
+
+
+def _run_report(storage, tracker, ds: str, mv, gate: str, champion) -> bytes | None:
+    """The run's HTML report (recsys_lib/run_report.py), written beside the staged outputs and
+    logged to the model's MLflow run; None, with the reason logged, if it could not be made: a
+    report is for people and never holds back a publish."""
+    from recsys_lib.run_report import REPORT_FILE, gather, render
+
+    try:
+        page = render(gather(storage, tracker, ds, mv, gate, champion.label if champion else None))
+    except Exception:  # noqa: BLE001 (any failure: the tables still publish, the log says why)
+        log.exception("could not build the run report of %s; publishing without it", ds)
+        return None
+    storage.work.write_bytes(storage.run_output(REPORT_FILE, ds), page.encode())
+    tracker.client.log_text(mv.run_id, page, REPORT_FILE)
+    log.info("run report: %s (and artifact %s of MLflow run %s)", storage.output_uri(REPORT_FILE, ds), REPORT_FILE,
+             mv.run_id)  # fmt: skip
+    return page.encode()
 
 
 def _ranking(settings: Settings, tracker, mv) -> str:

@@ -51,7 +51,6 @@ def run(settings: Settings, ds: str) -> dict[str, Any]:
         CANDIDATE,
         CHAMPION,
         EVALUATION_MODEL_ARTIFACT,
-        MODEL_ARTIFACT,
         QUERY_ENCODER_ARTIFACT,
         RANKER_ARTIFACT,
         Tracker,
@@ -70,8 +69,13 @@ def run(settings: Settings, ds: str) -> dict[str, Any]:
     all_interactions = storage.read_features(FeatureTable.INTERACTIONS_ALL, ds)
     events = [USER_COL, ITEM_COL, TIMESTAMP_COL]
     fingerprint = training_fingerprint(
-        [documents[[ITEM_COL, CONTENT_HASH_COL]], evaluation_documents[[CONTENT_HASH_COL]], pairs,
-         interactions[events + [VALIDATION_COL]], all_interactions[events]],
+        [
+            documents[[ITEM_COL, CONTENT_HASH_COL]],
+            evaluation_documents[[CONTENT_HASH_COL]],
+            pairs,
+            interactions[events + [VALIDATION_COL]],
+            all_interactions[events],
+        ],
         settings,
     )
     tags = {"ds": ds, "stage": "train", "fingerprint": fingerprint}
@@ -97,6 +101,8 @@ def run(settings: Settings, ds: str) -> dict[str, Any]:
     # No validation event in the interests pairs: a user's words tie all of the user's items
     # together, and would tie the validation item to the rest of the history it is ranked from.
     text_frames = _text_pairs(settings, item_ids, pairs, interactions[~interactions[VALIDATION_COL]], all_interactions)
+    served_popularity = _popularity(item_ids, all_interactions.drop_duplicates([USER_COL, ITEM_COL]))
+    example_histories = _example_histories(all_interactions)
     del interactions, all_interactions  # the examples hold what training needs: gigabytes at scale
     champion = None if cfg.full_retrain else tracker.alias(CHAMPION)
     if champion is not None and champion.tags.get("ds", "") > ds:
@@ -142,7 +148,9 @@ def run(settings: Settings, ds: str) -> dict[str, Any]:
         outputs = EncoderOutputs(hashes, pooled).unique()
         storage.add_encoder_outputs(models.served.encoder_fingerprint(), outputs.to_table())
         with storage.temp_dir() as tmp:
-            models.served.save(f"{tmp}/{MODEL_ARTIFACT}", tokenizer)
+            served = _item_vectors(models.served.cpu(), models.pooled, item_ids)
+            tracker.log_served_model(run_id, models.served, tokenizer, served, served_popularity, settings.index,
+                                     example_histories)  # fmt: skip
             models.evaluation.save(f"{tmp}/{EVALUATION_MODEL_ARTIFACT}", tokenizer)
             if ranker is not None:
                 ranker.save(f"{tmp}/{RANKER_ARTIFACT}")
@@ -179,16 +187,31 @@ def _text_pairs(settings: Settings, item_ids, pairs, train_events, all_events):
     return tuple(out)
 
 
-def _evaluation_retriever(settings: Settings, models, item_ids, tokenizer):
-    """The evaluation model (on the CPU) over its own item vectors, for the checks below."""
+def _item_vectors(model, pooled, item_ids):
+    """A model's ItemVectors of the catalogue, from the transformer's pooled outputs."""
     import torch
 
     from recsys_lib.embedding import ItemVectors
+
+    vectors, bias = model.items_from_pooled(pooled.cpu(), torch.as_tensor(model.id_rows(item_ids)))
+    return ItemVectors(item_ids, vectors.numpy(), bias.numpy())
+
+
+def _example_histories(events, users: int = 3, length: int = 5) -> list[list[str]]:
+    """The latest items of a few users: the served model's input example in MLflow."""
+    from recsys_lib.schema import ITEM_COL, TIMESTAMP_COL, USER_COL
+
+    some = events[events[USER_COL].isin(events[USER_COL].drop_duplicates().head(users))]
+    latest = some.sort_values([USER_COL, TIMESTAMP_COL], kind="stable").groupby(USER_COL, sort=True).tail(length)
+    return [list(map(str, items)) for _, items in latest.groupby(USER_COL, sort=True)[ITEM_COL]]
+
+
+def _evaluation_retriever(settings: Settings, models, item_ids, tokenizer):
+    """The evaluation model (on the CPU) over its own item vectors, for the checks below."""
     from recsys_lib.retrieval import Retriever
 
     model = models.evaluation.cpu()
-    vectors, bias = model.items_from_pooled(models.evaluation_pooled.cpu(), torch.as_tensor(model.id_rows(item_ids)))
-    items = ItemVectors(item_ids, vectors.numpy(), bias.numpy())
+    items = _item_vectors(model, models.evaluation_pooled, item_ids)
     return Retriever.with_index(model, items, settings.index, settings.recommend.user_batch_size, tokenizer)
 
 

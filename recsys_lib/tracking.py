@@ -1,7 +1,9 @@
 """MLflow: runs, the model registry (one registered model, aliases ``champion``/``candidate``)
-and model checkpoints as plain artifacts (safetensors + Hugging Face files; nothing pickled).
-A registered version is the served model (artifact ``model``); its run also holds the
-evaluation model it was continued from (``evaluation_model``), which is what evaluate measures.
+and model checkpoints (safetensors + Hugging Face files; nothing pickled).
+A registered version is the served model (artifact ``model``: an MLflow pyfunc that maps user
+histories to top-N items, ``recsys_lib/models/pyfunc.py``, holding the checkpoint); its run also
+holds the evaluation model it was continued from (``evaluation_model``, a plain checkpoint),
+which is what evaluate measures.
 
 Tests: tests/unit/recsys_lib/test_tracking.py (a real SQLite-backed store), tests/integration.
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 import logging
 import shutil
 import subprocess
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,7 +23,9 @@ from recsys_lib.settings import PROJECT_ROOT, Settings
 from recsys_lib.storage import scratch_dir
 
 if TYPE_CHECKING:
+    from recsys_lib.embedding import ItemVectors
     from recsys_lib.evaluation.report import EvaluationReport
+    from recsys_lib.settings import IndexSettings
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +36,7 @@ EVALUATION_MODEL_ARTIFACT = "evaluation_model"  # its twin trained on the split'
 RANKER_ARTIFACT = "ranker"  # the second stage, when one was learned
 QUERY_ENCODER_ARTIFACT = "query_encoder"  # the served model's text path as ONNX + tokenizer, for search
 EVALUATION_ARTIFACT = "evaluation.json"
+CHECKPOINT_ARTIFACT = "checkpoint"  # inside the served model's pyfunc (recsys_lib.models.pyfunc)
 
 
 @dataclass(frozen=True)
@@ -179,6 +185,58 @@ class Tracker:
         )
         return ModelVersion(self.model_name, str(mv.version), run_id, dict(tags))
 
+    def log_served_model(
+        self,
+        run_id: str,
+        model,
+        tokenizer,
+        items: ItemVectors,
+        popularity,
+        index: IndexSettings,
+        example: list[list[str]],
+    ) -> None:
+        """The served model (a ``TwoTowerModel``) as the run's ``model`` artifact, an MLflow pyfunc
+        (models from code): its checkpoint, its vectors of the training catalogue with their
+        popularity (the fallback), the ``[index]`` settings, a signature and an input example of
+        real histories."""
+        import dataclasses
+        from importlib.metadata import version
+
+        import numpy as np
+        import pandas as pd
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        from recsys_lib.embedding import vector_column
+        from recsys_lib.models import pyfunc
+        from recsys_lib.schema import BIAS_COL, ITEM_COL, VECTOR_COL
+
+        with tempfile.TemporaryDirectory(dir=self.cache_root) as tmp:
+            checkpoint = model.save(Path(tmp) / CHECKPOINT_ARTIFACT, tokenizer)
+            items_file = Path(tmp) / "items.parquet"
+            pq.write_table(pa.table({
+                ITEM_COL: pa.array(list(items.ids), pa.string()), VECTOR_COL: vector_column(items.vectors),
+                BIAS_COL: pa.array(items.bias, pa.float32()),
+                pyfunc.POPULARITY: pa.array(np.asarray(popularity, np.float64)),
+            }), items_file)  # fmt: skip
+            example_input = pd.DataFrame({pyfunc.HISTORY: example})
+            example_output = pd.DataFrame({pyfunc.ITEM_IDS: [list(items.ids[:2])], pyfunc.SCORES: [[1.0, 0.5]]})
+            signature = self.mlflow.models.infer_signature(
+                example_input, example_output, params={"k": pyfunc.DEFAULT_K}
+            )
+            requirements = ["mlflow", "torch", "transformers", "safetensors", "faiss-cpu", "numpy", "pandas", "pyarrow"]
+            self.mlflow.pyfunc.save_model(
+                Path(tmp) / MODEL_ARTIFACT,
+                python_model=pyfunc.__file__,
+                artifacts={pyfunc.CHECKPOINT_ARTIFACT: str(checkpoint), pyfunc.ITEMS_ARTIFACT: str(items_file)},
+                model_config={pyfunc.INDEX_CONFIG: dataclasses.asdict(index)},
+                code_paths=[str(PROJECT_ROOT / "recsys_lib")],
+                signature=signature,
+                input_example=example_input,
+                pip_requirements=[f"{name}=={version(name)}" for name in requirements],
+            )
+            self.log_artifacts(run_id, Path(tmp) / MODEL_ARTIFACT, MODEL_ARTIFACT)
+
     def model_version(self, version: str) -> ModelVersion:
         mv = self.client.get_model_version(self.model_name, str(version))
         return ModelVersion(self.model_name, str(mv.version), mv.run_id, dict(mv.tags))
@@ -215,13 +273,13 @@ class Tracker:
         """The version's ranker (recsys_lib.ranker.Ranker), or None when it has none."""
         from recsys_lib.ranker import Ranker
 
-        folder = self.download_model(mv.version).parent / RANKER_ARTIFACT
+        folder = self.download_run(mv.version) / RANKER_ARTIFACT
         return Ranker.load(folder) if folder.is_dir() else None
 
     def query_encoder_files(self, mv: ModelVersion) -> dict[str, bytes] | None:
         """The version's exported query encoder (file name -> bytes), or None for a version
         trained before train logged one."""
-        folder = self.download_model(mv.version).parent / QUERY_ENCODER_ARTIFACT
+        folder = self.download_run(mv.version) / QUERY_ENCODER_ARTIFACT
         if not folder.is_dir():
             return None
         return {f.name: f.read_bytes() for f in sorted(folder.iterdir()) if f.is_file()}
@@ -236,6 +294,17 @@ class Tracker:
     def download_model(self, version: str, evaluation: bool = False) -> Path:
         """The checkpoint folder of a model version (or, with ``evaluation``, of the evaluation
         model logged beside it), downloaded once into the local cache."""
+        target = self.download_run(version)
+        folder = target / (EVALUATION_MODEL_ARTIFACT if evaluation else MODEL_ARTIFACT)
+        if (folder / "MLmodel").is_file():  # the pyfunc; its checkpoint is one of its artifacts
+            folder = folder / "artifacts" / CHECKPOINT_ARTIFACT
+        if not folder.is_dir():
+            raise MissingInput(f"model version {version} of {self.model_name!r} has no {folder.name} checkpoint")
+        return folder
+
+    def download_run(self, version: str) -> Path:
+        """The artifacts of a model version's run (the served model, the evaluation model, the
+        ranker, the query encoder), downloaded once into the local cache."""
         target = self.cache_root / self.model_name / str(version)
         if not (target / ".complete").exists():
             if target.exists():
@@ -247,7 +316,4 @@ class Tracker:
                 run_id=run_id, dst_path=str(target), tracking_uri=self.tracking_uri
             )
             (target / ".complete").touch()
-        folder = target / (EVALUATION_MODEL_ARTIFACT if evaluation else MODEL_ARTIFACT)
-        if not folder.is_dir():
-            raise MissingInput(f"model version {version} of {self.model_name!r} has no {folder.name} checkpoint")
-        return folder
+        return target

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from jobs.pipeline import STAGES
@@ -65,6 +66,7 @@ def nightly(tmp_path_factory, tiny_encoder):
     refused = airflow(["dags", "test", "recsys_nightly", ds, "-c", conf], strict)
     return {
         "settings": settings,
+        "config": str(config),
         "ds": ds,
         "runs": runs,
         "interactions": interactions,
@@ -194,6 +196,42 @@ def test_the_served_model_learned_every_item_with_interactions(nightly):
     assert served.encoder_fingerprint() == evaluated.encoder_fingerprint()
 
 
+def test_the_champion_loads_as_an_mlflow_pyfunc(nightly):
+    """What an MLflow user does with the registered version: load it by URI, pass histories."""
+    import mlflow
+
+    settings = nightly["settings"]
+    champion = Tracker(settings).alias(CHAMPION)
+    model = mlflow.pyfunc.load_model(f"models:/{champion.name}@{CHAMPION}")
+    events = nightly["interactions"]
+    histories = [list(g) for _, g in events.groupby(USER_COL)[ITEM_COL]][:5]
+    out = model.predict(pd.DataFrame({"history": histories}), params={"k": 7})
+    catalogue = set(PublishedTables.from_settings(settings).table("item_vectors").to_pandas()[ITEM_COL])
+    for history, ids, scores in zip(histories, out["item_ids"], out["scores"]):
+        assert len(ids) == 7 and set(ids) <= catalogue and not set(ids) & set(history)
+        assert list(scores) == sorted(scores, reverse=True)
+
+
+def test_the_run_report_is_published_logged_and_found_by_the_cli(nightly):
+    settings = nightly["settings"]
+    manifest = PublishedTables.from_settings(settings).manifest()
+    listed = manifest["artefacts"]["report"]["files"]
+    assert [f["key"].rsplit("/", 1)[1] for f in listed] == ["report.html"]
+    env = {**os.environ, "RECSYS_DATA_ROOT": str(settings.data_root), "RECSYS_CONFIG": nightly["config"]}
+    done = subprocess.run([sys.executable, "-m", "jobs.cli", "report"], env=env, capture_output=True, text=True,
+                          timeout=120, cwd=ROOT)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    page = Path(done.stdout.strip()).read_text()
+    for section in ("Quality gate", "candidate vs champion", "What was recommended", "Training", "Stages",
+                    "<td>ingest</td>", "<td>recommend</td>", "Example users"):  # fmt: skip
+        assert section in page, section
+    assert page.count("data:image/png;base64,") >= 3
+    run_id = Tracker(settings).alias(CHAMPION).run_id
+    import mlflow
+
+    assert "Quality gate" in mlflow.artifacts.load_text(f"runs:/{run_id}/report.html")
+
+
 def test_rerunning_the_same_day_is_idempotent(nightly):
     settings = nightly["settings"]
     storage = Storage(settings)
@@ -220,3 +258,8 @@ def test_the_gate_refuses_a_worse_model_and_keeps_the_champions_tables(nightly):
     assert candidate.version == "2"
     metrics = tracker.run_metrics(candidate.run_id)
     assert "champion.ndcg_at_10" in metrics  # the champion was measured on the candidate's split
+    # The refused run's report says so, with both sets of numbers, in the candidate's MLflow run.
+    import mlflow
+
+    page = mlflow.artifacts.load_text(f"runs:/{candidate.run_id}/report.html")
+    assert "class='refused'>refused" in page and "<td>champion</td>" in page
