@@ -18,7 +18,7 @@ AIRFLOW_ENV := AIRFLOW_HOME=$(RECSYS_DATA_ROOT)/airflow \
 	AIRFLOW__LOGGING__COLORED_CONSOLE_LOG=False \
 	PYTHONUNBUFFERED=1
 
-.PHONY: install demo test test-fast lock bench clean
+.PHONY: install browser demo airflow test test-fast lock bench clean
 
 $(VENV)/.installed: requirements.txt constraints.txt pyproject.toml
 	@echo "==> Installing into $(VENV) (first time: about 5 minutes)"
@@ -50,7 +50,20 @@ demo: install
 	@echo
 	@echo "MLflow runs and models: $(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(RECSYS_DATA_ROOT)/mlflow/mlflow.db"
 
-test: install
+# The browser test drives Debian's chromium: a fresh machine gets it from apt when run as root.
+browser:
+	@command -v chromium > /dev/null || { \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get > /dev/null; then \
+			echo "==> Installing chromium (apt-get) for the browser test"; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium > /dev/null; \
+		else echo "chromium is missing: install it (sudo apt-get install chromium) or the browser test fails"; fi; }
+
+# Airflow's UI, scheduler, dag-processor and triggerer plus the MLflow UI on the demo's data
+# root, until Ctrl-C (after `make demo`, or on its own).
+airflow: install
+	@$(VENV)/bin/recsys airflow $(AIRFLOW_ARGS)
+
+test: install browser
 	@$(VENV)/bin/ruff check --quiet . && echo "ruff: clean"
 	@$(PY) -m pytest $(PYTEST_ARGS)
 	@echo "Test report above; test data lived in temporary folders (nothing left in $(RECSYS_DATA_ROOT))."

@@ -9,8 +9,13 @@ against popularity, item-kNN and ALS baselines -> publish behind the quality gat
 Tasks hand each other small summaries (URIs, counts, the model version), never data; the work
 is in `jobs/`, runnable without Airflow as `python -m jobs.<stage> --ds YYYY-MM-DD`.
 Bad input and refused publishes fail at once (a retry cannot fix them); other errors retry with
-exponential backoff. With `RECSYS_GPU_QUEUE` set where the DAG is parsed, train and embed_items
-go to that queue (the compose stack's GPU worker listens on `gpu`).
+exponential backoff. A task that fails for good, and a run still going `RECSYS_DEADLINE_HOURS`
+after it was queued (where set: 8 in `make airflow` and the compose stack), raise an alert
+(`recsys_lib.alerts`: an ERROR log line, and a JSON POST to `alerts.webhook_url` when set).
+train and embed_items share the pool `RECSYS_GPU_POOL` (`recsys_gpu`, one slot per GPU:
+`airflow pools set recsys_gpu 1 "GPU stages"`); with `RECSYS_GPU_QUEUE` set where the DAG is
+parsed they also go to that queue (the compose stack's GPU worker listens on `gpu`). Each task's
+own documentation is its docstring, shown in the UI.
 """
 
 from __future__ import annotations
@@ -19,12 +24,37 @@ import datetime as dt
 import os
 
 import pendulum
-from airflow.sdk import Asset, ExceptionRetryPolicy, Param, RetryAction, RetryRule, dag, task
+from airflow.sdk import (
+    Asset,
+    DeadlineAlert,
+    DeadlineReference,
+    ExceptionRetryPolicy,
+    Param,
+    RetryAction,
+    RetryRule,
+    SyncCallback,
+    dag,
+    task,
+)
 
 USER_TOPN = Asset("recsys_user_topn")
 ITEM_SIMILAR = Asset("recsys_item_similar")
 # The executor's queue for the stages that want a GPU; unset: the default queue.
-ON_GPU = {"queue": os.environ["RECSYS_GPU_QUEUE"]} if os.environ.get("RECSYS_GPU_QUEUE") else {}
+# The GPU stages take a slot of one pool (so two runs never share a GPU) and, when set, a queue.
+ON_GPU = {"pool": os.environ.get("RECSYS_GPU_POOL", "recsys_gpu")}
+if os.environ.get("RECSYS_GPU_QUEUE"):
+    ON_GPU["queue"] = os.environ["RECSYS_GPU_QUEUE"]
+# Opt-in where the scheduler runs (`make airflow` and the compose stack set 8 hours): Airflow
+# 3.3.2's `airflow dags test`, which `make demo` uses, fails on a DAG that has a deadline.
+DEADLINE_HOURS = os.environ.get("RECSYS_DEADLINE_HOURS")
+
+
+def alert_on_failure(context) -> None:
+    """A task failed after its last retry: tell a person (recsys_lib.alerts)."""
+    from recsys_lib.alerts import task_failed
+
+    task_failed(context)
+
 
 default_args = {
     "owner": "recsys",
@@ -32,6 +62,8 @@ default_args = {
     "retry_delay": dt.timedelta(minutes=2),
     "retry_exponential_backoff": 2.0,
     "max_retry_delay": dt.timedelta(minutes=30),
+    "execution_timeout": dt.timedelta(hours=2),  # train has its own, longer one
+    "on_failure_callback": alert_on_failure,
     "retry_policy": ExceptionRetryPolicy(
         rules=[
             RetryRule(
@@ -53,6 +85,14 @@ default_args = {
     max_active_runs=1,
     default_args=default_args,
     dagrun_timeout=dt.timedelta(hours=12),
+    # The tables are late for their readers before the run fails: say so while it still runs.
+    deadline=DeadlineAlert(
+        reference=DeadlineReference.DAGRUN_QUEUED_AT,
+        interval=dt.timedelta(hours=float(DEADLINE_HOURS)),
+        callback=SyncCallback("recsys_lib.alerts.deadline_missed"),
+    )
+    if DEADLINE_HOURS
+    else None,
     tags=["recsys"],
     doc_md=__doc__,
     params={
@@ -78,6 +118,7 @@ default_args = {
 def recsys_nightly():
     @task
     def ingest(params=None, ds=None, dag_run=None) -> dict:
+        """Validate the day's raw drops (Spark): typed lake partitions; bad rows quarantined with their reason."""
         from jobs.pipeline import run_stage
 
         # A manual run without a logical date processes the day it was triggered for.
@@ -85,42 +126,49 @@ def recsys_nightly():
 
     @task
     def features(ingested: dict, params=None) -> dict:
+        """Build the features (Spark): item documents, histories, the evaluation split, popularity, search pairs."""
         from jobs.pipeline import run_stage
 
         return run_stage("features", ingested["ds"], params)
 
     @task(execution_timeout=dt.timedelta(hours=6), **ON_GPU)
     def train(featured: dict, params=None) -> dict:
+        """Fine-tune the two-tower model (evaluation model, then the served one on every event); register it."""
         from jobs.pipeline import run_stage
 
         return run_stage("train", featured["ds"], params)
 
     @task(**ON_GPU)
     def embed_items(trained: dict, params=None) -> dict:
+        """Embed the catalogue with the new model (the transformer only for texts it has not encoded)."""
         from jobs.pipeline import run_stage
 
         return run_stage("embed_items", trained["ds"], params, trained["model_version"])
 
     @task
     def build_index(embedded: dict, params=None) -> dict:
+        """Build the FAISS index over the item vectors and measure its recall against exact search."""
         from jobs.pipeline import run_stage
 
         return run_stage("build_index", embedded["ds"], params, embedded["model_version"])
 
     @task
     def recommend(indexed: dict, params=None) -> dict:
+        """Stage user_topn, item_similar, query_topn and the vector tables for publish."""
         from jobs.pipeline import run_stage
 
         return run_stage("recommend", indexed["ds"], params, indexed["model_version"])
 
     @task
     def evaluate(indexed: dict, params=None) -> dict:
+        """Rank the holdout with the model, the champion and the baselines; write the evaluation report."""
         from jobs.pipeline import run_stage
 
         return run_stage("evaluate", indexed["ds"], params, indexed["model_version"])
 
     @task(outlets=[USER_TOPN, ITEM_SIMILAR])
     def publish(recommended: dict, evaluated: dict, params=None) -> dict:
+        """Check the staged tables, apply the quality gate, publish a new version, move the champion alias."""
         from jobs.pipeline import run_stage
 
         return run_stage("publish", recommended["ds"], params, recommended["model_version"])

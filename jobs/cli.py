@@ -235,6 +235,31 @@ def cmd_report(args: argparse.Namespace) -> None:
     print(tables.store.uri(report["key"]))
 
 
+def cmd_airflow(args: argparse.Namespace) -> None:
+    import signal
+    import time
+
+    from recsys_lib.stack import USER, LocalStack
+
+    settings = _located_settings(args)
+    stack = LocalStack(settings, args.port, args.mlflow_port, args.password)
+    print(f"Starting Airflow (api-server, scheduler, dag-processor, triggerer) and MLflow on {settings.data_root} ...")
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    with stack:
+        print(f"\n  Airflow UI  {stack.airflow_url}   (log in as {USER} / {args.password})")
+        print(f"  MLflow UI   {stack.mlflow_url}")
+        print(f"  logs        {stack.logs}")
+        print("\nTrigger recsys_nightly from the UI (Trigger, with params such as top_n) or the REST API;")
+        print("recsys_downstream_example starts on its own when a run publishes. Ctrl-C stops everything.")
+        try:
+            while True:
+                time.sleep(2)
+                stack._check_alive()
+        except KeyboardInterrupt:
+            print("\nStopping ...")
+    print("Stopped; nothing left running.")
+
+
 def cmd_rollback(args: argparse.Namespace) -> None:
     from recsys_lib import publish as pub
     from recsys_lib.storage import open_store
@@ -371,6 +396,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config")
     _add_location(p)
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("airflow", help="Airflow (UI, scheduler, ...) and the MLflow UI on this machine, until Ctrl-C")
+    p.add_argument("--port", type=int, default=8080, help="Airflow's UI and REST API")
+    p.add_argument("--mlflow-port", type=int, default=5000)
+    p.add_argument("--password", default="admin", help="the admin user's password")
+    p.add_argument("--config")
+    _add_location(p)
+    p.set_defaults(func=cmd_airflow)
 
     p = sub.add_parser("rollback", help="make an earlier published version live again")
     p.add_argument("--to", help="version id (default: the one published before the live one)")

@@ -127,7 +127,7 @@ table { border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 0.9em; }
 th, td { border-bottom: 1px solid #ddd; padding: 0.25em 0.7em; text-align: right; }
 th:first-child, td:first-child { text-align: left; }
 .passed { color: #17693a; } .refused { color: #a32020; }
-img { max-width: 100%; } ol { margin-top: 0; }
+img { max-width: 100%; } ol { margin-top: 0; } td ol { text-align: left; }
 """
 
 

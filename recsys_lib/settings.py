@@ -219,6 +219,12 @@ class RulesSettings:
 
 
 @dataclass(frozen=True)
+class AlertSettings:
+    webhook_url: str
+    timeout_s: float
+
+
+@dataclass(frozen=True)
 class PublishSettings:
     max_ndcg_drop: float
     force: bool
@@ -247,6 +253,7 @@ class Settings:
     evaluate: EvaluateSettings
     tracking: TrackingSettings
     publish: PublishSettings
+    alerts: AlertSettings
 
     def with_overrides(self, overrides: Mapping[str, Any]) -> "Settings":
         """Return a copy with dotted-key overrides applied, e.g. ``{"recommend.top_n": 10}``."""

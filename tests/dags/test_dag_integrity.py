@@ -57,6 +57,28 @@ def test_schedule_retries_and_params(dagbag):
     assert {o.name for o in publish.outlets} == {"recsys_user_topn", "recsys_item_similar"}
 
 
+def test_operating_idioms(dagbag):
+    """Task docs, a pool for the GPU stages, timeouts, a failure alert and a deadline."""
+    dag = dagbag.dags["recsys_nightly"]
+    for task in dag.tasks:
+        assert task.doc_md and len(task.doc_md) > 40, task.task_id  # the docstring, shown in the UI
+        assert task.execution_timeout is not None and task.on_failure_callback, task.task_id
+    assert {t.task_id for t in dag.tasks if t.pool == "recsys_gpu"} == {"train", "embed_items"}
+    assert dag.get_task("train").execution_timeout > dag.get_task("ingest").execution_timeout
+    assert not dag.deadline  # opt-in: `airflow dags test` (make demo) fails on a DAG with a deadline
+
+
+def test_the_deadline_where_the_scheduler_runs(monkeypatch):
+    from airflow.dag_processing.dagbag import DagBag
+
+    monkeypatch.setenv("RECSYS_DEADLINE_HOURS", "8")
+    dag = DagBag(dag_folder=str(DAGS / "recsys_nightly.py")).dags["recsys_nightly"]
+    (deadline,) = dag.deadline
+    assert deadline.callback.path == "recsys_lib.alerts.deadline_missed"
+    assert deadline.interval.total_seconds() == 8 * 3600
+    assert dag.dagrun_timeout.total_seconds() > deadline.interval.total_seconds()
+
+
 def test_bad_input_is_not_retried(dagbag):
     from recsys_lib.errors import DataValidationError
 
