@@ -48,7 +48,9 @@ demo: install
 	@echo
 	@$(VENV)/bin/recsys show --users 3
 	@echo
+	@echo "Run report (HTML): $$($(VENV)/bin/recsys report)"
 	@echo "MLflow runs and models: $(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(RECSYS_DATA_ROOT)/mlflow/mlflow.db"
+	@echo "Airflow UI, scheduler and MLflow UI together: make airflow"
 
 # The browser test drives Debian's chromium: a fresh machine gets it from apt when run as root.
 browser:
