@@ -96,6 +96,25 @@ def test_the_downstream_dag_was_started_by_the_asset_event(stack_run):
     assert downstream["run_type"] == "asset_triggered" and downstream["triggered_by"] == "asset"
 
 
+def test_a_task_that_fails_for_good_raises_the_alert(stack_run):
+    """Unpausing schedules today's run, which has no drop: ingest fails at once (bad input is not
+    retried) and its on_failure_callback logs the alert, through the real scheduler."""
+    import time
+
+    stack = stack_run["stack"]
+    deadline = time.monotonic() + 180  # it may have been queued behind the manual run
+    while True:
+        runs = stack.api("GET", "dags/recsys_nightly/dagRuns")["dag_runs"]
+        scheduled = [r for r in runs if r["run_type"] == "scheduled"]
+        if (scheduled and scheduled[0]["state"] in ("success", "failed")) or time.monotonic() > deadline:
+            break
+        time.sleep(3)
+    assert scheduled and scheduled[0]["state"] == "failed", scheduled
+    logs = stack.home / "logs" / "dag_id=recsys_nightly" / f"run_id={scheduled[0]['dag_run_id']}" / "task_id=ingest"
+    text = "".join(p.read_text(errors="replace") for p in logs.glob("attempt=*.log"))
+    assert "ALERT" in text and '\\"event\\": \\"task_failed\\"' in text and "no item catalogue" in text
+
+
 def test_a_browser_sees_the_dag_the_run_the_mlflow_run_and_the_report(stack_run):
     assert CHROMIUM, "no chromium on PATH: `make test` installs it with apt-get (as root)"
     from playwright.sync_api import expect, sync_playwright
