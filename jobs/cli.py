@@ -244,7 +244,10 @@ def cmd_airflow(args: argparse.Namespace) -> None:
     settings = _located_settings(args)
     stack = LocalStack(settings, args.port, args.mlflow_port, args.password)
     print(f"Starting Airflow (api-server, scheduler, dag-processor, triggerer) and MLflow on {settings.data_root} ...")
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    def stop_on_sigterm(*_):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop_on_sigterm)  # `kill` stops the stack as Ctrl-C does
     with stack:
         print(f"\n  Airflow UI  {stack.airflow_url}   (log in as {USER} / {args.password})")
         print(f"  MLflow UI   {stack.mlflow_url}")
@@ -254,7 +257,7 @@ def cmd_airflow(args: argparse.Namespace) -> None:
         try:
             while True:
                 time.sleep(2)
-                stack._check_alive()
+                stack.check_alive()
         except KeyboardInterrupt:
             print("\nStopping ...")
     print("Stopped; nothing left running.")

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from recsys_lib.evaluation.report import CHAMPION, EvaluationReport, Segment
+from recsys_lib.evaluation.report import CHAMPION, EvaluationReport, Segment, format_value
 
 REPORT_FILE = "report.html"
 RUN_REPORT = "report"  # the published version's artefact holding REPORT_FILE
@@ -168,30 +168,23 @@ def _segment(segment: Segment) -> str:
 def _table(rows: dict[str, dict[str, float]], columns: list[str], title: str) -> str:
     head = "".join(f"<th>{_e(c)}</th>" for c in columns)
     body = "".join(
-        f"<tr><td>{_e(name)}</td>" + "".join(f"<td>{_number(values.get(c))}</td>" for c in columns) + "</tr>"
+        f"<tr><td>{_e(name)}</td>" + "".join(f"<td>{format_value(values.get(c))}</td>" for c in columns) + "</tr>"
         for name, values in rows.items()
     )
     return f"<table><tr><th>{_e(title)}</th>{head}</tr>{body}</table>"
 
 
-def _number(value) -> str:
-    if value is None:
-        return "-"
-    value = float(value)
-    return f"{int(value):,}" if value.is_integer() and abs(value) >= 1 else f"{value:.4f}"
-
-
 def _recommended(facts: RunFacts) -> str:
-    from recsys_lib.schema import ITEM_COL, SCORE_COL, SOURCE_COL
+    from recsys_lib.schema import ITEM_COL, SCORE_COL, SOURCE_COL, USER_COL
 
     topn = facts.user_topn
     catalogue = len(facts.popularity)
     exposure = topn[ITEM_COL].value_counts()
     coverage = len(exposure) / catalogue if catalogue else 0.0
-    sources = topn.groupby(SOURCE_COL)["user_id"].nunique().to_dict() if len(topn) else {}
+    sources = topn.groupby(SOURCE_COL)[USER_COL].nunique().to_dict() if len(topn) else {}
     lines = [
         "<h2>What was recommended</h2>",
-        f"<p>{topn['user_id'].nunique():,} users, {len(topn):,} rows; {len(exposure):,} distinct items: "
+        f"<p>{topn[USER_COL].nunique():,} users, {len(topn):,} rows; {len(exposure):,} distinct items: "
         f"<b>{coverage:.1%} of the catalogue</b> ({catalogue:,} items); Gini of exposure "
         f"{gini(exposure.reindex(facts.popularity.index, fill_value=0).to_numpy()):.3f}; "
         f"users by list source: {_e(', '.join(f'{k} {v:,}' for k, v in sorted(sources.items())))}</p>",

@@ -153,7 +153,7 @@ class LocalStack:
         """Poll until the run finishes; returns it (its ``state`` says how)."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            self._check_alive()
+            self.check_alive()
             run = self.dag_run(dag_id, run_id)
             if run["state"] in ("success", "failed"):
                 return run
@@ -177,7 +177,7 @@ class LocalStack:
         deadline = time.monotonic() + timeout_s
         waiting = ["airflow", "mlflow"]
         while waiting and time.monotonic() < deadline:
-            self._check_alive()
+            self.check_alive()
             if "airflow" in waiting and _healthy_airflow(self.airflow_url):
                 waiting.remove("airflow")
             if "mlflow" in waiting and _answers(f"{self.mlflow_url}/health"):
@@ -186,7 +186,8 @@ class LocalStack:
         if waiting:
             raise StackError(f"{', '.join(waiting)} not healthy after {timeout_s:.0f}s; logs: {self.logs}")
 
-    def _check_alive(self) -> None:
+    def check_alive(self) -> None:
+        """Raise StackError, with the end of its log, if a component has exited."""
         for name, process in self.processes.items():
             if process.poll() is not None:
                 tail = (self.logs / f"{name}.log").read_text(errors="replace")[-3000:]

@@ -123,9 +123,14 @@ def format_table(rows: dict[str, Metrics], columns: Sequence[str], title: str) -
     return "\n".join(lines)
 
 
-def _cell(value: float | None, width: int) -> str:
+def format_value(value: float | None) -> str:
+    """A metric as the tables print it: counts as integers, rates to four decimals, '-' if none."""
     if value is None:
-        return f"{'-':>{width}}"
+        return "-"
     if float(value).is_integer() and abs(value) >= 1:
-        return f"{int(value):>{width}d}"
-    return f"{value:>{width}.4f}"
+        return f"{int(value):d}"
+    return f"{value:.4f}"
+
+
+def _cell(value: float | None, width: int) -> str:
+    return f"{format_value(value):>{width}}"
