@@ -18,7 +18,7 @@ AIRFLOW_ENV := AIRFLOW_HOME=$(RECSYS_DATA_ROOT)/airflow \
 	AIRFLOW__LOGGING__COLORED_CONSOLE_LOG=False \
 	PYTHONUNBUFFERED=1
 
-.PHONY: install browser demo airflow test test-fast lock bench clean
+.PHONY: install system-packages demo airflow cluster-local test test-fast lock bench clean
 
 $(VENV)/.installed: requirements.txt constraints.txt pyproject.toml
 	@echo "==> Installing into $(VENV) (first time: about 5 minutes)"
@@ -52,20 +52,31 @@ demo: install
 	@echo "MLflow runs and models: $(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(RECSYS_DATA_ROOT)/mlflow/mlflow.db"
 	@echo "Airflow UI, scheduler and MLflow UI together: make airflow"
 
-# The browser test drives Debian's chromium: a fresh machine gets it from apt when run as root.
-browser:
-	@command -v chromium > /dev/null || { \
+# Debian packages the tests start for real: chromium (the browser test), PostgreSQL and Redis (the
+# cluster profile's stack). A fresh machine gets them from apt when run as root.
+system-packages:
+	@missing=""; \
+	command -v chromium > /dev/null || missing="$$missing chromium"; \
+	ls /usr/lib/postgresql/*/bin/postgres > /dev/null 2>&1 || command -v postgres > /dev/null || missing="$$missing postgresql"; \
+	command -v redis-server > /dev/null || missing="$$missing redis-server"; \
+	if [ -n "$$missing" ]; then \
 		if [ "$$(id -u)" = 0 ] && command -v apt-get > /dev/null; then \
-			echo "==> Installing chromium (apt-get) for the browser test"; \
-			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium > /dev/null; \
-		else echo "chromium is missing: install it (sudo apt-get install chromium) or the browser test fails"; fi; }
+			echo "==> Installing$$missing (apt-get) for the browser and cluster tests"; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing > /dev/null; \
+		else echo "missing:$$missing: install them (sudo apt-get install$$missing) or their tests fail"; fi; fi
 
 # Airflow's UI, scheduler, dag-processor and triggerer plus the MLflow UI on the demo's data
 # root, until Ctrl-C (after `make demo`, or on its own).
 airflow: install
 	@$(VENV)/bin/recsys airflow $(AIRFLOW_ARGS)
 
-test: install browser
+# The cluster profile's stack without Docker, on loopback, until Ctrl-C: Airflow (CeleryExecutor,
+# PostgreSQL, Redis, a Celery worker), Spark standalone, an S3 server and MLflow on PostgreSQL.
+# CLUSTER_ARGS=--trigger also runs recsys_nightly on the bundled sample.
+cluster-local: install system-packages
+	@$(VENV)/bin/recsys cluster-local $(CLUSTER_ARGS)
+
+test: install system-packages
 	@$(VENV)/bin/ruff check --quiet . && echo "ruff: clean"
 	@$(PY) -m pytest $(PYTEST_ARGS)
 	@echo "Test report above; test data lived in temporary folders (nothing left in $(RECSYS_DATA_ROOT))."

@@ -235,32 +235,75 @@ def cmd_report(args: argparse.Namespace) -> None:
     print(tables.store.uri(report["key"]))
 
 
-def cmd_airflow(args: argparse.Namespace) -> None:
+def _run_stack(stack, announce) -> None:
+    """Start ``stack``, ``announce(stack)`` (where things are; it may trigger a run), keep it up
+    until Ctrl-C or SIGTERM, then stop everything it started."""
     import signal
     import time
 
-    from recsys_lib.stack import USER, LocalStack
-
-    settings = _located_settings(args)
-    stack = LocalStack(settings, args.port, args.mlflow_port, args.password)
-    print(f"Starting Airflow (api-server, scheduler, dag-processor, triggerer) and MLflow on {settings.data_root} ...")
     def stop_on_sigterm(*_):
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, stop_on_sigterm)  # `kill` stops the stack as Ctrl-C does
     with stack:
-        print(f"\n  Airflow UI  {stack.airflow_url}   (log in as {USER} / {args.password})")
-        print(f"  MLflow UI   {stack.mlflow_url}")
-        print(f"  logs        {stack.logs}")
-        print("\nTrigger recsys_nightly from the UI (Trigger, with params such as top_n) or the REST API;")
-        print("recsys_downstream_example starts on its own when a run publishes. Ctrl-C stops everything.")
         try:
+            announce(stack)
             while True:
                 time.sleep(2)
                 stack.check_alive()
         except KeyboardInterrupt:
             print("\nStopping ...")
     print("Stopped; nothing left running.")
+
+
+def cmd_airflow(args: argparse.Namespace) -> None:
+    from recsys_lib.stack import USER, LocalStack
+
+    settings = _located_settings(args)
+    print(f"Starting Airflow (api-server, scheduler, dag-processor, triggerer) and MLflow on {settings.data_root} ...")
+
+    def announce(stack: LocalStack) -> None:
+        print(f"\n  Airflow UI  {stack.airflow_url}   (log in as {USER} / {args.password})")
+        print(f"  MLflow UI   {stack.mlflow_url}")
+        print(f"  logs        {stack.logs}")
+        print("\nTrigger recsys_nightly from the UI (Trigger, with params such as top_n) or the REST API;")
+        print("recsys_downstream_example starts on its own when a run publishes. Ctrl-C stops everything.")
+
+    _run_stack(LocalStack(settings, args.port, args.mlflow_port, args.password), announce)
+
+
+def cmd_cluster_local(args: argparse.Namespace) -> None:
+    from recsys_lib.data import land_raw_drop, movielens
+    from recsys_lib.stack import USER, ClusterStack
+    from recsys_lib.storage import Storage
+
+    config = {"RECSYS_CONFIG": str(Path(args.config).resolve())} if args.config else {}
+    stack = ClusterStack(_located_settings(args), args.port, args.mlflow_port, args.password, extra_env=config)
+    print(f"Starting the cluster profile's stack under {stack.root}: Postgres, Redis, an S3 server, Spark "
+          "standalone, MLflow, Airflow with a Celery worker ...")  # fmt: skip
+
+    def announce(stack: ClusterStack) -> None:
+        settings = stack.recsys_settings()
+        storage = Storage(settings)
+        if not storage.raw_files("items", args.ds):
+            interactions, items = movielens.load(movielens.BUNDLED_SAMPLE)
+            users = movielens.load_users(movielens.BUNDLED_SAMPLE)
+            land_raw_drop(storage, args.ds, interactions, items, users=users)
+            print(f"Landed the bundled MovieLens sample as the raw drop of {args.ds} in {settings.storage.work_root}")
+        print(f"\n  Airflow UI     {stack.airflow_url}   (log in as {USER} / {args.password})")
+        print(f"  MLflow UI      {stack.mlflow_url}")
+        print(f"  Spark master   {stack.spark_ui_url}")
+        print(f"  S3 server      {stack.s3_url}  (published tables: {settings.storage.publish_root})")
+        print(f"  logs           {stack.logs}")
+        print(f"\nTrigger recsys_nightly with the logical date {args.ds} (UI: Trigger, or --trigger).")
+        print("Ctrl-C stops everything.")
+        if args.trigger:
+            run_id = stack.trigger("recsys_nightly", {}, logical_date=f"{args.ds}T00:00:00Z")
+            print(f"Triggered {run_id}; waiting for it ...")
+            run = stack.wait_for_run("recsys_nightly", run_id, timeout_s=6 * 3600)
+            print(f"recsys_nightly {run_id}: {run['state']}")
+
+    _run_stack(stack, announce)
 
 
 def cmd_rollback(args: argparse.Namespace) -> None:
@@ -407,6 +450,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config")
     _add_location(p)
     p.set_defaults(func=cmd_airflow)
+
+    p = sub.add_parser("cluster-local", help="the cluster profile's stack (Celery, Postgres, Redis, Spark standalone, "
+                       "S3, MLflow) on this machine, until Ctrl-C")  # fmt: skip
+    p.add_argument("--port", type=int, default=8080, help="Airflow's UI and REST API")
+    p.add_argument("--mlflow-port", type=int, default=5000)
+    p.add_argument("--password", default="admin", help="the admin user's password")
+    p.add_argument("--ds", default="2016-10-17", help="lands the bundled sample as this day's drop if it has none")
+    p.add_argument("--trigger", action="store_true", help="trigger recsys_nightly for --ds and wait for it")
+    p.add_argument("--config", help="a settings file for every task (RECSYS_CONFIG)")
+    p.add_argument("--data-root", help="state goes under <data root>/cluster (default: $RECSYS_DATA_ROOT or ./var)")
+    p.set_defaults(func=cmd_cluster_local)
 
     p = sub.add_parser("rollback", help="make an earlier published version live again")
     p.add_argument("--to", help="version id (default: the one published before the live one)")

@@ -2,7 +2,8 @@
 
 Layers, later wins:
   1. ``recsys_lib/conf/base.toml`` (committed defaults),
-  2. ``recsys_lib/conf/<profile>.toml`` for ``RECSYS_PROFILE`` (``local`` by default, or ``cluster``),
+  2. ``recsys_lib/conf/<profile>.toml`` for each profile in ``RECSYS_PROFILE``, in order (``local``
+     by default; ``cluster`` for the distributed deployment, ``cluster,gpu`` on a GPU worker),
   3. a TOML file named by ``RECSYS_CONFIG`` (or passed as ``config_file``),
   4. environment variables ``RECSYS__<SECTION>__<KEY>`` (e.g. ``RECSYS__TRAIN__MAX_STEPS=50``),
   5. explicit ``overrides`` (Airflow params, CLI flags).
@@ -278,11 +279,12 @@ def load_settings(
     profile = profile or env.get("RECSYS_PROFILE") or "local"
     tree: dict[str, Any] = {}
     _merge(tree, _read_toml(CONF_DIR / "base.toml"))
-    profile_file = CONF_DIR / f"{profile}.toml"
-    if not profile_file.exists():
-        known = sorted(p.stem for p in CONF_DIR.glob("*.toml") if p.stem != "base")
-        raise SettingsError(f"unknown profile {profile!r}; known profiles: {', '.join(known)}")
-    _merge(tree, _read_toml(profile_file))
+    for name in profile.split(","):
+        profile_file = CONF_DIR / f"{name.strip()}.toml"
+        if not profile_file.exists():
+            known = sorted(p.stem for p in CONF_DIR.glob("*.toml") if p.stem != "base")
+            raise SettingsError(f"unknown profile {name.strip()!r}; known profiles: {', '.join(known)}")
+        _merge(tree, _read_toml(profile_file))
     config_file = config_file or env.get("RECSYS_CONFIG")
     if config_file:
         _merge(tree, _read_toml(Path(config_file)))

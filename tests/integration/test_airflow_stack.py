@@ -5,7 +5,6 @@ run report (screenshots under the data root). One stack for the module, stopped 
 from __future__ import annotations
 
 import shutil
-import socket
 from pathlib import Path
 
 import pytest
@@ -16,23 +15,11 @@ from recsys_lib.run_report import REPORT_FILE, RUN_REPORT
 from recsys_lib.stack import USER, LocalStack
 from recsys_lib.storage import Storage
 from recsys_lib.tracking import CHAMPION, Tracker
-from tests.conftest import TINY_TRAIN, make_settings, settings_toml
+from tests.conftest import TINY_TRAIN, free_ports, make_settings, processes_with, settings_toml
 
 pytestmark = pytest.mark.slow
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 TOP_N = 4
-
-
-def _free_ports(n: int) -> list[int]:
-    """``n`` distinct free ports (held open together while chosen, so none repeats)."""
-    sockets = [socket.socket() for _ in range(n)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +32,7 @@ def stack_run(tmp_path_factory, tiny_encoder):
     data = synthetic.generate_dataset(n_users=40, n_items=40, interactions_per_user=8, seed=5, new_users=2)
     ds = synthetic.last_day(data.interactions)
     land_raw_drop(Storage(settings), ds, data.interactions, data.items, users=data.users)
-    stack = LocalStack(settings, *_free_ports(2), password="test-pass",
+    stack = LocalStack(settings, *free_ports(2), password="test-pass",
                        extra_env={"RECSYS_CONFIG": str(config)})  # fmt: skip
     with stack:
         run_id = stack.trigger("recsys_nightly", {"top_n": TOP_N}, logical_date=f"{ds}T00:00:00Z")
@@ -53,19 +40,7 @@ def stack_run(tmp_path_factory, tiny_encoder):
         run = stack.wait_for_run("recsys_nightly", run_id, timeout_s=900)
         downstream = _wait_for_downstream(stack)
         yield {"stack": stack, "settings": settings, "ds": ds, "run": run, "downstream": downstream}
-    assert _processes_with(f"AIRFLOW_HOME={stack.home}") == []  # stop() left nothing running
-
-
-def _processes_with(marker: str) -> list[int]:
-    """Live processes whose environment holds ``marker`` (every component and worker inherits it)."""
-    found = []
-    for environ in Path("/proc").glob("[0-9]*/environ"):
-        try:
-            if marker.encode() in environ.read_bytes().split(b"\0"):
-                found.append(int(environ.parent.name))
-        except OSError:
-            continue
-    return found
+    assert processes_with(f"AIRFLOW_HOME={stack.home}") == []  # stop() left nothing running
 
 
 def _wait_for_downstream(stack: LocalStack, timeout_s: float = 240) -> dict | None:

@@ -50,6 +50,13 @@ def test_cluster_profile(tmp_path):
     assert s.spark.master.startswith("spark://")
     assert s.storage.publish_root.startswith("s3://")
     assert s.tracking.artifact_root is None
+    assert s.train.device == "auto", "where the services are, not what hardware trains"
+
+
+def test_profiles_stack_in_order(tmp_path):
+    s = load_settings(profile="cluster,gpu", env={"RECSYS_DATA_ROOT": str(tmp_path)})
+    assert s.spark.master.startswith("spark://") and s.train.device == "cuda" and s.model.user_layers == 1
+    assert load_settings(profile="local, gpu", env={"RECSYS_DATA_ROOT": str(tmp_path)}).embed.device == "cuda"
 
 
 @pytest.mark.parametrize(
@@ -72,8 +79,8 @@ def test_bad_values_name_the_key(tmp_path, env, message):
 
 
 def test_unknown_profile(tmp_path):
-    with pytest.raises(SettingsError, match="unknown profile 'staging'.*cluster, local"):
-        load_settings(profile="staging", env={"RECSYS_DATA_ROOT": str(tmp_path)})
+    with pytest.raises(SettingsError, match="unknown profile 'staging'.*cluster, gpu, local"):
+        load_settings(profile="cluster,staging", env={"RECSYS_DATA_ROOT": str(tmp_path)})
 
 
 def test_with_overrides_returns_a_new_frozen_object(tmp_path):
