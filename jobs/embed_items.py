@@ -1,5 +1,8 @@
 """Embed items (batched torch, GPU when present): every catalogue item -> a vector.
 
+With ``embed.engine = "spark"`` (the cluster profile) and no GPU here, the transformer pass runs
+on the Spark executors (recsys_lib/spark_embedding.py); the rest is the same.
+
 Writes ``embeddings/ds=<ds>/model_version=<v>`` (item_id, vector, bias, content_hash,
 model_version) for the served model. The transformer runs only for documents whose (content
 hash, encoder fingerprint) is not in the encoder-output cache: after train, none of today's.
@@ -27,12 +30,20 @@ def run(settings: Settings, ds: str, model_version: str | None = None) -> dict[s
     device = resolve_device(settings.embed.device)
     model, tokenizer = tracker.load_model(mv, device)
     started = time.perf_counter()
-    _, summary = embed_version(storage, ds, model, tokenizer, mv.version, settings.embed, device)
+    encoder = None
+    if settings.embed.engine == "spark" and device.type == "cpu":
+        from recsys_lib.spark_embedding import SparkEncoder
+
+        def encoder(runtime: str) -> SparkEncoder:
+            return SparkEncoder(settings, mv.version, runtime)
+
+    _, summary = embed_version(storage, ds, model, tokenizer, mv.version, settings.embed, device, encoder=encoder)
     summary["seconds"] = time.perf_counter() - started
     log.info("%s: %d items, %d through the transformer, %d from its cache, in %.1fs on %s", mv.label,
              summary["items"], summary["encoded"], summary["cached"], summary["seconds"], device)  # fmt: skip
     tracker.log_metrics(mv.run_id, {f"embed.{k}": summary[k] for k in ("items", "encoded", "cached", "seconds")})
-    return {"ds": ds, "model_version": mv.version, **summary, "device": device.type}
+    engine = "spark" if encoder is not None else "local"
+    return {"ds": ds, "model_version": mv.version, **summary, "device": device.type, "engine": engine}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -120,8 +120,8 @@ def embed_catalogue(
         model: a ``TwoTowerModel``; tokenizer: its tokenizer.
         documents: item_id, document, content_hash, in catalogue order.
         cached: earlier pooled outputs of this model's encoder.
-        pool: ``TokenizedDocuments`` -> [n, d] pooled outputs, for a runtime other than the
-            model's fp32 torch encoder; called only if something is not cached.
+        pool: texts -> [n, d] pooled outputs, for a runtime other than the model's fp32 torch
+            encoder on ``device`` (or for Spark executors); called only if something is not cached.
     Returns:
         (the item vectors in ``documents`` order, the pooled outputs computed now).
     """
@@ -138,10 +138,10 @@ def embed_catalogue(
     computed = EncoderOutputs.empty(model.config.dim)
     if len(todo):
         texts = documents[DOCUMENT_COL].iloc[todo].tolist()
-        docs = TokenizedDocuments.from_texts(tokenizer, texts, model.config.max_length)
         if pool is not None:
-            fresh = pool(docs)
+            fresh = pool(texts)
         else:
+            docs = TokenizedDocuments.from_texts(tokenizer, texts, model.config.max_length)
             fresh = embed_text(model, docs, batch_size, device, pooled=True).cpu().numpy()
         pooled[todo] = fresh
         computed = EncoderOutputs(pd.Index(hashes[todo], dtype=object), fresh).unique()
@@ -185,8 +185,21 @@ def vector_column(matrix: np.ndarray) -> pa.Array:
     return pa.FixedSizeListArray.from_arrays(flat, matrix.shape[1]).cast(pa.list_(pa.float32()))
 
 
+def encoder_pooler(model, runtime: str, cfg, device):
+    """``TokenizedDocuments`` -> pooled transformer outputs [n, d] in ``runtime`` (see
+    ``embed.runtime``); cfg: ``EmbedSettings``."""
+    from recsys_lib.models.inference import ONNX_RUNTIMES, onnx_pooler
+    from recsys_lib.models.two_tower import embed_text
+
+    if runtime in ONNX_RUNTIMES:
+        pooler = onnx_pooler(model, runtime, cfg.onnx_dir)
+        return lambda docs: pooler.pool(docs, cfg.batch_size)
+    bf16 = runtime == "torch-bf16"
+    return lambda docs: embed_text(model, docs, cfg.batch_size, device, pooled=True, cpu_bf16=bf16).cpu().numpy()
+
+
 def embed_version(
-    storage, ds: str, model, tokenizer, model_version: str, cfg, device, write: bool = True, table=None
+    storage, ds: str, model, tokenizer, model_version: str, cfg, device, write: bool = True, table=None, encoder=None
 ) -> tuple[ItemVectors, dict]:
     """Embed the catalogue of ds with one model, through the encoder-output cache of its
     encoder, and (``write``) store the vectors as that version's embeddings of ds. Shared by the
@@ -197,11 +210,13 @@ def embed_version(
         storage: a ``Storage``; cfg: ``EmbedSettings``.
         table: the features table of documents (default ``item_documents``; evaluate embeds an
             evaluation model's ``evaluation_documents``).
+        encoder: ``runtime`` -> (texts -> pooled outputs) for a transformer pass elsewhere
+            (``spark_embedding.SparkEncoder`` on Spark executors); default: in this process.
     Returns:
         (the vectors, {"items", "encoded", "cached", "runtime", "embeddings": URI or None}).
     """
-    from recsys_lib.models.inference import ONNX_RUNTIMES, cache_key, onnx_pooler, resolve_runtime
-    from recsys_lib.models.two_tower import TokenizedDocuments, embed_text
+    from recsys_lib.models.inference import cache_key, resolve_runtime
+    from recsys_lib.models.two_tower import TokenizedDocuments
     from recsys_lib.storage import FeatureTable
 
     table = FeatureTable.ITEM_DOCUMENTS if table is None else table
@@ -210,13 +225,16 @@ def embed_version(
     runtime = resolve_runtime(cfg.runtime, device)
     key = cache_key(model.encoder_fingerprint(), runtime)
     cached = storage.read_encoder_outputs(key)
+    if encoder is not None:
+        pool = encoder(runtime)
+    elif runtime == "torch":
+        pool = None  # fp32 torch: embed_catalogue's own path
+    else:
+        local = encoder_pooler(model, runtime, cfg, device)
 
-    def pool(docs: TokenizedDocuments) -> np.ndarray:
-        if runtime in ONNX_RUNTIMES:
-            return onnx_pooler(model, runtime, cfg.onnx_dir).pool(docs, cfg.batch_size)
-        return embed_text(model, docs, cfg.batch_size, device, pooled=True, cpu_bf16=True).cpu().numpy()
+        def pool(texts: list[str]) -> np.ndarray:
+            return local(TokenizedDocuments.from_texts(tokenizer, texts, model.config.max_length))
 
-    pool = None if runtime == "torch" else pool  # fp32 torch: embed_catalogue's own path
     items, computed = embed_catalogue(model, tokenizer, documents, cfg.batch_size, device, cached, pool)
     if len(computed):
         storage.add_encoder_outputs(key, computed.to_table())

@@ -151,6 +151,7 @@ class EmbedSettings:
     device: Device
     runtime: Literal["auto", "torch", "torch-bf16", "onnx", "onnx-int8"]
     onnx_dir: str
+    engine: Literal["local", "spark"]
 
 
 @dataclass(frozen=True)

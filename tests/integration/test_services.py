@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -15,6 +17,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pyspark
 import pytest
 
@@ -94,11 +97,17 @@ def master_state(ui_port: int) -> dict:
 
 
 @pytest.mark.spark
-def test_ingest_and_features_run_on_a_standalone_cluster(spark_cluster, tmp_path, tiny_encoder):
+def test_the_spark_stages_run_on_a_standalone_cluster(spark_cluster, tmp_path, tiny_encoder):
     """The cluster profile's Spark path: each job is its own driver process and an application
-    of the master, and the feature tables cover every user and item."""
+    of the master; the feature tables cover every user and item; embed_items' transformer pass
+    runs on the executors (each loading the model version from MLflow) and gives the vectors of
+    the single-process path."""
+    from recsys_lib.embedding import embed_catalogue, vectors_of
+    from recsys_lib.tracking import CANDIDATE
+
     master_url, ui_port = spark_cluster
-    overrides = {"model.encoder": str(tiny_encoder), "spark.master": master_url}
+    overrides = {"model.encoder": str(tiny_encoder), "spark.master": master_url, "embed.engine": "spark",
+                 "embed.runtime": "torch", "embed.batch_size": 4}  # fmt: skip: several tasks
     config = tmp_path / "settings.toml"
     config.write_text(settings_toml({**TINY_TRAIN, **overrides}))
     settings = make_settings(tmp_path / "data", **overrides)
@@ -106,18 +115,34 @@ def test_ingest_and_features_run_on_a_standalone_cluster(spark_cluster, tmp_path
     ds = synthetic.last_day(data.interactions)
     land_raw_drop(Storage(settings), ds, data.interactions, data.items)
     env = {**os.environ, "RECSYS_DATA_ROOT": str(tmp_path / "data"), "RECSYS_CONFIG": str(config)}
-    for stage in ("ingest", "features"):
+    for stage in ("ingest", "features", "train", "embed_items"):
+        if stage == "embed_items":  # train cached today's encoder outputs: make every item go through it
+            shutil.rmtree(tmp_path / "data" / "work" / "encoder_outputs")
         done = subprocess.run([sys.executable, "-m", f"jobs.{stage}", "--ds", ds], env=env, cwd=ROOT,
                               capture_output=True, text=True, timeout=600)  # fmt: skip
         assert done.returncode == 0, f"{stage}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    summary = json.loads(done.stdout)
+    assert summary["engine"] == "spark" and summary["encoded"] == len(data.items), summary
+    several_tasks = rf"encoding {len(data.items)} texts on spark://\S+ in [2-9]\d* tasks"
+    assert re.search(several_tasks, done.stderr), done.stderr[-2000:]
 
-    apps = master_state(ui_port)["completedapps"]
-    assert len(apps) >= 2, "each job ran as an application of the standalone master"
+    apps = [app["name"] for app in master_state(ui_port)["completedapps"]]
+    assert {"recsys-ingest", "recsys-features", "recsys-embed"} <= set(apps), apps
     storage = Storage(settings)
     histories = storage.read_features(FeatureTable.USER_HISTORIES, ds, columns=["user_id"])
     assert set(histories["user_id"]) == set(data.interactions["user_id"].astype(str))
-    documents = storage.read_features(FeatureTable.ITEM_DOCUMENTS, ds, columns=["item_id"])
+    documents = storage.read_features(FeatureTable.ITEM_DOCUMENTS, ds).sort_values("item_id", kind="stable")
     assert len(documents) == len(data.items)
+
+    tracker = Tracker(settings)
+    mv = tracker.alias(CANDIDATE)
+    model, tokenizer = tracker.load_model(mv)
+    local, _ = embed_catalogue(model, tokenizer, documents.reset_index(drop=True), 8, "cpu")  # no cache
+    distributed = storage.read_item_embeddings(ds, mv.version)
+    assert distributed.column("item_id").to_pylist() == list(local.ids)
+    difference = float(np.abs(vectors_of(distributed) - local.vectors).max())
+    print(f"max |spark executors - single process| over {len(local)} item vectors: {difference:.2e}")
+    assert difference < 1e-5
 
 
 @pytest.mark.s3
