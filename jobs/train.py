@@ -34,7 +34,13 @@ def run(settings: Settings, ds: str) -> dict[str, Any]:
     from recsys_lib.models.examples import prepare_serving_data, prepare_training_data
     from recsys_lib.models.inference import export_query_encoder
     from recsys_lib.models.train_task import SearchPairs
-    from recsys_lib.models.training import initial_model, train_nightly, training_fingerprint
+    from recsys_lib.models.training import (
+        fine_tunes_tonight,
+        frozen_encoder_settings,
+        initial_model,
+        train_nightly,
+        training_fingerprint,
+    )
     from recsys_lib.models.two_tower import TokenizedDocuments, resolve_device
     from recsys_lib.ranker import features_at_end_of_ds
     from recsys_lib.schema import (
@@ -50,6 +56,7 @@ def run(settings: Settings, ds: str) -> dict[str, Any]:
     from recsys_lib.tracking import (
         CANDIDATE,
         CHAMPION,
+        ENCODER_DS_TAG,
         EVALUATION_MODEL_ARTIFACT,
         QUERY_ENCODER_ARTIFACT,
         RANKER_ARTIFACT,
@@ -113,6 +120,11 @@ def run(settings: Settings, ds: str) -> dict[str, Any]:
         champion = None
     model, tokenizer, warm_started = initial_model(settings.model, cfg, train.id_vocab, _warm_start(tracker, champion))
     warm_start = champion.label if warm_started else "none"
+    # The transformer's cadence: between fine-tuning nights it stays the champion's, frozen.
+    encoder_ds = champion.tags.get(ENCODER_DS_TAG) if warm_started else None
+    fine_tune = fine_tunes_tonight(cfg, encoder_ds, ds)
+    night = cfg if fine_tune else frozen_encoder_settings(cfg)
+    encoder_ds = ds if fine_tune else encoder_ds
     max_length = model.config.max_length
     docs = TokenizedDocuments.from_texts(tokenizer, documents[DOCUMENT_COL].tolist(), max_length)
     evaluation_docs = docs
@@ -124,8 +136,14 @@ def run(settings: Settings, ds: str) -> dict[str, Any]:
         for side in text_frames
     )
     device = resolve_device(cfg.device)
+    known, new_outputs = None, EncoderOutputs.empty(model.config.dim)
+    if not fine_tune:
+        known, new_outputs = _known_outputs(storage, model, tokenizer, documents, evaluation_documents, cfg, device)
+        log.info("transformer frozen tonight (last fine-tuned for %s, every %d days): %d of %d documents through it",
+                 encoder_ds, cfg.finetune_every_days, len(new_outputs), len(documents))  # fmt: skip
 
-    run_id = tracker.start_run(f"train {ds}", {**tags, "warm_start": warm_start, "device": device.type})
+    run_id = tracker.start_run(f"train {ds}", {**tags, "warm_start": warm_start, "device": device.type,
+                                                 "fine_tuned": str(fine_tune).lower()})  # fmt: skip
     try:
         tracker.log_params(run_id, {
             **{f"train.{k}": v for k, v in dataclasses.asdict(cfg).items()},
@@ -133,10 +151,14 @@ def run(settings: Settings, ds: str) -> dict[str, Any]:
             "data.ds": ds, "data.items": len(item_ids), "data.train_interactions": n_interactions,
             "data.examples": len(train.examples), "data.validation_users": len(train.validation),
             "data.id_vocab": len(train.id_vocab), "data.all_examples": len(everything.examples),
+            "train.encoder_ds": encoder_ds,
         })  # fmt: skip
-        models = train_nightly(model, evaluation_docs, item_ids, train, everything, cfg, device, settings.evaluate.k,
+        models = train_nightly(model, evaluation_docs, item_ids, train, everything, night, device, settings.evaluate.k,
                                on_step=lambda step, m: tracker.log_metrics(run_id, m, step),
-                               warm_started=warm_started, served_documents=docs, text_pairs=text_pairs)  # fmt: skip
+                               warm_started=warm_started, served_documents=docs, text_pairs=text_pairs,
+                               pooled=known)  # fmt: skip
+        models.report |= {"fine_tuned": float(fine_tune),
+                          "transformer_documents": float(len(new_outputs) if known is not None else len(documents))}
         retriever = _evaluation_retriever(settings, models, item_ids, tokenizer)
         ranker = _fit_ranker(settings, retriever, documents, ranker_events, train.ranking)
         interests = check_interests(retriever, train.validation, pairs, _popularity(item_ids, ranker_events),
@@ -146,7 +168,7 @@ def run(settings: Settings, ds: str) -> dict[str, Any]:
         hashes = pd.Index(pd.concat([documents[CONTENT_HASH_COL], evaluation_documents[CONTENT_HASH_COL]]))
         pooled = torch.cat([models.pooled, models.evaluation_pooled]).cpu().numpy()
         outputs = EncoderOutputs(hashes, pooled).unique()
-        storage.add_encoder_outputs(models.served.encoder_fingerprint(), outputs.to_table())
+        _add_new_outputs(storage, models.served.encoder_fingerprint(), outputs)
         with storage.temp_dir() as tmp:
             served = _item_vectors(models.served.cpu(), models.pooled, item_ids)
             tracker.log_served_model(run_id, models.served, tokenizer, served, served_popularity, settings.index,
@@ -157,14 +179,54 @@ def run(settings: Settings, ds: str) -> dict[str, Any]:
             # The query side, registered with the model: what recommend publishes for search.
             export_query_encoder(models.served.cpu(), tokenizer, Path(tmp) / QUERY_ENCODER_ARTIFACT)
             tracker.log_artifacts(run_id, tmp)
-        mv = tracker.register_model(run_id, {"ds": ds, "fingerprint": fingerprint})
+        mv = tracker.register_model(run_id, {"ds": ds, "fingerprint": fingerprint, ENCODER_DS_TAG: encoder_ds})
         tracker.set_alias(CANDIDATE, mv.version)
     except BaseException:
         tracker.finish_run(run_id, "FAILED")
         raise
     tracker.finish_run(run_id)
     return {"ds": ds, "run_id": run_id, "model_version": mv.version, "model": mv.label, "warm_start": warm_start,
-            "reused": False, **models.report}  # fmt: skip
+            "reused": False, "encoder_ds": encoder_ds, **models.report}  # fmt: skip
+
+
+def _known_outputs(storage, model, tokenizer, documents, evaluation_documents, cfg, device):
+    """((evaluation documents', served documents' pooled transformer outputs), those computed
+    now) for a night that keeps the warm start's transformer: from the encoder-output cache, the
+    transformer running only for documents it has not seen (new and edited items)."""
+    import numpy as np
+    import pandas as pd
+    import torch
+
+    from recsys_lib.embedding import EncoderOutputs, pooled_outputs
+    from recsys_lib.models.inference import cpu_bf16
+    from recsys_lib.models.two_tower import TokenizedDocuments, embed_text
+
+    bf16, batch = cpu_bf16(cfg.cpu_precision, device), max(256, cfg.batch_size)
+
+    def pool(texts: list[str]) -> np.ndarray:
+        docs = TokenizedDocuments.from_texts(tokenizer, texts, model.config.max_length)
+        return embed_text(model, docs, batch, device, pooled=True, cpu_bf16=bf16).cpu().numpy()
+
+    cached = storage.read_encoder_outputs(model.encoder_fingerprint()) or EncoderOutputs.empty(model.config.dim)
+    served, new = pooled_outputs(model, tokenizer, documents, batch, device, cached, pool)
+    cached = EncoderOutputs(cached.hashes.append(new.hashes), np.concatenate([cached.pooled, new.pooled]))
+    evaluation, new_too = pooled_outputs(model, tokenizer, evaluation_documents, batch, device, cached, pool)
+    new = EncoderOutputs(pd.Index(new.hashes.append(new_too.hashes), dtype=object),
+                         np.concatenate([new.pooled, new_too.pooled]))  # fmt: skip
+    return (torch.from_numpy(evaluation).to(device), torch.from_numpy(served).to(device)), new
+
+
+def _add_new_outputs(storage, fingerprint: str, outputs) -> None:
+    """Add to the encoder-output cache the outputs it does not hold yet (a night that kept its
+    transformer adds only its new and edited items, not another copy of the catalogue)."""
+    from recsys_lib.embedding import EncoderOutputs
+
+    cached = storage.read_encoder_outputs(fingerprint)
+    if cached is not None:
+        fresh = cached.rows(outputs.hashes) < 0
+        outputs = EncoderOutputs(outputs.hashes[fresh], outputs.pooled[fresh])
+    if len(outputs):
+        storage.add_encoder_outputs(fingerprint, outputs.to_table())
 
 
 def _text_pairs(settings: Settings, item_ids, pairs, train_events, all_events):

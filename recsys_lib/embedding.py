@@ -101,32 +101,18 @@ def catalogue_indices(item_index: pd.Index, lists) -> list[np.ndarray]:
     return [part[part >= 0] for part in np.split(idx, np.cumsum(lengths)[:-1])] if lists else []
 
 
-def embed_catalogue(
-    model,
-    tokenizer,
-    documents: pd.DataFrame,
-    batch_size: int,
-    device,
-    cached: EncoderOutputs | None = None,
-    pool=None,
-) -> tuple[ItemVectors, EncoderOutputs]:
-    """Vectors for every document; the transformer runs only for content hashes ``cached`` lacks.
-
-    The transformer's pooled output depends on the text and the encoder alone, so it is cached
-    per (content hash, encoder fingerprint); the rest of the item tower (projection, ID
-    embedding, bias) is cheap and applied to every item.
+def pooled_outputs(
+    model, tokenizer, documents: pd.DataFrame, batch_size: int, device, cached: EncoderOutputs | None = None, pool=None
+) -> tuple[np.ndarray, EncoderOutputs]:
+    """The transformer's pooled outputs [n, d] of every document; it runs only for the content
+    hashes ``cached`` lacks. Returns (the outputs in ``documents`` order, those computed now).
 
     Args:
-        model: a ``TwoTowerModel``; tokenizer: its tokenizer.
-        documents: item_id, document, content_hash, in catalogue order.
+        documents: item_id, document, content_hash.
         cached: earlier pooled outputs of this model's encoder.
         pool: texts -> [n, d] pooled outputs, for a runtime other than the model's fp32 torch
             encoder on ``device`` (or for Spark executors); called only if something is not cached.
-    Returns:
-        (the item vectors in ``documents`` order, the pooled outputs computed now).
     """
-    import torch
-
     from recsys_lib.models.two_tower import TokenizedDocuments, embed_text
 
     hashes = documents[CONTENT_HASH_COL].to_numpy(dtype=object)
@@ -145,6 +131,30 @@ def embed_catalogue(
             fresh = embed_text(model, docs, batch_size, device, pooled=True).cpu().numpy()
         pooled[todo] = fresh
         computed = EncoderOutputs(pd.Index(hashes[todo], dtype=object), fresh).unique()
+    return pooled, computed
+
+
+def embed_catalogue(
+    model,
+    tokenizer,
+    documents: pd.DataFrame,
+    batch_size: int,
+    device,
+    cached: EncoderOutputs | None = None,
+    pool=None,
+) -> tuple[ItemVectors, EncoderOutputs]:
+    """Vectors for every document; the transformer runs only for content hashes ``cached`` lacks.
+
+    The transformer's pooled output depends on the text and the encoder alone, so it is cached
+    per (content hash, encoder fingerprint); the rest of the item tower (projection, ID
+    embedding, bias) is cheap and applied to every item. Arguments as ``pooled_outputs``'s;
+    ``model`` is a ``TwoTowerModel``, ``documents`` in catalogue order.
+    Returns:
+        (the item vectors in ``documents`` order, the pooled outputs computed now).
+    """
+    import torch
+
+    pooled, computed = pooled_outputs(model, tokenizer, documents, batch_size, device, cached, pool)
     id_rows = torch.as_tensor(model.id_rows(documents[ITEM_COL]))
     vectors, bias = model.items_from_pooled(torch.from_numpy(pooled), id_rows)
     items = ItemVectors(pd.Index(documents[ITEM_COL], dtype=object), vectors.numpy(), bias.numpy())

@@ -142,6 +142,7 @@ class TrainSettings:
     lora_rank: int
     refit_steps: int
     full_retrain: bool
+    finetune_every_days: int
     profile_share: float
 
 

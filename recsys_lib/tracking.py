@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 
 CHAMPION = "champion"
 CANDIDATE = "candidate"
+# A model version's tag: the night its transformer was last fine-tuned (train.finetune_every_days).
+ENCODER_DS_TAG = "encoder_ds"
 MODEL_ARTIFACT = "model"  # the served model: the registered version's source
 EVALUATION_MODEL_ARTIFACT = "evaluation_model"  # its twin trained on the split's training side
 RANKER_ARTIFACT = "ranker"  # the second stage, when one was learned

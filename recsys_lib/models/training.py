@@ -304,6 +304,25 @@ class NightlyModels:
     report: dict[str, float]  # the evaluation model's training summary, then refit.* entries
 
 
+def fine_tunes_tonight(cfg: TrainSettings, encoder_ds: str | None, ds: str) -> bool:
+    """Whether tonight's run fine-tunes the transformer: when there is no warm start whose
+    transformer's last fine-tuning night is known (``encoder_ds``), when the cadence is off
+    (``finetune_every_days`` 0), or when that night is ``finetune_every_days`` or more before ds.
+    A backfill before ``encoder_ds`` never comes here: it does not warm-start."""
+    import datetime as dt
+
+    if encoder_ds is None or cfg.finetune_every_days <= 0:
+        return True
+    age = (dt.date.fromisoformat(ds) - dt.date.fromisoformat(encoder_ds)).days
+    return age >= cfg.finetune_every_days
+
+
+def frozen_encoder_settings(cfg: TrainSettings) -> TrainSettings:
+    """A night between fine-tunings: ``frozen_steps`` steps of the heads, ID tables and user tower
+    on the warm start's cached transformer outputs, the transformer frozen."""
+    return dataclasses.replace(cfg, trainable_layers=0, lora_rank=0, frozen_steps=0, max_steps=cfg.frozen_steps)
+
+
 def refit_settings(cfg: TrainSettings) -> TrainSettings:
     """The served model's continuation: ``refit_steps`` steps of the heads, ID tables and user
     tower, the transformer frozen (so its outputs, cached once, stay exact and shared)."""
@@ -323,6 +342,7 @@ def train_nightly(
     warm_started: bool = False,
     served_documents: TokenizedDocuments | None = None,
     text_pairs: tuple[dict[str, SearchPairs], dict[str, SearchPairs]] = ({}, {}),
+    pooled: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> NightlyModels:
     """Train the evaluation model on ``train`` (early stopping on its validation events), then
     continue a copy of it on ``everything`` with ID tables over every item that has interactions:
@@ -331,16 +351,23 @@ def train_nightly(
 
     ``documents`` are what the evaluation model reads (the search evaluation's held-out tags
     left out), ``served_documents`` the whole item documents the served model continues on (None:
-    the same); ``text_pairs``: the (evaluation, served) models' text pairs."""
+    the same); ``text_pairs``: the (evaluation, served) models' text pairs. ``pooled``: the
+    transformer's outputs for (``documents``, ``served_documents``) when they are known (from the
+    encoder-output cache) and ``cfg`` keeps the transformer frozen: then it never runs on them."""
+    if pooled is not None and (cfg.trainable_layers != 0 or cfg.lora_rank > 0):
+        raise ValueError("known transformer outputs need a frozen transformer (frozen_encoder_settings)")
     report = train_two_tower(
         model, documents, model.id_rows(item_ids), train.examples, cfg, device, train.validation, on_step, ks=ks,
-        keep_initial=warm_started, text_pairs=text_pairs[0],
+        keep_initial=warm_started, text_pairs=text_pairs[0], pooled=None if pooled is None else pooled[0],
     )  # fmt: skip
-    bf16 = cpu_bf16(cfg.cpu_precision, device)
-    evaluation_pooled = embed_text(model, documents, max(256, cfg.batch_size), device, pooled=True, cpu_bf16=bf16)
-    pooled = evaluation_pooled
-    if served_documents is not None and served_documents is not documents:
-        pooled = embed_text(model, served_documents, max(256, cfg.batch_size), device, pooled=True, cpu_bf16=bf16)
+    if pooled is not None:
+        evaluation_pooled, pooled = pooled
+    else:
+        bf16 = cpu_bf16(cfg.cpu_precision, device)
+        evaluation_pooled = embed_text(model, documents, max(256, cfg.batch_size), device, pooled=True, cpu_bf16=bf16)
+        pooled = evaluation_pooled
+        if served_documents is not None and served_documents is not documents:
+            pooled = embed_text(model, served_documents, max(256, cfg.batch_size), device, pooled=True, cpu_bf16=bf16)
     if cfg.refit_steps <= 0 or len(everything.examples) < 2:
         return NightlyModels(model, model, pooled, evaluation_pooled, report)
     # The copy shares the transformer with the evaluation model: the refit leaves it frozen.
