@@ -165,10 +165,12 @@ def run(settings: Settings, ds: str) -> dict[str, Any]:
                                     settings.evaluate.primary_k)  # fmt: skip
         models.evaluation.to(device)
         tracker.log_metrics(run_id, models.report | _ranker_metrics(ranker) | interests)
-        hashes = pd.Index(pd.concat([documents[CONTENT_HASH_COL], evaluation_documents[CONTENT_HASH_COL]]))
-        pooled = torch.cat([models.pooled, models.evaluation_pooled]).cpu().numpy()
-        outputs = EncoderOutputs(hashes, pooled).unique()
-        _add_new_outputs(storage, models.served.encoder_fingerprint(), outputs)
+        if fine_tune:  # a new transformer: every document's outputs are new
+            hashes = pd.Index(pd.concat([documents[CONTENT_HASH_COL], evaluation_documents[CONTENT_HASH_COL]]))
+            pooled = torch.cat([models.pooled, models.evaluation_pooled]).cpu().numpy()
+            new_outputs = EncoderOutputs(hashes, pooled).unique()
+        if len(new_outputs):  # a night that kept its transformer adds only its new and edited items
+            storage.add_encoder_outputs(models.served.encoder_fingerprint(), new_outputs.to_table())
         with storage.temp_dir() as tmp:
             served = _item_vectors(models.served.cpu(), models.pooled, item_ids)
             tracker.log_served_model(run_id, models.served, tokenizer, served, served_popularity, settings.index,
@@ -194,7 +196,6 @@ def _known_outputs(storage, model, tokenizer, documents, evaluation_documents, c
     now) for a night that keeps the warm start's transformer: from the encoder-output cache, the
     transformer running only for documents it has not seen (new and edited items)."""
     import numpy as np
-    import pandas as pd
     import torch
 
     from recsys_lib.embedding import EncoderOutputs, pooled_outputs
@@ -209,24 +210,10 @@ def _known_outputs(storage, model, tokenizer, documents, evaluation_documents, c
 
     cached = storage.read_encoder_outputs(model.encoder_fingerprint()) or EncoderOutputs.empty(model.config.dim)
     served, new = pooled_outputs(model, tokenizer, documents, batch, device, cached, pool)
-    cached = EncoderOutputs(cached.hashes.append(new.hashes), np.concatenate([cached.pooled, new.pooled]))
-    evaluation, new_too = pooled_outputs(model, tokenizer, evaluation_documents, batch, device, cached, pool)
-    new = EncoderOutputs(pd.Index(new.hashes.append(new_too.hashes), dtype=object),
-                         np.concatenate([new.pooled, new_too.pooled]))  # fmt: skip
+    known = cached.concat(new)
+    evaluation, new_too = pooled_outputs(model, tokenizer, evaluation_documents, batch, device, known, pool)
+    new = new.concat(new_too)
     return (torch.from_numpy(evaluation).to(device), torch.from_numpy(served).to(device)), new
-
-
-def _add_new_outputs(storage, fingerprint: str, outputs) -> None:
-    """Add to the encoder-output cache the outputs it does not hold yet (a night that kept its
-    transformer adds only its new and edited items, not another copy of the catalogue)."""
-    from recsys_lib.embedding import EncoderOutputs
-
-    cached = storage.read_encoder_outputs(fingerprint)
-    if cached is not None:
-        fresh = cached.rows(outputs.hashes) < 0
-        outputs = EncoderOutputs(outputs.hashes[fresh], outputs.pooled[fresh])
-    if len(outputs):
-        storage.add_encoder_outputs(fingerprint, outputs.to_table())
 
 
 def _text_pairs(settings: Settings, item_ids, pairs, train_events, all_events):

@@ -86,6 +86,11 @@ class EncoderOutputs:
         """Row of each hash in ``pooled``, -1 where it has none."""
         return self.hashes.get_indexer(pd.Index(hashes, dtype=object)) if len(self) else np.full(len(hashes), -1)
 
+    def concat(self, other: "EncoderOutputs") -> "EncoderOutputs":
+        """These outputs, then ``other``'s (a hash in both keeps the first)."""
+        hashes = pd.Index(self.hashes.append(other.hashes), dtype=object)
+        return EncoderOutputs(hashes, np.concatenate([self.pooled, other.pooled])).unique()
+
     def unique(self) -> "EncoderOutputs":
         keep = ~self.hashes.duplicated()
         return self if keep.all() else EncoderOutputs(self.hashes[keep], self.pooled[keep])
