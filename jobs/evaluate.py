@@ -64,6 +64,8 @@ def run(settings: Settings, ds: str, model_version: str | None = None) -> dict[s
         storage.read_features(FeatureTable.COLD_ITEMS, ds),
         storage.read_features(FeatureTable.INTERACTIONS_COLD, ds, columns=[USER_COL, ITEM_COL]),
         documents,
+        max_users=settings.evaluate.max_users,
+        seed=settings.evaluate.seed,
     )
     # Each user's cut-off for the ranker's features: their first held-out event on a time split.
     if features_at_end_of_ds(settings.features.split):

@@ -191,10 +191,13 @@ class EvaluateSettings:
     seed: int
     tune_baselines: bool
     baselines: tuple[BaselineName, ...]
+    max_users: int  # holdout users scored (a seeded sample above this; 0 = all)
 
     def __post_init__(self):
         if not self.k or min(self.k) < 1:
             raise SettingsError(f"evaluate.k must list cut-offs of at least 1, got {self.k!r}")
+        if self.max_users < 0:
+            raise SettingsError(f"evaluate.max_users must be 0 (all) or positive, got {self.max_users}")
 
     @property
     def primary_k(self) -> int:

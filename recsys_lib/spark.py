@@ -42,7 +42,11 @@ def get_spark(settings: Settings, app_name: str = "recsys"):
         .config("spark.ui.showConsoleProgress", "false")
         .config("spark.sql.parquet.compression.codec", "zstd")
         .config("spark.sql.execution.arrow.pyspark.enabled", "true")
-        .config("spark.driver.extraJavaOptions", f"-Dlog4j2.configurationFile={LOG4J2_CONFIG.as_uri()}")
+        # Iterative MLlib jobs (ALS in evaluate) serialise a lineage that deepens every iteration;
+        # Java serialisation recurses through it and overflowed the default thread stack once in CI
+        # (the trace: thousands of ObjectOutputStream frames). 16 MB stacks give it room.
+        .config("spark.driver.extraJavaOptions", f"-Xss16m -Dlog4j2.configurationFile={LOG4J2_CONFIG.as_uri()}")
+        .config("spark.executor.extraJavaOptions", "-Xss16m")
     )
     for entry in settings.spark.conf:
         key, sep, value = entry.partition("=")

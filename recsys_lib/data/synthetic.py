@@ -142,3 +142,43 @@ def generate_dataset(
 def last_day(interactions: pd.DataFrame) -> str:
     """The logical date of the latest event (UTC), i.e. the first ds that accepts every event."""
     return pd.to_datetime(interactions[TIMESTAMP_COL].max(), unit="s", utc=True).date().isoformat()
+
+
+def next_day(
+    interactions: pd.DataFrame, items: pd.DataFrame, edited: int, new: int, events: int, seed: int = 0
+) -> tuple[str, pd.DataFrame, pd.DataFrame]:
+    """(ds, interactions, items drop) of the day after the latest event: a routine night's drop.
+
+    ``edited`` catalogue items get a new description; ``new`` items arrive (an existing item's
+    text under a new id), each rated by up to 5 users who liked the item it copies; ``events``
+    interactions of existing users fall on that day, each on a popular item of the category of
+    one of the user's own items (so the day follows the same tastes as the history)."""
+    rng = np.random.default_rng(seed)
+    day = pd.Timestamp(last_day(interactions), tz="UTC") + pd.Timedelta(days=1)
+    start = int(day.timestamp())
+    category = items.set_index(ITEM_COL)[CATEGORIES_COL].reindex(interactions[ITEM_COL]).fillna("").to_numpy()
+    order = np.argsort(category, kind="stable")
+    picks = rng.integers(0, len(interactions), size=events)
+    low = np.searchsorted(category[order], category[picks], "left")
+    high = np.searchsorted(category[order], category[picks], "right")
+    same_category = order[low + (rng.random(events) * (high - low)).astype(np.int64)]
+    day_events = pd.DataFrame({
+        USER_COL: interactions[USER_COL].to_numpy()[picks],
+        ITEM_COL: interactions[ITEM_COL].to_numpy()[same_category],
+    })  # fmt: skip
+
+    shown = rng.choice(len(items), size=min(len(items), edited + new), replace=False)
+    changed = items.iloc[shown[:edited]].assign(
+        **{DESCRIPTION_COL: lambda f: f[DESCRIPTION_COL] + " Now restored.", UPDATED_AT_COL: start}
+    )
+    originals = items.iloc[shown[edited:]]
+    fresh = originals.assign(**{ITEM_COL: [f"new-{day.date()}-{k}" for k in range(len(originals))],
+                                UPDATED_AT_COL: start})  # fmt: skip
+    fans = interactions[interactions[ITEM_COL].isin(originals[ITEM_COL])].groupby(ITEM_COL).head(5)
+    fans = fans.assign(**{ITEM_COL: fans[ITEM_COL].map(dict(zip(originals[ITEM_COL], fresh[ITEM_COL])))})
+    day_events = pd.concat([day_events, fans[[USER_COL, ITEM_COL]]], ignore_index=True)
+    day_events = day_events.drop_duplicates([USER_COL, ITEM_COL]).reset_index(drop=True)
+    day_events[TIMESTAMP_COL] = start + np.sort(rng.integers(0, 86_400, size=len(day_events)))
+    day_events[EVENT_TYPE_COL] = "view"
+    day_events[RATING_COL] = rng.integers(1, 6, size=len(day_events)).astype(float)
+    return day.date().isoformat(), day_events, pd.concat([changed, fresh], ignore_index=True)

@@ -79,9 +79,14 @@ class EvaluationSplit:
         cold_items: pd.DataFrame,
         cold_events: pd.DataFrame,
         documents: pd.DataFrame,
+        max_users: int = 0,
+        seed: int = 0,
     ) -> "EvaluationSplit":
         """From the features stage's tables: train_user_histories, interactions_train,
-        interactions_holdout, cold_items, interactions_cold and item_documents."""
+        interactions_holdout, cold_items, interactions_cold and item_documents. With
+        ``max_users``, only a seeded sample of that many of the users with held-out or cold
+        events is scored (see ``scored_sample``); every training event still fits the baselines."""
+        holdout, cold_events = scored_sample(holdout, cold_events, max_users, seed)
         histories = histories.sort_values(USER_COL, kind="stable")
         users = histories[USER_COL].to_numpy()
         history_idx = catalogue_indices(item_ids, histories[HISTORY_COL])
@@ -118,6 +123,20 @@ class EvaluationSplit:
 
     def validation_exclude(self) -> list[np.ndarray]:
         return [self.fit[u].indices for u in self.validation_users]
+
+
+def scored_sample(
+    holdout: pd.DataFrame, cold_events: pd.DataFrame, max_users: int, seed: int
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(holdout, cold_events) of at most ``max_users`` users drawn with ``seed`` from those with
+    events in either (0: all): scoring costs users x items, and at a million users a sample of
+    100k measures NDCG to about 0.001 in a fraction of the time."""
+    users = np.union1d(holdout[USER_COL].unique(), cold_events[USER_COL].unique())
+    if max_users <= 0 or len(users) <= max_users:
+        return holdout, cold_events
+    chosen = np.random.default_rng(seed).choice(users, size=max_users, replace=False)
+    log.info("scoring a seeded sample of %d of the %d users with held-out events", max_users, len(users))
+    return holdout[holdout[USER_COL].isin(chosen)], cold_events[cold_events[USER_COL].isin(chosen)]
 
 
 def relevant_items(events: pd.DataFrame, users, item_index: pd.Index, seen_idx) -> list[set[int]]:

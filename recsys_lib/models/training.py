@@ -124,13 +124,18 @@ class EarlyStopping:
     def reset(self) -> None:
         self.best: dict[str, float] = {self.metric: -1.0, "step": 0}
         self.state: dict | None = None
+        self.pooled: torch.Tensor | None = None
         self.without_gain = 0
 
-    def update(self, metrics: dict[str, float], step: int, model: torch.nn.Module) -> bool:
-        """Record an evaluation at ``step``; True when it is time to stop."""
+    def update(
+        self, metrics: dict[str, float], step: int, model: torch.nn.Module, pooled: torch.Tensor | None = None
+    ) -> bool:
+        """Record an evaluation at ``step`` (``pooled``: the transformer's outputs of that state,
+        kept with it); True when it is time to stop."""
         if metrics[self.metric] > self.best[self.metric]:
             self.best = {**metrics, "step": step}
             self.state = copy.deepcopy(model.state_dict())
+            self.pooled = pooled
             self.without_gain = 0
             return False
         self.without_gain += 1
@@ -187,8 +192,10 @@ def train_two_tower(
     pooled: torch.Tensor | None = None,
     keep_initial: bool = False,
     text_pairs: dict[str, SearchPairs] | None = None,
-) -> dict[str, float]:
-    """Fine-tune ``model`` in place; returns a summary of the run.
+) -> tuple[dict[str, float], torch.Tensor]:
+    """Fine-tune ``model`` in place; returns (a summary of the run, the transformer's pooled
+    outputs for ``documents`` from the model as it ends: kept from the refresh that measured
+    the restored state, so nobody encodes the catalogue again for them).
 
     Args:
         documents: every catalogue item, tokenized; row i is catalogue index i.
@@ -224,7 +231,7 @@ def train_two_tower(
     if keep_initial and validation is not None and len(validation):
         # A warm start is a trained model already: training must beat it to replace it.
         initial = validation_metrics(model, *task.item_vectors(), validation, ks)
-        stopper.update(initial, 0, model)
+        stopper.update(initial, 0, model, task.pooled_cache)
         log.info("warm start: %s", " ".join(f"{k} {v:.4f}" for k, v in initial.items()))
     losses: list[float] = []
     stopped_early = False
@@ -264,7 +271,7 @@ def train_two_tower(
             on_step(step, metrics)
         log.info("loss %.4f %s; %s", np.mean(losses[-cfg.refresh_every :]),
                  " ".join(f"{k} {v:.4f}" for k, v in metrics.items()), progress.line())  # fmt: skip
-        if stopper.update(metrics, step + 1, model) and step >= frozen:
+        if stopper.update(metrics, step + 1, model, task.pooled_cache) and step >= frozen:
             stopped_early = True
             log.info("early stop: no gain in %d evaluations; best at step %d", cfg.patience, stopper.best["step"])
             break
@@ -290,7 +297,8 @@ def train_two_tower(
         report.update({k: v for k, v in stopper.best.items() if k.startswith("val_")})
     if not math.isfinite(report["train_loss"]):
         raise FloatingPointError("training diverged: the loss is not finite")
-    return report
+    # Every run ends on a refresh (the last step's, or the best one's), so the cache is exact.
+    return report, stopper.pooled if stopper.state is not None else task.pooled_cache
 
 
 @dataclass
@@ -356,30 +364,44 @@ def train_nightly(
     encoder-output cache) and ``cfg`` keeps the transformer frozen: then it never runs on them."""
     if pooled is not None and (cfg.trainable_layers != 0 or cfg.lora_rank > 0):
         raise ValueError("known transformer outputs need a frozen transformer (frozen_encoder_settings)")
-    report = train_two_tower(
+    report, evaluation_pooled = train_two_tower(
         model, documents, model.id_rows(item_ids), train.examples, cfg, device, train.validation, on_step, ks=ks,
         keep_initial=warm_started, text_pairs=text_pairs[0], pooled=None if pooled is None else pooled[0],
     )  # fmt: skip
     if pooled is not None:
-        evaluation_pooled, pooled = pooled
+        pooled = pooled[1]
     else:
-        bf16 = cpu_bf16(cfg.cpu_precision, device)
-        evaluation_pooled = embed_text(model, documents, max(256, cfg.batch_size), device, pooled=True, cpu_bf16=bf16)
         pooled = evaluation_pooled
         if served_documents is not None and served_documents is not documents:
-            pooled = embed_text(model, served_documents, max(256, cfg.batch_size), device, pooled=True, cpu_bf16=bf16)
+            pooled = _served_outputs(model, documents, served_documents, evaluation_pooled, cfg, device)
     if cfg.refit_steps <= 0 or len(everything.examples) < 2:
         return NightlyModels(model, model, pooled, evaluation_pooled, report)
     # The copy shares the transformer with the evaluation model: the refit leaves it frozen.
     served = model.with_id_vocab(everything.id_vocab)
     served_documents = documents if served_documents is None else served_documents
-    refit = train_two_tower(
+    refit, _ = train_two_tower(
         served, served_documents, served.id_rows(item_ids), everything.examples, refit_settings(cfg), device,
         pooled=pooled, ks=ks, text_pairs=text_pairs[1],
     )  # fmt: skip
     report |= {f"refit.{k}": refit[k] for k in ("train_loss", "first_loss", "steps", "epochs", "train_seconds")}
     report |= {"refit.id_vocab": float(len(everything.id_vocab))}
     return NightlyModels(model, served, pooled, evaluation_pooled, report)
+
+
+def _served_outputs(model, documents, served_documents, evaluation_pooled, cfg: TrainSettings, device):
+    """The transformer's outputs for the served documents: the evaluation documents' where the
+    two read the same (most items: they differ only by the search evaluation's held-out tags),
+    the transformer run for the rest."""
+    differs = (documents.input_ids != served_documents.input_ids).any(1)
+    differs |= (documents.attention_mask != served_documents.attention_mask).any(1)
+    pooled = evaluation_pooled.clone()
+    rows = torch.nonzero(differs).flatten()
+    if len(rows):
+        changed = TokenizedDocuments(served_documents.input_ids[rows], served_documents.attention_mask[rows])
+        bf16 = cpu_bf16(cfg.cpu_precision, device)
+        pooled[rows.to(pooled.device)] = embed_text(model, changed, max(256, cfg.batch_size), device, pooled=True,
+                                                    cpu_bf16=bf16).to(pooled.device)  # fmt: skip
+    return pooled
 
 
 def _add_lora(model: TwoTowerModel, rank: int) -> None:

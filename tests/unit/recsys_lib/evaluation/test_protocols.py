@@ -17,6 +17,10 @@ ITEMS = hand_made_items(bias=(0.0,) * 5)  # a = e0, b = e1, c = (a + b) / sqrt 2
 
 
 def split(cold=()):
+    return EvaluationSplit.from_frames(*_frames(cold))
+
+
+def _frames(cold=()):
     histories = pd.DataFrame(
         {"user_id": ["u3", "u1", "u2"], "history": [["b"], ["a", "b"], ["d"]], "seen": [["b"], ["a", "b"], ["d"]]}
     )
@@ -30,9 +34,7 @@ def split(cold=()):
     holdout = pd.DataFrame({"user_id": ["u1", "u2", "u2"], "item_id": ["c", "a", "d"]})  # u2 had seen d
     cold_events = pd.DataFrame({"user_id": ["u2"], "item_id": ["e"]})
     documents = pd.DataFrame({"item_id": list("edcba"), "document": ["echo", "delta", "charlie", "bravo", "alpha"]})
-    return EvaluationSplit.from_frames(
-        ITEMS.ids, histories, train, holdout, pd.DataFrame({"item_id": list(cold)}), cold_events, documents
-    )
+    return ITEMS.ids, histories, train, holdout, pd.DataFrame({"item_id": list(cold)}), cold_events, documents
 
 
 def test_the_split_as_catalogue_indices():
@@ -47,6 +49,22 @@ def test_the_split_as_catalogue_indices():
     assert s.documents == ["alpha", "bravo", "charlie", "delta", "echo"] and s.popularity().tolist() == [1, 2, 0, 1, 0]
     warm = WarmUsers.of(s)
     assert warm.rows.tolist() == [0, 1] and [e.tolist() for e in warm.exclude] == [[0, 1, 4], [3, 4]]
+
+
+def test_a_seeded_sample_of_the_scored_users_keeps_every_training_event():
+    holdout = pd.DataFrame({"user_id": [f"u{n}" for n in range(10)], "item_id": "a"})
+    cold = pd.DataFrame({"user_id": ["u3", "x"], "item_id": "e"})
+    kept, kept_cold = protocols.scored_sample(holdout, cold, max_users=4, seed=1)
+    chosen = set(kept["user_id"]) | set(kept_cold["user_id"])
+    assert len(chosen) == 4 and chosen <= {f"u{n}" for n in range(10)} | {"x"}
+    again = protocols.scored_sample(holdout, cold, max_users=4, seed=1)
+    assert again[0].equals(kept) and again[1].equals(kept_cold)  # the candidate and champion share it
+    assert protocols.scored_sample(holdout, cold, max_users=0, seed=1)[0] is holdout
+    assert protocols.scored_sample(holdout, cold, max_users=11, seed=1)[0] is holdout
+
+    s = EvaluationSplit.from_frames(*_frames(cold=["e"]), max_users=1, seed=0)
+    scored = {u for u, held, cold in zip(s.users, s.holdout, s.cold_relevant) if held or cold}
+    assert len(scored) == 1 and s.train.toarray().sum() == 4  # one user scored; the baselines fit on all
 
 
 @pytest.fixture

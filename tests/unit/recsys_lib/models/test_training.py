@@ -7,7 +7,7 @@ import torch
 
 from recsys_lib.models.examples import build_examples, build_validation, prepare_serving_data, prepare_training_data
 from recsys_lib.models.training import train_nightly, train_two_tower, warmup_linear_decay
-from recsys_lib.models.two_tower import TokenizedDocuments, TwoTowerModel, embed_users, history_matrix
+from recsys_lib.models.two_tower import TokenizedDocuments, TwoTowerModel, embed_text, embed_users, history_matrix
 
 
 @pytest.mark.slow
@@ -32,7 +32,10 @@ def test_training_reduces_the_loss_and_is_seeded(tiny_encoder, settings):
         events = interactions.assign(is_validation=interactions["timestamp"] == 5)
         train, validation = build_validation(events, items, 5)
         ex = build_examples(train, items, 5)
-        report = train_two_tower(model, docs, model.id_rows(items), ex, cfg, torch.device("cpu"), validation, ks=(10,))
+        report, pooled = train_two_tower(model, docs, model.id_rows(items), ex, cfg, torch.device("cpu"), validation,
+                                         ks=(10,))  # fmt: skip
+        # The outputs it hands back are those of the restored (best) state: nobody re-encodes.
+        torch.testing.assert_close(pooled, embed_text(model, docs, 64, "cpu", pooled=True))
         return model, report
 
     _, first = fit()
@@ -67,7 +70,9 @@ def test_frozen_steps_train_the_heads_and_leave_the_encoder_as_pretrained(tiny_e
         )
         docs = TokenizedDocuments.from_texts(tokenizer, texts, 8)
         examples = build_examples(interactions, items, 3)
-        report = train_two_tower(model, docs, model.id_rows(items), examples, cfg, torch.device("cpu"), ks=(10,))
+        report, pooled = train_two_tower(model, docs, model.id_rows(items), examples, cfg, torch.device("cpu"),
+                                         ks=(10,))  # fmt: skip
+        torch.testing.assert_close(pooled, embed_text(model, docs, 64, "cpu", pooled=True))
         changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
         return report, changed
 
@@ -100,7 +105,13 @@ def test_the_served_model_learns_from_everything_the_evaluation_model_never_saw(
     cfg = settings.train.__class__(**{**settings.train.__dict__, "max_steps": 6, "batch_size": 16, "refit_steps": 40})
     model, tokenizer = TwoTowerModel.from_encoder(str(tiny_encoder), 5, 16, 0.1, id_vocab=train.id_vocab, seed=3)
     docs = TokenizedDocuments.from_texts(tokenizer, texts, 16)
-    models = train_nightly(model, docs, items, train, served_data, cfg, torch.device("cpu"), ks=(10,))
+    # The served model reads one document the evaluation model does not (a held-out tag).
+    served_docs = TokenizedDocuments.from_texts(tokenizer, texts[:3] + ["red apple 3 crunchy"] + texts[4:], 16)
+    models = train_nightly(model, docs, items, train, served_data, cfg, torch.device("cpu"), ks=(10,),
+                           served_documents=served_docs)  # fmt: skip
+    torch.testing.assert_close(models.evaluation_pooled, embed_text(models.evaluation, docs, 64, "cpu", pooled=True))
+    torch.testing.assert_close(models.pooled, embed_text(models.served, served_docs, 64, "cpu", pooled=True))
+    assert not torch.equal(models.pooled[3], models.evaluation_pooled[3])
     assert models.served.item_tower.encoder is models.evaluation.item_tower.encoder  # frozen, shared
     assert models.report["refit.steps"] == 40 and models.report["refit.id_vocab"] == 16
     assert models.evaluation.id_rows(["15"]).tolist() == [0]  # the evaluation model never saw it
@@ -130,7 +141,7 @@ def test_a_warm_start_that_training_cannot_beat_is_kept(tiny_encoder, settings):
     # A night whose training only makes things worse: a learning rate that scrambles the heads.
     wild = settings.train.__class__(**{**good.__dict__, "frozen_steps": 12, "refresh_every": 6, "seed": 9,
                                        "head_learning_rate": 5.0, "id_learning_rate": 5.0})  # fmt: skip
-    report = train_two_tower(model, docs, model.id_rows(items), examples, wild, torch.device("cpu"), validation,
+    report, _ = train_two_tower(model, docs, model.id_rows(items), examples, wild, torch.device("cpu"), validation,
                              ks=(3,), keep_initial=True)  # fmt: skip
     assert report["best_step"] == 0 and report["kept_warm_start"] == 1.0
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
