@@ -73,7 +73,7 @@ def run(settings: Settings, ds: str, model_version: str | None = None) -> dict[s
     else:
         cut_off = holdout.groupby(USER_COL)[TIMESTAMP_COL].min().reindex(split.users).fillna(2**31 - 1)
     ranking = Ranking(first_categories(documents, item_ids), EventLog.from_frame(train, item_ids),
-                      cut_off.to_numpy(np.int64), split.history_idx)  # fmt: skip
+                      cut_off.to_numpy(np.int64), split.history_idx, train[[USER_COL, ITEM_COL]])  # fmt: skip
     cfg = settings.evaluate
     rankers = baselines(cfg.baselines, lambda: get_spark(settings, "recsys-evaluate"), cfg.seed)
     report = evaluate_candidate(split, candidate, champion, rankers, cfg.k, cfg.seed, ds, mv.label,

@@ -95,15 +95,16 @@ def _served_ranking(settings: Settings, storage, tracker, mv, ds: str, items):
     and the ranker won its check; else None (retrieval order)."""
     from recsys_lib.ranker import EventLog, ServedRanking
     from recsys_lib.rules import first_categories
-    from recsys_lib.schema import CATEGORIES_COL, ITEM_COL, TIMESTAMP_COL, day_end_seconds
+    from recsys_lib.schema import CATEGORIES_COL, ITEM_COL, TIMESTAMP_COL, USER_COL, day_end_seconds
     from recsys_lib.storage import FeatureTable
 
     ranker = tracker.load_ranker(mv) if settings.rank.enabled else None
     if ranker is None or not ranker.use:
         return None
     documents = storage.read_features(FeatureTable.ITEM_DOCUMENTS, ds, columns=[ITEM_COL, CATEGORIES_COL])
-    events = storage.read_features(FeatureTable.INTERACTIONS_ALL, ds, columns=[ITEM_COL, TIMESTAMP_COL])
-    context = ranker.context(items, first_categories(documents, items.ids), EventLog.from_frame(events, items.ids))
+    events = storage.read_features(FeatureTable.INTERACTIONS_ALL, ds, columns=[USER_COL, ITEM_COL, TIMESTAMP_COL])
+    context = ranker.context(items, first_categories(documents, items.ids), EventLog.from_frame(events, items.ids),
+                             events[[USER_COL, ITEM_COL]])  # fmt: skip
     return ServedRanking(ranker, context, day_end_seconds(ds))
 
 

@@ -105,6 +105,8 @@ def run(settings: Settings, ds: str) -> dict[str, Any]:
     # The ranker's event log: the whole training side, validation events included (each feature
     # counts strictly earlier events, so no event sees itself), as evaluate and recommend count.
     ranker_events = interactions[[ITEM_COL, TIMESTAMP_COL]]
+    # Its item-kNN: only the events the evaluation model trained on (no validation event).
+    ranker_pairs = interactions.loc[~interactions[VALIDATION_COL], [USER_COL, ITEM_COL]]
     # No validation event in the interests pairs: a user's words tie all of the user's items
     # together, and would tie the validation item to the rest of the history it is ranked from.
     text_frames = _text_pairs(settings, item_ids, pairs, interactions[~interactions[VALIDATION_COL]], all_interactions)
@@ -160,7 +162,7 @@ def run(settings: Settings, ds: str) -> dict[str, Any]:
         models.report |= {"fine_tuned": float(fine_tune),
                           "transformer_documents": float(len(new_outputs) if known is not None else len(documents))}
         retriever = _evaluation_retriever(settings, models, item_ids, tokenizer)
-        ranker = _fit_ranker(settings, retriever, documents, ranker_events, train.ranking)
+        ranker = _fit_ranker(settings, retriever, documents, ranker_events, ranker_pairs, train.ranking)
         interests = check_interests(retriever, train.validation, pairs, _popularity(item_ids, ranker_events),
                                     settings.evaluate.primary_k)  # fmt: skip
         models.evaluation.to(device)
@@ -264,7 +266,7 @@ def _evaluation_retriever(settings: Settings, models, item_ids, tokenizer):
     return Retriever.with_index(model, items, settings.index, settings.recommend.user_batch_size, tokenizer)
 
 
-def _fit_ranker(settings: Settings, retriever, documents, events, validation):
+def _fit_ranker(settings: Settings, retriever, documents, events, pairs, validation):
     """The second stage, learned on the evaluation model's candidates for the validation events
     (recsys_lib/ranker.py); None when ranking is off or too few users can teach it."""
     from recsys_lib.ranker import fit_ranker
@@ -272,8 +274,8 @@ def _fit_ranker(settings: Settings, retriever, documents, events, validation):
 
     if not settings.rank.enabled or validation is None or validation.time is None or not len(validation):
         return None
-    return fit_ranker(retriever, first_categories(documents, retriever.items.ids), events, validation, settings.rank,
-                      settings.evaluate.primary_k, settings.train.seed)  # fmt: skip
+    return fit_ranker(retriever, first_categories(documents, retriever.items.ids), events, pairs, validation,
+                      settings.rank, settings.evaluate.primary_k, settings.train.seed)  # fmt: skip
 
 
 def _popularity(item_ids, events):

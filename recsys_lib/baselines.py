@@ -67,16 +67,23 @@ class ItemKNN:
     shrink: float = 10.0
     name: str = "item_knn"
 
+    block: int = 4096  # items whose co-occurrence rows are held at once: memory stays bounded at any size
+
     def fit(self, matrix: sp.csr_matrix) -> "ItemKNN":
         x = matrix.tocsc().astype(np.float32)
-        co = (x.T @ x).tocsr()
+        by_item = x.T.tocsr()
         norms = np.sqrt(np.asarray(x.multiply(x).sum(axis=0)).ravel())
-        co = co.tocoo()
-        keep = co.row != co.col
-        rows, cols, vals = co.row[keep], co.col[keep], co.data[keep]
-        sim = vals / (norms[rows] * norms[cols] + self.shrink + 1e-9)
-        sim_matrix = sp.csr_matrix((sim, (rows, cols)), shape=co.shape)
-        self.similarity = _top_k_per_row(sim_matrix, self.neighbours)
+        blocks = []
+        for start in range(0, x.shape[1], self.block):
+            co = (by_item[start : start + self.block] @ x).tocoo()
+            rows, cols, vals = co.row + start, co.col, co.data
+            keep = rows != cols
+            rows, cols, vals = rows[keep], cols[keep], vals[keep]
+            sim = vals / (norms[rows] * norms[cols] + self.shrink + 1e-9)
+            block = sp.csr_matrix((sim, (rows - start, cols)), shape=co.shape)
+            blocks.append(_top_k_per_row(block, self.neighbours))
+        # _top_k_per_row hands back each block transposed: [n_items, block] columns side by side
+        self.similarity = sp.hstack(blocks, format="csr") if blocks else sp.csr_matrix((0, 0), dtype=np.float32)
         self.matrix = matrix
         return self
 
@@ -100,7 +107,7 @@ def _top_k_per_row(m: sp.csr_matrix, k: int) -> sp.csr_matrix:
         cols.append(idx)
         vals.append(data)
     if not rows:
-        return sp.csr_matrix(m.shape, dtype=np.float32)
+        return sp.csr_matrix(m.shape[::-1], dtype=np.float32)
     # s[i, j] = sim(i, j) for j among i's neighbours; scoring uses s.T so that a user's score for
     # item i sums the similarities of i's neighbours the user has interacted with.
     s = sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=m.shape)

@@ -11,12 +11,19 @@ re-orders them with features the towers do not see well:
   category_affinity                              share of the user's history in the item's category
   sim_recent, sim_history, sim_max               cosine to the latest 5 history items' mean, to the
                                                  whole history's mean, and to the closest one
+  knn_score, knn_rank                            item-kNN: the summed co-occurrence cosine between
+                                                 the candidate and every item the user has seen (its
+                                                 ``rank.knn_neighbours`` nearest), and the candidate's
+                                                 place in that order among the user's candidates: the
+                                                 collaborative signal that wins where order says little
 
 Every feature is taken *as of a time per user* from an ``EventLog``: strictly earlier events
-only, so nothing after the moment being predicted leaks in. The ranker learns from the
-validation events (each user's last training event, which the evaluation model never trained
-on), as of each one's own time; it is checked against the retrieval order by 4-fold
-cross-validation over those users and used only when it wins there. Business rules apply after it.
+only, so nothing after the moment being predicted leaks in. The item-kNN neighbours are built
+from the (user, item) pairs of the events the scored model trained on: never from the events
+being predicted (train leaves the validation events out, evaluate the holdout). The ranker
+learns from the validation events (each user's last training event, which the evaluation model
+never trained on), as of each one's own time; it is checked against the retrieval order by
+4-fold cross-validation over those users and used only when it wins there. Business rules apply after it.
 Tests: tests/unit/recsys_lib/test_ranker.py.
 """
 
@@ -29,17 +36,19 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 
 from recsys_lib.embedding import ItemVectors
-from recsys_lib.schema import ITEM_COL, TIMESTAMP_COL
+from recsys_lib.schema import ITEM_COL, TIMESTAMP_COL, USER_COL
 from recsys_lib.settings import RankSettings
 
 log = logging.getLogger(__name__)
 FEATURES = (
     "retrieval_score", "retrieval_rank", "item_bias", "log_popularity", "log_recent", "recent_share",
     "item_age_days", "days_since_last", "user_log_events", "category_affinity", "sim_recent", "sim_history",
-    "sim_max",
+    "sim_max", "knn_score", "knn_rank",
 )  # fmt: skip
+KNN_FEATURES = ("knn_score", "knn_rank")
 DAY = 86_400
 RECENT_ITEMS = 5
 MODEL_FILE = "ranker.txt"
@@ -99,6 +108,20 @@ class RankingContext:
     events: EventLog
     recent_days: int
     history_items: int = 20  # the latest this many history items count (as when the ranker learned)
+    neighbours: sp.csr_matrix | None = None  # [n_items, n_items] item-kNN (item_neighbours); None: no knn_score
+
+
+def item_neighbours(pairs: pd.DataFrame, item_ids: pd.Index, k: int) -> sp.csr_matrix:
+    """Item-kNN similarities [n_items, n_items] from (user_id, item_id) pairs: cosine of the
+    co-occurrence with a shrink of 10, each item's ``k`` nearest kept (``baselines.ItemKNN``), so
+    that ``history_indicator @ neighbours`` is the kNN score of every item."""
+    from recsys_lib.baselines import ItemKNN, interaction_matrix
+
+    items = item_ids.get_indexer(pairs[ITEM_COL])
+    ok = items >= 0
+    users = pd.factorize(pairs[USER_COL].to_numpy()[ok])[0]
+    matrix = interaction_matrix(users, items[ok], int(users.max(initial=-1)) + 1, len(item_ids))
+    return ItemKNN(neighbours=k).fit(matrix).similarity
 
 
 def candidate_features(
@@ -107,6 +130,7 @@ def candidate_features(
     times: np.ndarray,
     ids: np.ndarray,
     scores: np.ndarray,
+    seen: list[np.ndarray] | None = None,
 ) -> np.ndarray:
     """Features [u, m, len(FEATURES)] of each user's candidates, as of each user's time.
 
@@ -114,6 +138,8 @@ def candidate_features(
         histories: per user, catalogue indices of their history, oldest first.
         times: [u] epoch seconds: only events strictly before count.
         ids, scores: [u, m] the retriever's candidates (-1 pads), best first.
+        seen: per user, every item they have seen (the kNN score's "history": the whole of it,
+            not the user tower's latest items); ``histories`` when not given.
     """
     u, m = ids.shape
     valid = ids >= 0
@@ -147,8 +173,26 @@ def candidate_features(
         out[row, :, 10] = cand @ _unit(hist[-RECENT_ITEMS:].mean(0))
         out[row, :, 11] = cand @ _unit(hist.mean(0))
         out[row, :, 12] = sims.max(1)
+    if ctx.neighbours is not None:
+        knn = _knn_scores(ctx, histories if seen is None else seen, safe)
+        knn[~valid] = -np.inf
+        out[..., FEATURES.index("knn_score")] = knn
+        # the candidate's place in the user's own kNN order: comparable across users of any history size
+        out[..., FEATURES.index("knn_rank")] = np.argsort(np.argsort(-knn, axis=1, kind="stable"), axis=1)
     out[~valid] = np.nan
     return out
+
+
+def _knn_scores(ctx: RankingContext, seen: list[np.ndarray], ids: np.ndarray) -> np.ndarray:
+    """[u, m] the item-kNN score of each candidate: its similarities to the user's items summed."""
+    items = [np.unique(np.asarray(h, dtype=np.int64)) for h in seen]
+    indptr = np.concatenate([[0], np.cumsum([len(h) for h in items])])
+    data = np.ones(indptr[-1], dtype=np.float32)
+    indices = np.concatenate(items) if items else np.empty(0, np.int64)
+    indicator = sp.csr_matrix((data, indices, indptr), shape=(len(seen), ctx.neighbours.shape[0]))
+    knn = (indicator @ ctx.neighbours).tocsr()
+    rows = np.repeat(np.arange(ids.shape[0]), ids.shape[1])
+    return np.asarray(knn[rows, ids.ravel()], dtype=np.float32).reshape(ids.shape)
 
 
 def _unit(v: np.ndarray) -> np.ndarray:
@@ -164,13 +208,24 @@ class Ranker:
     check: dict  # retrieval_ndcg, ranker_ndcg, users (its check on held-aside users)
 
     history_items: int = 20  # the history length it learned from: every use cuts histories to it
+    knn_neighbours: int = 0  # the item-kNN it learned from (0: none, no knn_score)
+    features: tuple[str, ...] = FEATURES  # the columns of candidate_features it reads
 
-    def context(self, items: ItemVectors, categories: np.ndarray, events: EventLog) -> RankingContext:
-        """The features' inputs, cut as this ranker learned them."""
-        return RankingContext(items, categories, events, self.recent_days, self.history_items)
+    def context(
+        self, items: ItemVectors, categories: np.ndarray, events: EventLog, pairs: pd.DataFrame | None = None
+    ) -> RankingContext:
+        """The features' inputs, cut as this ranker learned them; ``pairs`` (user_id, item_id: the
+        events the retriever learned from) give its item-kNN neighbours."""
+        neighbours = None
+        if self.knn_neighbours:
+            if pairs is None:
+                raise ValueError("this ranker reads knn_score: pass the (user_id, item_id) pairs to build it")
+            neighbours = item_neighbours(pairs, items.ids, self.knn_neighbours)
+        return RankingContext(items, categories, events, self.recent_days, self.history_items, neighbours)
 
     def score(self, features: np.ndarray) -> np.ndarray:
-        """Ranker scores [u, m] of features [u, m, f]; -inf where the candidate is padding."""
+        """Ranker scores [u, m] of features [u, m, len(FEATURES)]; -inf where the candidate is padding."""
+        features = features[..., _columns(self.features)]
         u, m, f = features.shape
         flat = features.reshape(-1, f)
         out = np.full(len(flat), -np.inf, dtype=np.float32)
@@ -179,9 +234,9 @@ class Ranker:
             out[valid] = self.booster.predict(flat[valid])
         return out.reshape(u, m)
 
-    def rerank(self, ctx: RankingContext, histories, times, scores, ids) -> tuple[np.ndarray, np.ndarray]:
+    def rerank(self, ctx: RankingContext, histories, times, scores, ids, seen=None) -> tuple[np.ndarray, np.ndarray]:
         """The candidates re-ordered by the ranker (its scores replace the retrieval's)."""
-        ranked = self.score(candidate_features(ctx, histories, times, ids, scores))
+        ranked = self.score(candidate_features(ctx, histories, times, ids, scores, seen))
         order = np.argsort(-ranked, axis=1, kind="stable")
         new_ids = np.take_along_axis(np.where(ids >= 0, ids, -1), order, axis=1)
         return np.take_along_axis(ranked, order, axis=1), new_ids
@@ -190,7 +245,7 @@ class Ranker:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         self.booster.save_model(str(folder / MODEL_FILE))
-        meta = {"features": list(FEATURES), **{k: v for k, v in asdict(self).items() if k != "booster"}}
+        meta = {k: v for k, v in asdict(self).items() if k != "booster"}
         (folder / META_FILE).write_text(json.dumps(meta, indent=2))
         return folder
 
@@ -200,9 +255,14 @@ class Ranker:
 
         folder = Path(folder)
         meta = json.loads((folder / META_FILE).read_text())
-        if tuple(meta.pop("features")) != FEATURES:
-            raise ValueError(f"{folder}: the ranker was trained on other features")
+        meta["features"] = tuple(meta["features"])
+        if unknown := set(meta["features"]) - set(FEATURES):
+            raise ValueError(f"{folder}: the ranker was trained on features this code lacks: {sorted(unknown)}")
         return cls(lightgbm.Booster(model_file=str(folder / MODEL_FILE)), **meta)
+
+
+def _columns(features: tuple[str, ...]) -> list[int]:
+    return [FEATURES.index(f) for f in features]
 
 
 @dataclass(frozen=True)
@@ -219,7 +279,7 @@ class ServedRanking:
         from recsys_lib.recommend import finish_lists, top_up
 
         scores, ids = retrieve(retriever, histories, seen, max(n, self.ranker.candidates))
-        scores, ids = self.ranker.rerank(self.context, histories, np.full(len(histories), self.time), scores, ids)
+        scores, ids = self.ranker.rerank(self.context, histories, np.full(len(histories), self.time), scores, ids, seen)
         scores, ids = finish_lists(scores, ids, [np.empty(0, np.int64)] * len(ids), n, rules)
         if rules is not None and rules.drops_candidates:
             scores, ids = top_up(scores, ids, popularity, seen, rules)
@@ -242,6 +302,7 @@ def train_ranker(
     cfg: RankSettings,
     k: int,
     seed: int,
+    seen: list[np.ndarray] | None = None,
 ) -> Ranker | None:
     """LambdaRank on the retriever's candidates of held-out events, checked against the retrieval
     order by cross-validation over the users; None when too few users have their event among their
@@ -251,6 +312,8 @@ def train_ranker(
         histories, times, target: per user, the history before the held-out event, its time and
             its item (catalogue indices).
         scores, ids: [u, m] the retriever's candidates for those histories.
+        seen: per user, every other item they have seen (the kNN score's input); ``histories``
+            when not given.
     """
     import lightgbm
 
@@ -259,7 +322,12 @@ def train_ranker(
         log.info("ranker: %d users have their event among the candidates (< rank.min_users): none", hit.sum())
         return None
     rows = np.flatnonzero(hit)
-    features = candidate_features(ctx, [histories[r] for r in rows], times[rows], ids[rows], scores[rows])
+    names = FEATURES if ctx.neighbours is not None else tuple(f for f in FEATURES if f not in KNN_FEATURES)
+    knn = cfg.knn_neighbours if ctx.neighbours is not None else 0
+    seen = histories if seen is None else seen
+    features = candidate_features(ctx, [histories[r] for r in rows], times[rows], ids[rows], scores[rows],
+                                  [seen[r] for r in rows])  # fmt: skip
+    features = features[..., _columns(names)]
     labels = (ids[rows] == target[rows, None]).astype(np.float32)
     fold = np.random.default_rng(seed).integers(0, FOLDS, len(rows))
     params = {
@@ -276,10 +344,10 @@ def train_ranker(
     # Cross-validated: every user is re-ranked once by a ranker that did not learn from them.
     reranked = np.empty_like(ids[rows])
     for f in range(FOLDS):
-        held = fold == f
-        ranker = Ranker(fit(~held), cfg.candidates, cfg.recent_days, False, {}, ctx.history_items)
-        _, reranked[held] = ranker.rerank(ctx, [histories[r] for r in rows[held]], times[rows[held]],
-                                          scores[rows[held]], ids[rows[held]])  # fmt: skip
+        users = rows[fold == f]
+        ranker = Ranker(fit(fold != f), cfg.candidates, cfg.recent_days, False, {}, ctx.history_items, knn, names)
+        _, reranked[fold == f] = ranker.rerank(ctx, [histories[r] for r in users], times[users], scores[users],
+                                               ids[users], [seen[r] for r in users])  # fmt: skip
     before = ndcg_of_lists(ids[rows], target[rows], k)
     after = ndcg_of_lists(reranked, target[rows], k)
     ranker.check = {"retrieval_ndcg": before, "ranker_ndcg": after, "users": len(rows)}
@@ -307,7 +375,14 @@ def retrieve(retriever, histories: list[np.ndarray], exclude: list[np.ndarray], 
 
 
 def fit_ranker(
-    retriever, categories: np.ndarray, events: pd.DataFrame, validation, cfg: RankSettings, k: int, seed: int
+    retriever,
+    categories: np.ndarray,
+    events: pd.DataFrame,
+    pairs: pd.DataFrame,
+    validation,
+    cfg: RankSettings,
+    k: int,
+    seed: int,
 ) -> Ranker | None:
     """Train the ranker on the evaluation model's candidates for the validation events.
 
@@ -317,6 +392,9 @@ def fit_ranker(
         events: the whole training side (item_id, timestamp): the features' event log, cut
             strictly before each validation event's time. Leaving other users' validation
             events out would make recent popularity lower here than where the ranker is used.
+        pairs: (user_id, item_id) of the events the retriever trained on, validation events left
+            out: the item-kNN neighbours (a user's own held-out item must not co-occur with the
+            history it is ranked from).
         validation: a ``ValidationSet`` with times.
     """
     from recsys_lib.models.two_tower import PAD
@@ -324,5 +402,7 @@ def fit_ranker(
     histories = [row[row != PAD] for row in validation.history]
     scores, ids = retrieve(retriever, histories, validation.exclude, cfg.candidates)
     events = EventLog.from_frame(events, retriever.items.ids)
-    ctx = RankingContext(retriever.items, categories, events, cfg.recent_days, validation.history.shape[1])
-    return train_ranker(ctx, histories, validation.time, validation.target, scores, ids, cfg, k, seed)
+    neighbours = item_neighbours(pairs, retriever.items.ids, cfg.knn_neighbours) if cfg.knn_neighbours else None
+    ctx = RankingContext(retriever.items, categories, events, cfg.recent_days, validation.history.shape[1], neighbours)
+    return train_ranker(ctx, histories, validation.time, validation.target, scores, ids, cfg, k, seed,
+                        validation.exclude)  # fmt: skip

@@ -183,6 +183,7 @@ class RankSettings:
     num_leaves: int
     min_users: int
     validation_share: float
+    knn_neighbours: int  # the item-kNN behind the knn_score feature (0: no such feature)
 
 
 @dataclass(frozen=True)

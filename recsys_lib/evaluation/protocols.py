@@ -229,6 +229,7 @@ class Ranking:
     events: EventLog  # the training side's events
     times: np.ndarray  # [split users] each user's cut-off: their first held-out event's time
     histories: list[np.ndarray]  # [split users] their histories (catalogue indices, oldest first)
+    pairs: pd.DataFrame | None = None  # (user_id, item_id) of the training side: the rankers' item-kNN
 
 
 def ranked_lists(
@@ -238,8 +239,8 @@ def ranked_lists(
     user's cut-off, cut to ``depth``; users without candidates keep ``fallback_lists``."""
     histories = [ranking.histories[r] for r in rows]
     scores, ids = retrieve(retriever, histories, exclude, max(ranker.candidates, depth))
-    context = ranker.context(retriever.items, ranking.categories, ranking.events)
-    _, ids = ranker.rerank(context, histories, ranking.times[rows], scores, ids)
+    context = ranker.context(retriever.items, ranking.categories, ranking.events, ranking.pairs)
+    _, ids = ranker.rerank(context, histories, ranking.times[rows], scores, ids, exclude)
     ids = ids[:, :depth]
     empty = (ids < 0).all(axis=1)
     ids[empty] = fallback_lists[empty]

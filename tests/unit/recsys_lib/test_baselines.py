@@ -37,6 +37,15 @@ def test_item_knn_recommends_the_co_consumed_item():
     assert knn.scores(np.array([3]))[0, [0, 1, 4]].tolist() == [0, 0, 0]
 
 
+def test_item_knn_built_in_blocks_is_the_same_similarity():
+    rng = np.random.default_rng(0)
+    matrix = bl.interaction_matrix(rng.integers(0, 40, 300), rng.integers(0, 25, 300), 40, 25)
+    whole = bl.ItemKNN(neighbours=5).fit(matrix).similarity
+    blocked = bl.ItemKNN(neighbours=5, block=4).fit(matrix).similarity  # 7 blocks, the last one short
+    assert whole.shape == blocked.shape == (25, 25) and (whole != blocked).nnz == 0
+    assert np.diff(whole.tocsc().indptr).max() == 5  # each item (a column) keeps its 5 nearest
+
+
 def test_tfidf_profile_is_the_mean_of_the_history():
     docs = ["red apple", "red cherry", "blue ocean", "blue sky", "green grass"]
     content = bl.TfidfContent(docs).fit(MATRIX)

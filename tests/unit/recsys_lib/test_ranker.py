@@ -2,6 +2,7 @@
 signal the retriever misses and is used only when it wins, and rules after it."""
 
 import dataclasses
+import json
 
 import numpy as np
 import pandas as pd
@@ -15,6 +16,7 @@ from recsys_lib.ranker import (
     RankingContext,
     ServedRanking,
     candidate_features,
+    item_neighbours,
     ndcg_of_lists,
     train_ranker,
 )
@@ -24,7 +26,7 @@ from recsys_lib.settings import RankSettings
 DAY = 86_400
 ITEMS = pd.Index(["a", "b", "c"], dtype=object)
 CFG = RankSettings(enabled=True, candidates=3, recent_days=30, rounds=50, learning_rate=0.1, num_leaves=7,
-                   min_users=20, validation_share=0.5)  # fmt: skip
+                   min_users=20, validation_share=0.5, knn_neighbours=0)  # fmt: skip
 
 
 def log_of(rows):
@@ -60,6 +62,47 @@ def test_features_by_hand_and_nothing_after_the_cut_off_changes_them():
     assert np.isnan(f[0, 2]).all()  # padding
     later = rows + [("a", 50 * DAY), ("b", 60 * DAY), ("c", 70 * DAY)]  # at or after the cut-off
     np.testing.assert_array_equal(candidate_features(context(later), [np.array([0, 0])], at, ids, scores), f)
+
+
+def test_the_knn_score_sums_co_occurrence_cosines_with_the_history():
+    pairs = pd.DataFrame([("u1", "a"), ("u1", "b"), ("u2", "a"), ("u2", "b"), ("u3", "a"), ("u3", "c"),
+                          ("u4", "zz")], columns=["user_id", "item_id"])  # fmt: skip  # zz: not in the catalogue
+    ctx = dataclasses.replace(context([]), neighbours=item_neighbours(pairs, ITEMS, k=10))
+    ids, scores = np.array([[1, 2], [0, 2]]), np.ones((2, 2), np.float32)
+    f = candidate_features(ctx, [np.array([0]), np.array([1, 1])], np.array([DAY, DAY]), ids, scores)
+    knn = f[..., FEATURES.index("knn_score")]
+    # a: 3 users, b: 2, c: 1; a and b share 2 users, a and c one, b and c none (shrink 10)
+    assert knn[0] == pytest.approx([2 / (np.sqrt(6) + 10), 1 / (np.sqrt(3) + 10)])
+    assert knn[1] == pytest.approx([2 / (np.sqrt(6) + 10), 0.0])  # a repeated history item counts once
+
+
+def test_the_ranker_learns_co_occurrence_the_retriever_misses():
+    """Each user's held-out item is the candidate that other users took together with the user's
+    history item; the retrieval order is random and nothing else tells them apart."""
+    rng = np.random.default_rng(0)
+    n_items, n_users = 40, 300
+    item_ids = pd.Index([f"i{n}" for n in range(n_items)], dtype=object)
+    partner = (np.arange(n_items) + 20) % n_items  # item i goes with item i + 20
+    together = [(f"o{i}-{k}", item_ids[j]) for i in range(n_items) for k in range(5) for j in (i, partner[i])]
+    pairs = pd.DataFrame(together, columns=["user_id", "item_id"])
+    seen = rng.integers(0, n_items, n_users)
+    target = partner[seen]
+    ids = np.stack([rng.permutation([t, *rng.choice(np.setdiff1d(np.arange(n_items), [t, s]), 2, replace=False)])
+                    for t, s in zip(target, seen)])  # fmt: skip
+    no_events = EventLog.from_frame(pd.DataFrame(columns=["item_id", "timestamp"]), item_ids)
+    items = ItemVectors(item_ids, np.eye(n_items, 4, dtype=np.float32), np.zeros(n_items, np.float32))
+    ctx = RankingContext(items, np.full(n_items, -1), no_events, 30, neighbours=item_neighbours(pairs, item_ids, k=10))
+    scores = np.sort(rng.random((n_users, 3)).astype(np.float32), axis=1)[:, ::-1].copy()
+    histories, times = [np.array([s]) for s in seen], np.full(n_users, 400 * DAY)
+    cfg = dataclasses.replace(CFG, knn_neighbours=10)
+    ranker = train_ranker(ctx, histories, times, target, scores, ids, cfg, k=1, seed=0)
+    assert ranker.use and ranker.knn_neighbours == 10 and "knn_score" in ranker.features
+    _, reranked = ranker.rerank(ctx, histories, times, scores, ids)
+    assert ndcg_of_lists(reranked, target, 1) > 0.9 > ndcg_of_lists(ids, target, 1)
+    with pytest.raises(ValueError, match="knn_score"):
+        ranker.context(ctx.items, ctx.categories, ctx.events)  # no pairs: no neighbours to build it from
+    served = ranker.context(ctx.items, ctx.categories, ctx.events, pairs)
+    assert (served.neighbours != ctx.neighbours).nnz == 0
 
 
 def problem(n_users=200, seed=0):
@@ -108,6 +151,23 @@ def test_a_saved_ranker_scores_the_same(tmp_path):
     features = candidate_features(ctx, histories[:5], times[:5], ids[:5], scores[:5])
     np.testing.assert_array_equal(again.score(features), ranker.score(features))
     assert (again.use, again.check, again.candidates) == (ranker.use, ranker.check, 3)
+    assert again.features == ranker.features and "knn_score" not in again.features  # CFG: no item-kNN
+
+
+def test_a_ranker_saved_before_a_feature_was_added_still_scores(tmp_path):
+    ctx, histories, times, target, scores, ids = problem()
+    ranker = train_ranker(ctx, histories, times, target, scores, ids, CFG, k=1, seed=0)
+    folder = ranker.save(tmp_path / "ranker")
+    meta = json.loads((folder / "ranker.json").read_text())
+    del meta["knn_neighbours"]  # as an earlier release wrote it: no such field, its own feature list
+    (folder / "ranker.json").write_text(json.dumps(meta))
+    again = Ranker.load(folder)
+    features = candidate_features(ctx, histories[:5], times[:5], ids[:5], scores[:5])
+    np.testing.assert_array_equal(again.score(features), ranker.score(features))
+    meta["features"].append("a_feature_from_the_future")
+    (folder / "ranker.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="a_feature_from_the_future"):
+        Ranker.load(folder)
 
 
 class FixedRetriever:
