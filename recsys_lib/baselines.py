@@ -3,6 +3,7 @@
 Every ranker scores users (rows of the training user-item matrix) against catalogue items:
   MostPopular   distinct users per item
   ItemKNN       item-item cosine on the binary user-item matrix, top-k neighbours, shrinkage
+  EASE          Steck's closed-form item-item regression (2019), over the most popular items
   ALS           Spark MLlib ALS with implicit feedback (Hu, Koren, Volinsky 2008)
   TfidfContent  TF-IDF over item documents; a user is the mean of their history's rows
   Implicit      the ``implicit`` library's ALS and BPR
@@ -20,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import numpy as np
+import scipy.linalg
 import scipy.sparse as sp
 
 log = logging.getLogger(__name__)
@@ -112,6 +114,79 @@ def _top_k_per_row(m: sp.csr_matrix, k: int) -> sp.csr_matrix:
     # item i sums the similarities of i's neighbours the user has interacted with.
     s = sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=m.shape)
     return s.T.tocsr().astype(np.float32)
+
+
+@dataclass
+class EASE:
+    """EASE (Steck, "Embarrassingly Shallow Autoencoders", WWW 2019): the item-item weights B that
+    best rebuild the user-item matrix X from itself with a zero diagonal, in closed form:
+    P = (XᵀX + l2·I)⁻¹, B = -P / diag(P), diag(B) = 0; a user's score for item j is Σ B[i, j] over
+    the items i they have seen. The strongest simple collaborative model on random splits
+    (ML-100K random_item NDCG@10 0.496 vs tuned item-kNN 0.446 and cornac BiVAE 0.487).
+
+    B is dense and its cost cubic, so it covers the ``max_items`` most popular items (10,000:
+    400 MB and a few seconds of Cholesky on 2 cores); the others score NaN (``pair_scores``) or
+    are never recommended (``scores``)."""
+
+    l2: float = 300.0
+    max_items: int = 10_000
+    name: str = "ease"
+
+    def fit(self, matrix: sp.csr_matrix) -> "EASE":
+        counts = np.asarray(matrix.sum(axis=0)).ravel()
+        covered = np.flatnonzero(counts > 0)
+        if len(covered) > self.max_items:
+            covered = np.sort(covered[np.argsort(-counts[covered], kind="stable")[: self.max_items]])
+        x = matrix.tocsc()[:, covered].astype(np.float32)
+        gram = np.asarray((x.T @ x).todense(), dtype=np.float32)
+        gram[np.diag_indices_from(gram)] += self.l2
+        chol, info = scipy.linalg.lapack.spotrf(gram, lower=False, overwrite_a=True)
+        if info == 0:
+            inverse, info = scipy.linalg.lapack.spotri(chol, lower=False, overwrite_c=True)
+        if info != 0:
+            raise ValueError(f"EASE: the regularised Gram matrix is not positive definite (LAPACK info {info})")
+        _mirror_upper(inverse)
+        inverse /= -np.diag(inverse).copy()[None, :]
+        np.fill_diagonal(inverse, 0.0)
+        self.weights = inverse
+        self.position = np.full(matrix.shape[1], -1, dtype=np.int64)
+        self.position[covered] = np.arange(len(covered))
+        self.covered = covered
+        self.matrix = matrix
+        return self
+
+    def scores(self, users: np.ndarray) -> np.ndarray:
+        out = np.full((len(users), self.matrix.shape[1]), -np.inf, dtype=np.float32)
+        out[:, self.covered] = self.matrix[users][:, self.covered] @ self.weights
+        return out
+
+    def pair_scores(self, seen: Sequence[np.ndarray], ids: np.ndarray, block: int = 1024) -> np.ndarray:
+        """[u, m] each user's score for their candidates ``ids`` (catalogue indices, >= 0) from
+        the items they have seen (catalogue indices); NaN where the candidate is not covered."""
+        out = np.full(ids.shape, np.nan, dtype=np.float32)
+        cols = self.position[ids]
+        for start in range(0, len(seen), block):
+            rows = [self.position[np.unique(np.asarray(h, dtype=np.int64))] for h in seen[start : start + block]]
+            rows = [r[r >= 0] for r in rows]
+            indptr = np.concatenate([[0], np.cumsum([len(r) for r in rows])])
+            indices = np.concatenate(rows) if rows else np.empty(0, np.int64)
+            indicator = sp.csr_matrix((np.ones(len(indices), np.float32), indices, indptr),
+                                      shape=(len(rows), len(self.covered)))  # fmt: skip
+            dense = indicator @ self.weights  # [block, covered]
+            part = cols[start : start + block]
+            got = np.take_along_axis(dense, part.clip(min=0), axis=1)
+            out[start : start + block] = np.where(part >= 0, got, np.nan)
+        return out
+
+
+def _mirror_upper(m: np.ndarray, block: int = 2048) -> None:
+    """Copy the upper triangle of a square matrix onto its lower one in place (LAPACK's symmetric
+    routines fill one triangle), a band of rows at a time so no second full matrix is made."""
+    for start in range(0, m.shape[0], block):
+        end = min(start + block, m.shape[0])
+        m[start:end, :start] = m[:start, start:end].T
+        square = m[start:end, start:end]
+        square[:] = np.triu(square) + np.triu(square, 1).T
 
 
 @dataclass

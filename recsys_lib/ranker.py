@@ -16,10 +16,13 @@ re-orders them with features the towers do not see well:
                                                  ``rank.knn_neighbours`` nearest), and the candidate's
                                                  place in that order among the user's candidates: the
                                                  collaborative signal that wins where order says little
+  ease_score, ease_rank                          the same from EASE (``baselines.EASE``: item-item
+                                                 regression over the ``rank.ease_items`` most popular
+                                                 items; NaN for the others), and its place
 
 Every feature is taken *as of a time per user* from an ``EventLog``: strictly earlier events
-only, so nothing after the moment being predicted leaks in. The item-kNN neighbours are built
-from the (user, item) pairs of the events the scored model trained on: never from the events
+only, so nothing after the moment being predicted leaks in. The item-kNN neighbours and EASE
+weights are built from the (user, item) pairs of the events the scored model trained on: never from the events
 being predicted (train leaves the validation events out, evaluate the holdout). The ranker
 learns from the validation events (each user's last training event, which the evaluation model
 never trained on), as of each one's own time; it is checked against the retrieval order by
@@ -38,6 +41,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from recsys_lib.baselines import EASE, ItemKNN, interaction_matrix
 from recsys_lib.embedding import ItemVectors
 from recsys_lib.schema import ITEM_COL, TIMESTAMP_COL, USER_COL
 from recsys_lib.settings import RankSettings
@@ -46,9 +50,12 @@ log = logging.getLogger(__name__)
 FEATURES = (
     "retrieval_score", "retrieval_rank", "item_bias", "log_popularity", "log_recent", "recent_share",
     "item_age_days", "days_since_last", "user_log_events", "category_affinity", "sim_recent", "sim_history",
-    "sim_max", "knn_score", "knn_rank",
+    "sim_max", "knn_score", "knn_rank", "ease_score", "ease_rank",
 )  # fmt: skip
 KNN_FEATURES = ("knn_score", "knn_rank")
+EASE_FEATURES = ("ease_score", "ease_rank")
+PRIORS = ("retrieval_rank", "knn_rank", "ease_rank")  # the orders the ranker may start from
+ROUNDS = (0, 10, 30, 100, 300)  # the boosting rounds its cross-validation chooses among (0: the prior alone)
 DAY = 86_400
 RECENT_ITEMS = 5
 MODEL_FILE = "ranker.txt"
@@ -109,19 +116,27 @@ class RankingContext:
     recent_days: int
     history_items: int = 20  # the latest this many history items count (as when the ranker learned)
     neighbours: sp.csr_matrix | None = None  # [n_items, n_items] item-kNN (item_neighbours); None: no knn_score
+    ease: EASE | None = None  # fitted over the catalogue (item_ease); None: no ease_score
 
 
 def item_neighbours(pairs: pd.DataFrame, item_ids: pd.Index, k: int) -> sp.csr_matrix:
     """Item-kNN similarities [n_items, n_items] from (user_id, item_id) pairs: cosine of the
     co-occurrence with a shrink of 10, each item's ``k`` nearest kept (``baselines.ItemKNN``), so
     that ``history_indicator @ neighbours`` is the kNN score of every item."""
-    from recsys_lib.baselines import ItemKNN, interaction_matrix
+    return ItemKNN(neighbours=k).fit(_pairs_matrix(pairs, item_ids)).similarity
 
+
+def item_ease(pairs: pd.DataFrame, item_ids: pd.Index, max_items: int, l2: float) -> EASE:
+    """EASE over the catalogue from (user_id, item_id) pairs, its ``max_items`` most popular items covered."""
+    return EASE(l2=l2, max_items=max_items).fit(_pairs_matrix(pairs, item_ids))
+
+
+def _pairs_matrix(pairs: pd.DataFrame, item_ids: pd.Index) -> sp.csr_matrix:
+    """The binary user x catalogue matrix of (user_id, item_id) pairs; items outside the catalogue dropped."""
     items = item_ids.get_indexer(pairs[ITEM_COL])
     ok = items >= 0
     users = pd.factorize(pairs[USER_COL].to_numpy()[ok])[0]
-    matrix = interaction_matrix(users, items[ok], int(users.max(initial=-1)) + 1, len(item_ids))
-    return ItemKNN(neighbours=k).fit(matrix).similarity
+    return interaction_matrix(users, items[ok], int(users.max(initial=-1)) + 1, len(item_ids))
 
 
 def candidate_features(
@@ -178,9 +193,19 @@ def candidate_features(
         knn[~valid] = -np.inf
         out[..., FEATURES.index("knn_score")] = knn
         # the candidate's place in the user's own kNN order: comparable across users of any history size
-        out[..., FEATURES.index("knn_rank")] = np.argsort(np.argsort(-knn, axis=1, kind="stable"), axis=1)
+        out[..., FEATURES.index("knn_rank")] = _ranks(knn)
+    if ctx.ease is not None:
+        ease = ctx.ease.pair_scores(histories if seen is None else seen, safe)
+        ease[~valid] = np.nan
+        out[..., FEATURES.index("ease_score")] = ease
+        out[..., FEATURES.index("ease_rank")] = _ranks(np.where(np.isnan(ease), -np.inf, ease))
     out[~valid] = np.nan
     return out
+
+
+def _ranks(scores: np.ndarray) -> np.ndarray:
+    """Each candidate's place in its user's order by ``scores`` (0 = best): comparable across users."""
+    return np.argsort(np.argsort(-scores, axis=1, kind="stable"), axis=1)
 
 
 def _knn_scores(ctx: RankingContext, seen: list[np.ndarray], ids: np.ndarray) -> np.ndarray:
@@ -209,19 +234,23 @@ class Ranker:
 
     history_items: int = 20  # the history length it learned from: every use cuts histories to it
     knn_neighbours: int = 0  # the item-kNN it learned from (0: none, no knn_score)
+    ease_items: int = 0  # the EASE it learned from: items covered (0: none, no ease_score) and its l2
+    ease_l2: float = 0.0
     features: tuple[str, ...] = FEATURES  # the columns of candidate_features it reads
+    prior: str = ""  # the order its trees correct (one of PRIORS; "": none), weighed by prior_scale
+    prior_scale: float = 0.0
+    rounds: int | None = None  # the trees it uses (its cross-validation's choice; None: all, 0: the prior alone)
 
     def context(
         self, items: ItemVectors, categories: np.ndarray, events: EventLog, pairs: pd.DataFrame | None = None
     ) -> RankingContext:
         """The features' inputs, cut as this ranker learned them; ``pairs`` (user_id, item_id: the
-        events the retriever learned from) give its item-kNN neighbours."""
-        neighbours = None
-        if self.knn_neighbours:
-            if pairs is None:
-                raise ValueError("this ranker reads knn_score: pass the (user_id, item_id) pairs to build it")
-            neighbours = item_neighbours(pairs, items.ids, self.knn_neighbours)
-        return RankingContext(items, categories, events, self.recent_days, self.history_items, neighbours)
+        events the retriever learned from) give its item-kNN neighbours and EASE weights."""
+        if (self.knn_neighbours or self.ease_items) and pairs is None:
+            raise ValueError("this ranker reads item-to-item scores: pass the (user_id, item_id) pairs to build them")
+        neighbours = item_neighbours(pairs, items.ids, self.knn_neighbours) if self.knn_neighbours else None
+        ease = item_ease(pairs, items.ids, self.ease_items, self.ease_l2) if self.ease_items else None
+        return RankingContext(items, categories, events, self.recent_days, self.history_items, neighbours, ease)
 
     def score(self, features: np.ndarray) -> np.ndarray:
         """Ranker scores [u, m] of features [u, m, len(FEATURES)]; -inf where the candidate is padding."""
@@ -231,7 +260,13 @@ class Ranker:
         out = np.full(len(flat), -np.inf, dtype=np.float32)
         valid = ~np.isnan(flat[:, 0])
         if valid.any():
-            out[valid] = self.booster.predict(flat[valid])
+            if self.rounds != 0:
+                trees = {} if self.rounds is None else {"num_iteration": self.rounds}
+                out[valid] = self.booster.predict(flat[valid], **trees)
+            else:
+                out[valid] = 0.0
+            if self.prior:
+                out[valid] += _prior_scores(flat[valid], self.features, self.prior, self.prior_scale)
         return out.reshape(u, m)
 
     def rerank(self, ctx: RankingContext, histories, times, scores, ids, seen=None) -> tuple[np.ndarray, np.ndarray]:
@@ -263,6 +298,12 @@ class Ranker:
 
 def _columns(features: tuple[str, ...]) -> list[int]:
     return [FEATURES.index(f) for f in features]
+
+
+def _prior_scores(features: np.ndarray, names: tuple[str, ...], prior: str, scale: float) -> np.ndarray:
+    """The score the trees start from: ``-scale * log(1 + rank)`` in the ``prior`` order (0 = best),
+    a gain that falls off as NDCG's discount does, whatever the scale of the scores behind the order."""
+    return -scale * np.log1p(features[..., names.index(prior)])
 
 
 @dataclass(frozen=True)
@@ -322,12 +363,14 @@ def train_ranker(
         log.info("ranker: %d users have their event among the candidates (< rank.min_users): none", hit.sum())
         return None
     rows = np.flatnonzero(hit)
-    names = FEATURES if ctx.neighbours is not None else tuple(f for f in FEATURES if f not in KNN_FEATURES)
+    absent = (KNN_FEATURES if ctx.neighbours is None else ()) + (EASE_FEATURES if ctx.ease is None else ())
+    names = tuple(f for f in FEATURES if f not in absent)
     knn = cfg.knn_neighbours if ctx.neighbours is not None else 0
+    ease = (ctx.ease.max_items, ctx.ease.l2) if ctx.ease is not None else (0, 0.0)
     seen = histories if seen is None else seen
-    features = candidate_features(ctx, [histories[r] for r in rows], times[rows], ids[rows], scores[rows],
-                                  [seen[r] for r in rows])  # fmt: skip
-    features = features[..., _columns(names)]
+    every = candidate_features(ctx, [histories[r] for r in rows], times[rows], ids[rows], scores[rows],
+                               [seen[r] for r in rows])  # fmt: skip
+    features = every[..., _columns(names)]
     labels = (ids[rows] == target[rows, None]).astype(np.float32)
     fold = np.random.default_rng(seed).integers(0, FOLDS, len(rows))
     params = {
@@ -336,25 +379,46 @@ def train_ranker(
         "num_threads": 2, "verbosity": -1,
     }  # fmt: skip
 
-    def fit(mask):
-        valid = ids[rows][mask] >= 0
-        data = lightgbm.Dataset(features[mask][valid], labels[mask][valid], group=valid.sum(1))
-        return lightgbm.train(params, data, num_boost_round=cfg.rounds)
+    def best_prior(mask) -> str:
+        """The order among PRIORS with the best NDCG on these users' events: what the trees correct."""
+        if not cfg.prior_scale:
+            return ""
+        gains = {}
+        for name in (p for p in PRIORS if p in names):
+            order = np.argsort(features[mask][..., names.index(name)], axis=1, kind="stable")
+            gains[name] = ndcg_of_lists(np.take_along_axis(ids[rows][mask], order, axis=1), target[rows][mask], k)
+        return max(gains, key=gains.get)
 
-    # Cross-validated: every user is re-ranked once by a ranker that did not learn from them.
-    reranked = np.empty_like(ids[rows])
+    def fit(mask) -> Ranker:
+        valid = ids[rows][mask] >= 0
+        prior = best_prior(mask)
+        init = _prior_scores(features[mask][valid], names, prior, cfg.prior_scale) if prior else None
+        data = lightgbm.Dataset(features[mask][valid], labels[mask][valid], group=valid.sum(1), init_score=init)
+        booster = lightgbm.train(params, data, num_boost_round=cfg.rounds)
+        return Ranker(booster, cfg.candidates, cfg.recent_days, False, {}, ctx.history_items, knn, *ease, names,
+                      prior, cfg.prior_scale if prior else 0.0)  # fmt: skip
+
+    # Cross-validated: every user is re-ranked once by a ranker that did not learn from them, with
+    # each number of rounds: how far to trust the trees over the prior is chosen here too.
+    grid = [r for r in ROUNDS if r < cfg.rounds and (r or cfg.prior_scale)] + [cfg.rounds]
+    reranked = {r: np.empty_like(ids[rows]) for r in grid}
     for f in range(FOLDS):
-        users = rows[fold == f]
-        ranker = Ranker(fit(fold != f), cfg.candidates, cfg.recent_days, False, {}, ctx.history_items, knn, names)
-        _, reranked[fold == f] = ranker.rerank(ctx, [histories[r] for r in users], times[users], scores[users],
-                                               ids[users], [seen[r] for r in users])  # fmt: skip
+        held = fold == f
+        ranker = fit(~held)
+        for r in grid:
+            ranker.rounds = r
+            order = np.argsort(-ranker.score(every[held]), axis=1, kind="stable")
+            reranked[r][held] = np.take_along_axis(ids[rows][held], order, axis=1)
+    gains = {r: ndcg_of_lists(reranked[r], target[rows], k) for r in grid}
     before = ndcg_of_lists(ids[rows], target[rows], k)
-    after = ndcg_of_lists(reranked, target[rows], k)
-    ranker.check = {"retrieval_ndcg": before, "ranker_ndcg": after, "users": len(rows)}
+    ranker = fit(np.ones(len(rows), dtype=bool))  # the same recipe on every user
+    ranker.rounds = max(gains, key=gains.get)  # the fewest rounds among the best
+    after = gains[ranker.rounds]
+    ranker.check = {"retrieval_ndcg": before, "ranker_ndcg": after, "users": len(rows), "rounds": ranker.rounds}
     ranker.use = after > before
-    ranker.booster = fit(np.ones(len(rows), dtype=bool))  # the same recipe on every user
-    log.info("ranker: NDCG@%d %.4f -> %.4f cross-validated on %d users: %s", k, before, after, len(rows),
-             "used" if ranker.use else "not used")  # fmt: skip
+    log.info("ranker: NDCG@%d %.4f -> %.4f cross-validated on %d users (%s, then %d rounds; by rounds: %s): %s",
+             k, before, after, len(rows), ranker.prior or "no prior", ranker.rounds,
+             {r: round(g, 4) for r, g in gains.items()}, "used" if ranker.use else "not used")  # fmt: skip
     return ranker
 
 
@@ -393,7 +457,7 @@ def fit_ranker(
             strictly before each validation event's time. Leaving other users' validation
             events out would make recent popularity lower here than where the ranker is used.
         pairs: (user_id, item_id) of the events the retriever trained on, validation events left
-            out: the item-kNN neighbours (a user's own held-out item must not co-occur with the
+            out: the item-kNN neighbours and EASE weights (a user's own held-out item must not co-occur with the
             history it is ranked from).
         validation: a ``ValidationSet`` with times.
     """
@@ -402,7 +466,10 @@ def fit_ranker(
     histories = [row[row != PAD] for row in validation.history]
     scores, ids = retrieve(retriever, histories, validation.exclude, cfg.candidates)
     events = EventLog.from_frame(events, retriever.items.ids)
-    neighbours = item_neighbours(pairs, retriever.items.ids, cfg.knn_neighbours) if cfg.knn_neighbours else None
-    ctx = RankingContext(retriever.items, categories, events, cfg.recent_days, validation.history.shape[1], neighbours)
+    item_ids = retriever.items.ids
+    neighbours = item_neighbours(pairs, item_ids, cfg.knn_neighbours) if cfg.knn_neighbours else None
+    ease = item_ease(pairs, item_ids, cfg.ease_items, cfg.ease_l2) if cfg.ease_items else None
+    ctx = RankingContext(retriever.items, categories, events, cfg.recent_days, validation.history.shape[1],
+                         neighbours, ease)  # fmt: skip
     return train_ranker(ctx, histories, validation.time, validation.target, scores, ids, cfg, k, seed,
                         validation.exclude)  # fmt: skip

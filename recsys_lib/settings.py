@@ -37,7 +37,9 @@ ENV_PREFIX = "RECSYS__"
 Device = Literal["auto", "cpu", "cuda"]
 Split = Literal["user_chrono", "global_time", "random_item"]
 IndexKind = Literal["auto", "flat", "hnsw", "ivfpq"]
-BaselineName = Literal["popularity", "item_knn", "als", "implicit_als", "implicit_bpr", "cornac_bpr", "cornac_bivae"]
+BaselineName = Literal[
+    "popularity", "item_knn", "ease", "als", "implicit_als", "implicit_bpr", "cornac_bpr", "cornac_bivae"
+]
 
 
 @dataclass(frozen=True)
@@ -184,6 +186,9 @@ class RankSettings:
     min_users: int
     validation_share: float
     knn_neighbours: int  # the item-kNN behind the knn_score feature (0: no such feature)
+    ease_items: int  # the EASE behind the ease_score feature covers this many popular items (0: no such feature)
+    ease_l2: float
+    prior_scale: float  # the trees correct the best of PRIORS' orders, weighed so (0: they start from nothing)
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,7 @@ RETRIEVAL_ONLY = "retrieval_only"  # the candidate without the ranker it serves 
 WITH_RANKER = "with_ranker"  # the candidate with a ranker it does not serve (it lost its check)
 # Searched coordinate-wise from the middle values (see recsys_lib.baselines.tune).
 KNN_GRID = {"neighbours": [5, 10, 20, 50, 100, 200], "shrink": [0.0, 10.0, 50.0]}
+EASE_GRID = {"l2": [100.0, 300.0, 1000.0]}
 ALS_GRID = {"rank": [32, 64, 128], "reg": [0.01, 0.1, 1.0], "alpha": [5.0, 20.0, 40.0]}
 
 
@@ -195,13 +196,14 @@ BASELINES = typing.get_args(BaselineName)
 
 
 def baselines(names: Sequence[str], spark_session: Callable[[], object], seed: int) -> dict[str, Baseline]:
-    """The named baselines (``evaluate.baselines``): most-popular; item-kNN, Spark ALS and the
+    """The named baselines (``evaluate.baselines``): most-popular; item-kNN, EASE, Spark ALS and the
     ``implicit`` library's ALS and BPR, tuned on the validation events; cornac's BPR and BiVAE
     with the Microsoft Recommenders benchmark's settings. ``spark_session`` is called only when
     Spark ALS is asked for."""
     made = {
         "popularity": lambda: Baseline(bl.MostPopular),
         "item_knn": lambda: Baseline(bl.ItemKNN, KNN_GRID),
+        "ease": lambda: Baseline(bl.EASE, EASE_GRID),
         "als": lambda: Baseline(partial(bl.ALS, spark_session(), seed=seed), ALS_GRID),
         "implicit_als": lambda: Baseline(partial(bl.Implicit, "als", seed=seed), IMPLICIT_ALS_GRID),
         "implicit_bpr": lambda: Baseline(partial(bl.Implicit, "bpr", seed=seed), IMPLICIT_BPR_GRID),

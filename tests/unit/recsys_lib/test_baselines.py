@@ -46,6 +46,31 @@ def test_item_knn_built_in_blocks_is_the_same_similarity():
     assert np.diff(whole.tocsc().indptr).max() == 5  # each item (a column) keeps its 5 nearest
 
 
+def test_ease_is_its_closed_form_over_the_most_popular_items():
+    rng = np.random.default_rng(0)
+    matrix = bl.interaction_matrix(rng.integers(0, 60, 500), rng.integers(0, 30, 500), 60, 32)  # 30, 31: unseen
+    ease = bl.EASE(l2=5.0, max_items=20).fit(matrix)
+    covered = np.argsort(-matrix.sum(axis=0).A1, kind="stable")[:20]
+    x = matrix.toarray()[:, np.sort(covered)].astype(np.float64)
+    p = np.linalg.inv(x.T @ x + 5.0 * np.eye(20))
+    weights = -p / np.diag(p)
+    np.fill_diagonal(weights, 0.0)
+    np.testing.assert_allclose(ease.weights, weights, atol=1e-5)  # float32 Cholesky, mirrored in bands
+    np.testing.assert_array_equal(ease.covered, np.sort(covered))
+    scores = ease.scores(np.arange(60))
+    assert np.isneginf(np.delete(scores, ease.covered, axis=1)).all()  # never recommended
+    ids = rng.integers(0, 32, (60, 7))
+    pairs = ease.pair_scores([matrix[u].indices for u in range(60)], ids, block=16)
+    expected = np.take_along_axis(scores, ids, axis=1)
+    np.testing.assert_allclose(pairs, np.where(np.isneginf(expected), np.nan, expected), atol=1e-5)
+    assert np.isnan(pairs[~np.isin(ids, ease.covered)]).all()  # NaN: missing, for the ranker's trees
+
+
+def test_ease_recommends_the_co_consumed_item():
+    ease = bl.EASE(l2=0.5).fit(MATRIX)
+    assert bl.rank_users(ease, np.array([2]), [MATRIX[2].indices], 1).tolist() == [[1]]
+
+
 def test_tfidf_profile_is_the_mean_of_the_history():
     docs = ["red apple", "red cherry", "blue ocean", "blue sky", "green grass"]
     content = bl.TfidfContent(docs).fit(MATRIX)

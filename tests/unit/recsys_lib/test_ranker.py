@@ -16,6 +16,7 @@ from recsys_lib.ranker import (
     RankingContext,
     ServedRanking,
     candidate_features,
+    item_ease,
     item_neighbours,
     ndcg_of_lists,
     train_ranker,
@@ -26,7 +27,8 @@ from recsys_lib.settings import RankSettings
 DAY = 86_400
 ITEMS = pd.Index(["a", "b", "c"], dtype=object)
 CFG = RankSettings(enabled=True, candidates=3, recent_days=30, rounds=50, learning_rate=0.1, num_leaves=7,
-                   min_users=20, validation_share=0.5, knn_neighbours=0)  # fmt: skip
+                   min_users=20, validation_share=0.5, knn_neighbours=0, ease_items=0, ease_l2=0.0,
+                   prior_scale=0.0)  # fmt: skip
 
 
 def log_of(rows):
@@ -76,30 +78,68 @@ def test_the_knn_score_sums_co_occurrence_cosines_with_the_history():
     assert knn[1] == pytest.approx([2 / (np.sqrt(6) + 10), 0.0])  # a repeated history item counts once
 
 
-def test_the_ranker_learns_co_occurrence_the_retriever_misses():
-    """Each user's held-out item is the candidate that other users took together with the user's
-    history item; the retrieval order is random and nothing else tells them apart."""
-    rng = np.random.default_rng(0)
-    n_items, n_users = 40, 300
+def test_the_ease_score_sums_the_candidates_weights_from_the_history():
+    pairs = pd.DataFrame([("u1", "a"), ("u1", "b"), ("u2", "a"), ("u2", "b"), ("u3", "a"), ("u3", "c")],
+                         columns=["user_id", "item_id"])  # fmt: skip
+    ease = item_ease(pairs, ITEMS, max_items=2, l2=1.0)  # c is the least popular: not covered
+    ctx = dataclasses.replace(context([]), ease=ease)
+    ids, scores = np.array([[1, 2, 0]]), np.ones((1, 3), np.float32)
+    f = candidate_features(ctx, [np.array([0, 2])], np.array([DAY]), ids, scores)
+    # over a and b: gram [[3, 2], [2, 2]] + I, inverse P; B[a, b] = -P[a, b] / P[b, b]
+    p = np.linalg.inv(np.array([[4.0, 2.0], [2.0, 3.0]]))
+    ease_score = f[0, :, FEATURES.index("ease_score")]
+    assert ease_score[0] == pytest.approx(-p[0, 1] / p[1, 1]) and ease_score[2] == 0.0  # a's own weight is 0
+    assert np.isnan(ease_score[1])  # c: not covered
+    assert f[0, :, FEATURES.index("ease_rank")].tolist() == [0, 2, 1]
+
+
+def co_occurrence_world(rng, n_items=40, n_users=300):
+    """Each user's held-out item is the candidate other users took together with the user's one
+    history item (i with i + 20); the retrieval order is random."""
     item_ids = pd.Index([f"i{n}" for n in range(n_items)], dtype=object)
-    partner = (np.arange(n_items) + 20) % n_items  # item i goes with item i + 20
+    partner = (np.arange(n_items) + n_items // 2) % n_items
     together = [(f"o{i}-{k}", item_ids[j]) for i in range(n_items) for k in range(5) for j in (i, partner[i])]
-    pairs = pd.DataFrame(together, columns=["user_id", "item_id"])
     seen = rng.integers(0, n_items, n_users)
     target = partner[seen]
     ids = np.stack([rng.permutation([t, *rng.choice(np.setdiff1d(np.arange(n_items), [t, s]), 2, replace=False)])
                     for t, s in zip(target, seen)])  # fmt: skip
     no_events = EventLog.from_frame(pd.DataFrame(columns=["item_id", "timestamp"]), item_ids)
     items = ItemVectors(item_ids, np.eye(n_items, 4, dtype=np.float32), np.zeros(n_items, np.float32))
-    ctx = RankingContext(items, np.full(n_items, -1), no_events, 30, neighbours=item_neighbours(pairs, item_ids, k=10))
+    ctx = RankingContext(items, np.full(n_items, -1), no_events, 30)
     scores = np.sort(rng.random((n_users, 3)).astype(np.float32), axis=1)[:, ::-1].copy()
     histories, times = [np.array([s]) for s in seen], np.full(n_users, 400 * DAY)
-    cfg = dataclasses.replace(CFG, knn_neighbours=10)
+    return pd.DataFrame(together, columns=["user_id", "item_id"]), ctx, histories, times, target, scores, ids
+
+
+def test_the_trees_correct_the_best_collaborative_order_and_use_as_few_rounds_as_win():
+    pairs, ctx, histories, times, target, scores, ids = co_occurrence_world(np.random.default_rng(1))
+    ctx = dataclasses.replace(ctx, ease=item_ease(pairs, ctx.items.ids, max_items=100, l2=1.0))
+    cfg = dataclasses.replace(CFG, ease_items=100, ease_l2=1.0, prior_scale=0.3)
     ranker = train_ranker(ctx, histories, times, target, scores, ids, cfg, k=1, seed=0)
+    # EASE's order alone finds every partner: the trees add nothing, so none are used
+    assert ranker.use and ranker.prior == "ease_rank" and ranker.rounds == 0 and ranker.check["ranker_ndcg"] == 1.0
+    _, reranked = ranker.rerank(ctx, histories, times, scores, ids)
+    assert ndcg_of_lists(reranked, target, 1) == 1.0
+    served = ranker.context(ctx.items, ctx.categories, ctx.events, pairs)
+    np.testing.assert_array_equal(served.ease.weights, ctx.ease.weights)
+
+
+def test_with_nothing_better_than_the_retrieval_order_the_ranker_is_not_used():
+    pairs, ctx, histories, times, target, scores, ids = co_occurrence_world(np.random.default_rng(2))
+    first = np.argmax(ids == target[:, None], axis=1)
+    ids[np.arange(len(ids)), first], ids[:, 0] = ids[:, 0], target  # the retriever puts the target first
+    ranker = train_ranker(ctx, histories, times, target, scores, ids, dataclasses.replace(CFG, prior_scale=0.3), 1, 0)
+    assert ranker.prior == "retrieval_rank" and not ranker.use  # it can at best tie the order it starts from
+
+
+def test_the_ranker_learns_co_occurrence_the_retriever_misses():
+    pairs, ctx, histories, times, target, scores, ids = co_occurrence_world(np.random.default_rng(0))
+    ctx = dataclasses.replace(ctx, neighbours=item_neighbours(pairs, ctx.items.ids, k=10))
+    ranker = train_ranker(ctx, histories, times, target, scores, ids, dataclasses.replace(CFG, knn_neighbours=10), 1, 0)
     assert ranker.use and ranker.knn_neighbours == 10 and "knn_score" in ranker.features
     _, reranked = ranker.rerank(ctx, histories, times, scores, ids)
     assert ndcg_of_lists(reranked, target, 1) > 0.9 > ndcg_of_lists(ids, target, 1)
-    with pytest.raises(ValueError, match="knn_score"):
+    with pytest.raises(ValueError, match="pairs"):
         ranker.context(ctx.items, ctx.categories, ctx.events)  # no pairs: no neighbours to build it from
     served = ranker.context(ctx.items, ctx.categories, ctx.events, pairs)
     assert (served.neighbours != ctx.neighbours).nnz == 0
