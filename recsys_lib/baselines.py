@@ -37,6 +37,14 @@ def interaction_matrix(user_rows: np.ndarray, item_cols: np.ndarray, n_users: in
     return m
 
 
+def history_indicator(histories: Sequence[np.ndarray], n_items: int) -> sp.csr_matrix:
+    """Binary [len(histories), n_items] rows with a 1 at each item of each history (repeats count once)."""
+    items = [np.unique(np.asarray(h, dtype=np.int64)) for h in histories]
+    indptr = np.concatenate([[0], np.cumsum([len(h) for h in items])])
+    indices = np.concatenate(items) if items else np.empty(0, np.int64)
+    return sp.csr_matrix((np.ones(len(indices), np.float32), indices, indptr), shape=(len(histories), n_items))
+
+
 def top_k(scores: np.ndarray, exclude: Sequence[np.ndarray], k: int) -> np.ndarray:
     """Indices [b, k] of the highest scores per row, ``exclude`` removed; -1 where none is left."""
     scores = np.array(scores, dtype=np.float32, copy=True)
@@ -166,13 +174,8 @@ class EASE:
         out = np.full(ids.shape, np.nan, dtype=np.float32)
         cols = self.position[ids]
         for start in range(0, len(seen), block):
-            rows = [self.position[np.unique(np.asarray(h, dtype=np.int64))] for h in seen[start : start + block]]
-            rows = [r[r >= 0] for r in rows]
-            indptr = np.concatenate([[0], np.cumsum([len(r) for r in rows])])
-            indices = np.concatenate(rows) if rows else np.empty(0, np.int64)
-            indicator = sp.csr_matrix((np.ones(len(indices), np.float32), indices, indptr),
-                                      shape=(len(rows), len(self.covered)))  # fmt: skip
-            dense = indicator @ self.weights  # [block, covered]
+            rows = [self.position[np.asarray(h, dtype=np.int64)] for h in seen[start : start + block]]
+            dense = history_indicator([r[r >= 0] for r in rows], len(self.covered)) @ self.weights  # [block, covered]
             part = cols[start : start + block]
             got = np.take_along_axis(dense, part.clip(min=0), axis=1)
             out[start : start + block] = np.where(part >= 0, got, np.nan)

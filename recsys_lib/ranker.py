@@ -22,11 +22,14 @@ re-orders them with features the towers do not see well:
 
 Every feature is taken *as of a time per user* from an ``EventLog``: strictly earlier events
 only, so nothing after the moment being predicted leaks in. The item-kNN neighbours and EASE
-weights are built from the (user, item) pairs of the events the scored model trained on: never from the events
-being predicted (train leaves the validation events out, evaluate the holdout). The ranker
-learns from the validation events (each user's last training event, which the evaluation model
-never trained on), as of each one's own time; it is checked against the retrieval order by
-4-fold cross-validation over those users and used only when it wins there. Business rules apply after it.
+weights are built from the (user, item) pairs of the events the scored model trained on: never
+from the events being predicted (train leaves the validation events out, evaluate the holdout).
+The ranker learns from the validation events (each user's last training event, which the
+evaluation model never trained on), as of each one's own time. With one label per user, its trees
+start from a prior (the best of the retrieval, kNN and EASE orders on those events) and correct it;
+a 4-fold cross-validation over the users picks how many rounds of trees to add (0: the prior alone)
+and checks the result against the retrieval order: the ranker is used only when it wins there.
+Business rules apply after it.
 Tests: tests/unit/recsys_lib/test_ranker.py.
 """
 
@@ -41,7 +44,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from recsys_lib.baselines import EASE, ItemKNN, interaction_matrix
+from recsys_lib.baselines import EASE, ItemKNN, history_indicator, interaction_matrix
 from recsys_lib.embedding import ItemVectors
 from recsys_lib.schema import ITEM_COL, TIMESTAMP_COL, USER_COL
 from recsys_lib.settings import RankSettings
@@ -131,6 +134,16 @@ def item_ease(pairs: pd.DataFrame, item_ids: pd.Index, max_items: int, l2: float
     return EASE(l2=l2, max_items=max_items).fit(_pairs_matrix(pairs, item_ids))
 
 
+def item_to_item(
+    pairs: pd.DataFrame | None, item_ids: pd.Index, knn_neighbours: int, ease_items: int, ease_l2: float
+) -> tuple[sp.csr_matrix | None, EASE | None]:
+    """(item-kNN neighbours, EASE) from the (user_id, item_id) pairs a retriever learned from; None where off."""
+    if (knn_neighbours or ease_items) and pairs is None:
+        raise ValueError("this ranker reads item-to-item scores: pass the (user_id, item_id) pairs to build them")
+    neighbours = item_neighbours(pairs, item_ids, knn_neighbours) if knn_neighbours else None
+    return neighbours, item_ease(pairs, item_ids, ease_items, ease_l2) if ease_items else None
+
+
 def _pairs_matrix(pairs: pd.DataFrame, item_ids: pd.Index) -> sp.csr_matrix:
     """The binary user x catalogue matrix of (user_id, item_id) pairs; items outside the catalogue dropped."""
     items = item_ids.get_indexer(pairs[ITEM_COL])
@@ -210,11 +223,7 @@ def _ranks(scores: np.ndarray) -> np.ndarray:
 
 def _knn_scores(ctx: RankingContext, seen: list[np.ndarray], ids: np.ndarray) -> np.ndarray:
     """[u, m] the item-kNN score of each candidate: its similarities to the user's items summed."""
-    items = [np.unique(np.asarray(h, dtype=np.int64)) for h in seen]
-    indptr = np.concatenate([[0], np.cumsum([len(h) for h in items])])
-    data = np.ones(indptr[-1], dtype=np.float32)
-    indices = np.concatenate(items) if items else np.empty(0, np.int64)
-    indicator = sp.csr_matrix((data, indices, indptr), shape=(len(seen), ctx.neighbours.shape[0]))
+    indicator = history_indicator(seen, ctx.neighbours.shape[0])
     knn = (indicator @ ctx.neighbours).tocsr()
     rows = np.repeat(np.arange(ids.shape[0]), ids.shape[1])
     return np.asarray(knn[rows, ids.ravel()], dtype=np.float32).reshape(ids.shape)
@@ -246,10 +255,7 @@ class Ranker:
     ) -> RankingContext:
         """The features' inputs, cut as this ranker learned them; ``pairs`` (user_id, item_id: the
         events the retriever learned from) give its item-kNN neighbours and EASE weights."""
-        if (self.knn_neighbours or self.ease_items) and pairs is None:
-            raise ValueError("this ranker reads item-to-item scores: pass the (user_id, item_id) pairs to build them")
-        neighbours = item_neighbours(pairs, items.ids, self.knn_neighbours) if self.knn_neighbours else None
-        ease = item_ease(pairs, items.ids, self.ease_items, self.ease_l2) if self.ease_items else None
+        neighbours, ease = item_to_item(pairs, items.ids, self.knn_neighbours, self.ease_items, self.ease_l2)
         return RankingContext(items, categories, events, self.recent_days, self.history_items, neighbours, ease)
 
     def score(self, features: np.ndarray) -> np.ndarray:
@@ -457,8 +463,8 @@ def fit_ranker(
             strictly before each validation event's time. Leaving other users' validation
             events out would make recent popularity lower here than where the ranker is used.
         pairs: (user_id, item_id) of the events the retriever trained on, validation events left
-            out: the item-kNN neighbours and EASE weights (a user's own held-out item must not co-occur with the
-            history it is ranked from).
+            out: the item-kNN neighbours and EASE weights (a user's own held-out item must not
+            co-occur with the history it is ranked from).
         validation: a ``ValidationSet`` with times.
     """
     from recsys_lib.models.two_tower import PAD
@@ -466,9 +472,7 @@ def fit_ranker(
     histories = [row[row != PAD] for row in validation.history]
     scores, ids = retrieve(retriever, histories, validation.exclude, cfg.candidates)
     events = EventLog.from_frame(events, retriever.items.ids)
-    item_ids = retriever.items.ids
-    neighbours = item_neighbours(pairs, item_ids, cfg.knn_neighbours) if cfg.knn_neighbours else None
-    ease = item_ease(pairs, item_ids, cfg.ease_items, cfg.ease_l2) if cfg.ease_items else None
+    neighbours, ease = item_to_item(pairs, retriever.items.ids, cfg.knn_neighbours, cfg.ease_items, cfg.ease_l2)
     ctx = RankingContext(retriever.items, categories, events, cfg.recent_days, validation.history.shape[1],
                          neighbours, ease)  # fmt: skip
     return train_ranker(ctx, histories, validation.time, validation.target, scores, ids, cfg, k, seed,

@@ -127,7 +127,7 @@ def test_the_trees_correct_the_best_collaborative_order_and_use_as_few_rounds_as
 def test_with_nothing_better_than_the_retrieval_order_the_ranker_is_not_used():
     pairs, ctx, histories, times, target, scores, ids = co_occurrence_world(np.random.default_rng(2))
     first = np.argmax(ids == target[:, None], axis=1)
-    ids[np.arange(len(ids)), first], ids[:, 0] = ids[:, 0], target  # the retriever puts the target first
+    ids[np.arange(len(ids)), first], ids[:, 0] = ids[:, 0].copy(), target  # the retriever puts the target first
     ranker = train_ranker(ctx, histories, times, target, scores, ids, dataclasses.replace(CFG, prior_scale=0.3), 1, 0)
     assert ranker.prior == "retrieval_rank" and not ranker.use  # it can at best tie the order it starts from
 
