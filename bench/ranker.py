@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> None:
 
     def report(name: str, lists: np.ndarray) -> None:
         m = ranking_metrics(lists, relevant, split.n_items, [10])
-        print(f"{name:<60} ndcg@10 {m['ndcg_at_10']:.4f}  recall@10 {m['recall_at_10']:.4f}", flush=True)
+        print(f"{name:<90} ndcg@10 {m['ndcg_at_10']:.4f}  recall@10 {m['recall_at_10']:.4f}", flush=True)
 
     print(f"{len(rows)} users with held-out items, {args.protocol}, {args.data_root}")
     _, ids = retrieve(retriever, [split.history_idx[r] for r in rows], exclude, 20)
@@ -99,9 +99,10 @@ def main(argv: list[str] | None = None) -> None:
         ranker = fit_ranker(retriever, categories, train[[ITEM_COL, TIMESTAMP_COL]], pairs, validation, rank,
                             settings.evaluate.primary_k, cfg.seed)  # fmt: skip
         if ranker is None:
-            print(f"{variant or 'defaults':<60} no ranker (too few users)")
+            print(f"{variant or 'defaults':<40} no ranker (too few users)")
             continue
-        check = f"check {ranker.check['retrieval_ndcg']:.4f} -> {ranker.check['ranker_ndcg']:.4f}"
+        check = (f"{ranker.prior or 'no prior'}, {ranker.rounds} rounds; "
+                 f"check {ranker.check['retrieval_ndcg']:.4f} -> {ranker.check['ranker_ndcg']:.4f} on {ranker.check['users']}")  # fmt: skip
         lists = ranked_lists(retriever, ranker, ranking, rows, exclude, fallback, 20)
         report(f"{variant or 'defaults'} ({check})", lists)
 

@@ -168,17 +168,41 @@ class EASE:
         out[:, self.covered] = self.matrix[users][:, self.covered] @ self.weights
         return out
 
+    def _covered_scores(self, seen: Sequence[np.ndarray]) -> np.ndarray:
+        """[u, covered] scores of the covered items from the items each user has seen (catalogue indices)."""
+        rows = [self.position[np.asarray(h, dtype=np.int64)] for h in seen]
+        return history_indicator([r[r >= 0] for r in rows], len(self.covered)) @ self.weights
+
     def pair_scores(self, seen: Sequence[np.ndarray], ids: np.ndarray, block: int = 1024) -> np.ndarray:
         """[u, m] each user's score for their candidates ``ids`` (catalogue indices, >= 0) from
         the items they have seen (catalogue indices); NaN where the candidate is not covered."""
         out = np.full(ids.shape, np.nan, dtype=np.float32)
         cols = self.position[ids]
         for start in range(0, len(seen), block):
-            rows = [self.position[np.asarray(h, dtype=np.int64)] for h in seen[start : start + block]]
-            dense = history_indicator([r[r >= 0] for r in rows], len(self.covered)) @ self.weights  # [block, covered]
+            dense = self._covered_scores(seen[start : start + block])
             part = cols[start : start + block]
             got = np.take_along_axis(dense, part.clip(min=0), axis=1)
             out[start : start + block] = np.where(part >= 0, got, np.nan)
+        return out
+
+    def top(self, seen: Sequence[np.ndarray], k: int, block: int = 1024) -> np.ndarray:
+        """[u, k] each user's best ``k`` covered items (catalogue indices, best first, -1 pads)
+        that they have not seen."""
+        out = np.full((len(seen), k), -1, dtype=np.int64)
+        k = min(k, len(self.covered))
+        if not k:
+            return out
+        for start in range(0, len(seen), block):
+            part = seen[start : start + block]
+            dense = self._covered_scores(part)
+            for row, history in enumerate(part):
+                pos = self.position[np.asarray(history, dtype=np.int64)]
+                dense[row, pos[pos >= 0]] = -np.inf
+            best = np.argpartition(-dense, k - 1, axis=1)[:, :k]
+            order = np.argsort(-np.take_along_axis(dense, best, axis=1), axis=1, kind="stable")
+            best = np.take_along_axis(best, order, axis=1)
+            ok = np.isfinite(np.take_along_axis(dense, best, axis=1))
+            out[start : start + len(part), :k] = np.where(ok, self.covered[best], -1)
         return out
 
 

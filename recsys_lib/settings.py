@@ -188,6 +188,7 @@ class RankSettings:
     knn_neighbours: int  # the item-kNN behind the knn_score feature (0: no such feature)
     ease_items: int  # the EASE behind the ease_score feature covers this many popular items (0: no such feature)
     ease_l2: float
+    ease_candidates: int  # EASE's best this many unseen items join the retriever's candidates (0: none)
     prior_scale: float  # the trees correct the best of PRIORS' orders, weighed so (0: they start from nothing)
 
 

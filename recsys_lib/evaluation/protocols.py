@@ -29,7 +29,7 @@ from recsys_lib import baselines as bl
 from recsys_lib.embedding import catalogue_indices
 from recsys_lib.evaluation.metrics import cold_item_slice, ranking_metrics, segment, share_of
 from recsys_lib.evaluation.report import CATALOGUE, CHAMPION, MODEL, EvaluationReport, Segment
-from recsys_lib.ranker import EventLog, Ranker, retrieve
+from recsys_lib.ranker import EventLog, Ranker
 from recsys_lib.recommend import rank_users
 from recsys_lib.retrieval import Retriever
 from recsys_lib.schema import DOCUMENT_COL, HISTORY_COL, ITEM_COL, SEEN_COL, USER_COL, VALIDATION_COL
@@ -240,8 +240,8 @@ def ranked_lists(
     """The retriever's candidates for split users ``rows`` re-ordered by ``ranker`` as of each
     user's cut-off, cut to ``depth``; users without candidates keep ``fallback_lists``."""
     histories = [ranking.histories[r] for r in rows]
-    scores, ids = retrieve(retriever, histories, exclude, max(ranker.candidates, depth))
     context = ranker.context(retriever.items, ranking.categories, ranking.events, ranking.pairs)
+    scores, ids = ranker.candidate_lists(retriever, context, histories, exclude, depth)
     _, ids = ranker.rerank(context, histories, ranking.times[rows], scores, ids, exclude)
     ids = ids[:, :depth]
     empty = (ids < 0).all(axis=1)

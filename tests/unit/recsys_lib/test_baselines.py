@@ -66,6 +66,22 @@ def test_ease_is_its_closed_form_over_the_most_popular_items():
     assert np.isnan(pairs[~np.isin(ids, ease.covered)]).all()  # NaN: missing, for the ranker's trees
 
 
+def test_ease_top_is_the_best_unseen_covered_items_in_order():
+    rng = np.random.default_rng(1)
+    matrix = bl.interaction_matrix(rng.integers(0, 40, 300), rng.integers(0, 25, 300), 40, 27)  # 25, 26: unseen
+    ease = bl.EASE(l2=5.0, max_items=20).fit(matrix)
+    seen = [matrix[u].indices for u in range(40)]
+    scores = ease.scores(np.arange(40))
+    for u, h in enumerate(seen):
+        scores[u, h] = -np.inf
+    top = ease.top(seen, 5, block=16)
+    np.testing.assert_array_equal(top, np.argsort(-scores, axis=1, kind="stable")[:, :5])
+    assert np.isin(top, ease.covered).all()
+    wide = ease.top(seen[:3], 30)  # more than it covers: the unseen covered items, then padding
+    for u in range(3):
+        assert (wide[u] >= 0).sum() == len(np.setdiff1d(ease.covered, seen[u])) and (wide[u, 20:] == -1).all()
+
+
 def test_ease_recommends_the_co_consumed_item():
     ease = bl.EASE(l2=0.5).fit(MATRIX)
     assert bl.rank_users(ease, np.array([2]), [MATRIX[2].indices], 1).tolist() == [[1]]

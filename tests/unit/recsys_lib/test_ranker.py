@@ -19,8 +19,11 @@ from recsys_lib.ranker import (
     item_ease,
     item_neighbours,
     ndcg_of_lists,
+    ranker_candidates,
+    retrieve,
     train_ranker,
 )
+from recsys_lib.retrieval import retrieval_items
 from recsys_lib.rules import BusinessRules
 from recsys_lib.settings import RankSettings
 
@@ -28,7 +31,7 @@ DAY = 86_400
 ITEMS = pd.Index(["a", "b", "c"], dtype=object)
 CFG = RankSettings(enabled=True, candidates=3, recent_days=30, rounds=50, learning_rate=0.1, num_leaves=7,
                    min_users=20, validation_share=0.5, knn_neighbours=0, ease_items=0, ease_l2=0.0,
-                   prior_scale=0.0)  # fmt: skip
+                   prior_scale=0.0, ease_candidates=0)  # fmt: skip
 
 
 def log_of(rows):
@@ -208,6 +211,56 @@ def test_a_ranker_saved_before_a_feature_was_added_still_scores(tmp_path):
     (folder / "ranker.json").write_text(json.dumps(meta))
     with pytest.raises(ValueError, match="a_feature_from_the_future"):
         Ranker.load(folder)
+
+
+class ExactRetriever:
+    """Exact inner-product search over ``retrieval_items`` with given user queries."""
+
+    def __init__(self, items, queries):
+        self.items, self.queries, self.batch_size = items, queries, 16
+        self.rows = retrieval_items(items.vectors, items.bias)
+
+    def user_queries(self, histories):
+        return self.queries[: len(histories)], np.array([len(h) == 0 for h in histories])
+
+    def search(self, queries, k):
+        scores = queries @ self.rows.T
+        ids = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        return np.take_along_axis(scores, ids, axis=1), ids
+
+
+def test_widened_candidates_carry_their_exact_retrieval_scores_once():
+    items = ItemVectors(pd.Index(list("abcdef")), np.eye(6, 3, dtype=np.float32), np.arange(6, dtype=np.float32) / 10)
+    queries = np.array([[1.0, 0.0, 0.0, 1.0], [0.0, 2.0, 0.0, 1.0]], np.float32)  # [user / T, 1]
+    retriever = ExactRetriever(items, queries)
+    seen = [np.array([1]), np.array([0])]
+    also = np.array([[5, 2, -1], [3, 4, 1]])  # 5 and 1 are already retrieved for the user they are added to
+    scores, ids = retrieve(retriever, [np.array([1]), np.array([0])], seen, 2, also)
+    assert ids.tolist() == [[0, 5, 2, -1, -1], [1, 5, 4, 3, -1]]
+    exact = queries @ retriever.rows.T
+    for u in range(2):
+        np.testing.assert_allclose(scores[u, ids[u] >= 0], exact[u, ids[u][ids[u] >= 0]], rtol=1e-6)
+        assert np.isneginf(scores[u, ids[u] < 0]).all()
+
+
+def test_ease_candidates_bring_what_the_retriever_misses_to_the_ranker():
+    rng = np.random.default_rng(3)
+    pairs, ctx, histories, times, target, _, _ = co_occurrence_world(rng)
+    ease = item_ease(pairs, ctx.items.ids, max_items=100, l2=1.0)
+    ctx = dataclasses.replace(ctx, ease=ease)
+    # a retriever blind to co-occurrence: random queries over four-dimensional vectors
+    retriever = ExactRetriever(ctx.items, rng.normal(size=(len(histories), 5)).astype(np.float32))
+    plain = retrieve(retriever, histories, histories, 3)[1]
+    assert (plain == target[:, None]).any(1).mean() < 0.5
+    scores, ids = ranker_candidates(retriever, ease, histories, histories, 3, ease_candidates=2)
+    assert ids.shape == (len(histories), 5) and (ids == target[:, None]).any(1).all()
+    cfg = dataclasses.replace(CFG, ease_items=100, ease_l2=1.0, prior_scale=0.3, ease_candidates=2)
+    ranker = train_ranker(ctx, histories, times, target, scores, ids, cfg, k=1, seed=0)
+    assert ranker.use and ranker.ease_candidates == 2 and ranker.check["ranker_ndcg"] == 1.0
+    served = ServedRanking(ranker, ranker.context(ctx.items, ctx.categories, ctx.events, pairs), 400 * DAY)
+    n_items = len(ctx.items)
+    _, top = served.rerank_users(retriever, histories, histories, 1, BusinessRules.none(n_items), np.ones(n_items))
+    np.testing.assert_array_equal(top[:, 0], target)  # served: widened, re-ranked, the partner first
 
 
 class FixedRetriever:
