@@ -101,8 +101,9 @@ def main(argv: list[str] | None = None) -> None:
         if ranker is None:
             print(f"{variant or 'defaults':<40} no ranker (too few users)")
             continue
-        check = (f"{ranker.prior or 'no prior'}, {ranker.rounds} rounds; "
-                 f"check {ranker.check['retrieval_ndcg']:.4f} -> {ranker.check['ranker_ndcg']:.4f} on {ranker.check['users']}")  # fmt: skip
+        scores = ranker.check
+        check = (f"{ranker.prior or 'no prior'}, {ranker.rounds} rounds; check {scores['retrieval_ndcg']:.4f} -> "
+                 f"{scores['ranker_ndcg']:.4f} on {scores['users']}")  # fmt: skip
         lists = ranked_lists(retriever, ranker, ranking, rows, exclude, fallback, 20)
         report(f"{variant or 'defaults'} ({check})", lists)
 
