@@ -6,8 +6,15 @@ import pytest
 import torch
 
 from recsys_lib.models.examples import build_examples, build_validation, prepare_serving_data, prepare_training_data
+from recsys_lib.models.inference import cpu_bf16
 from recsys_lib.models.training import train_nightly, train_two_tower, warmup_linear_decay
 from recsys_lib.models.two_tower import TokenizedDocuments, TwoTowerModel, embed_text, embed_users, history_matrix
+
+
+def pooled_outputs(model, docs, cfg):
+    """The transformer's pooled outputs at the precision training ran in (bf16 autocast on a CPU
+    with bf16 units, by ``cpu_precision``), so they compare with what training cached."""
+    return embed_text(model, docs, 64, "cpu", pooled=True, cpu_bf16=cpu_bf16(cfg.cpu_precision, torch.device("cpu")))
 
 
 @pytest.mark.slow
@@ -35,7 +42,7 @@ def test_training_reduces_the_loss_and_is_seeded(tiny_encoder, settings):
         report, pooled = train_two_tower(model, docs, model.id_rows(items), ex, cfg, torch.device("cpu"), validation,
                                          ks=(10,))  # fmt: skip
         # The outputs it hands back are those of the restored (best) state: nobody re-encodes.
-        torch.testing.assert_close(pooled, embed_text(model, docs, 64, "cpu", pooled=True))
+        torch.testing.assert_close(pooled, pooled_outputs(model, docs, cfg))
         return model, report
 
     _, first = fit()
@@ -72,7 +79,7 @@ def test_frozen_steps_train_the_heads_and_leave_the_encoder_as_pretrained(tiny_e
         examples = build_examples(interactions, items, 3)
         report, pooled = train_two_tower(model, docs, model.id_rows(items), examples, cfg, torch.device("cpu"),
                                          ks=(10,))  # fmt: skip
-        torch.testing.assert_close(pooled, embed_text(model, docs, 64, "cpu", pooled=True))
+        torch.testing.assert_close(pooled, pooled_outputs(model, docs, cfg))
         changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
         return report, changed
 
@@ -109,8 +116,8 @@ def test_the_served_model_learns_from_everything_the_evaluation_model_never_saw(
     served_docs = TokenizedDocuments.from_texts(tokenizer, texts[:3] + ["red apple 3 crunchy"] + texts[4:], 16)
     models = train_nightly(model, docs, items, train, served_data, cfg, torch.device("cpu"), ks=(10,),
                            served_documents=served_docs)  # fmt: skip
-    torch.testing.assert_close(models.evaluation_pooled, embed_text(models.evaluation, docs, 64, "cpu", pooled=True))
-    torch.testing.assert_close(models.pooled, embed_text(models.served, served_docs, 64, "cpu", pooled=True))
+    torch.testing.assert_close(models.evaluation_pooled, pooled_outputs(models.evaluation, docs, cfg))
+    torch.testing.assert_close(models.pooled, pooled_outputs(models.served, served_docs, cfg))
     assert not torch.equal(models.pooled[3], models.evaluation_pooled[3])
     assert models.served.item_tower.encoder is models.evaluation.item_tower.encoder  # frozen, shared
     assert models.report["refit.steps"] == 40 and models.report["refit.id_vocab"] == 16
