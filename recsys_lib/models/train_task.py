@@ -120,6 +120,8 @@ class TwoTowerTrainTask(nn.Module):
             frozen); None encodes them.
         text_pairs: "search" and "interests" pairs for the text losses (weights:
             ``train.search_loss_weight``, ``train.interests_loss_weight``); missing kinds: none.
+        side: [n_items, side_dim] the items' side vectors (rows of zeros: none), for a model
+            that takes them; None: none.
     """
 
     def __init__(
@@ -133,6 +135,7 @@ class TwoTowerTrainTask(nn.Module):
         device: torch.device,
         pooled: torch.Tensor | None = None,
         text_pairs: dict[str, SearchPairs] | None = None,
+        side: torch.Tensor | None = None,
     ):
         super().__init__()
         self.model = model
@@ -142,6 +145,7 @@ class TwoTowerTrainTask(nn.Module):
         self.device = torch.device(device)
         self.cpu_bf16 = cpu_bf16(cfg.cpu_precision, self.device)
         self.id_rows = torch.as_tensor(id_rows, dtype=torch.long, device=device)
+        self.side = None if side is None or not model.config.side_dim else side.float().to(self.device)
         counts = np.bincount(targets, minlength=len(documents)).astype(np.float64)
         # Extra negatives are drawn from items that are positives somewhere in training: drawing
         # never-seen items would teach the model that unseen texts are bad, the opposite of what
@@ -180,8 +184,12 @@ class TwoTowerTrainTask(nn.Module):
     def item_vectors(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(unit vectors [n, d], biases [n]) of the catalogue from the cache, as served."""
         tower = self.model.item_tower
-        text = tower.project(self.pooled_cache)
+        text = tower.project(self.pooled_cache, self.side)
         return tower.combine(text, self.id_rows), tower.bias(text, self.id_rows)
+
+    def _side(self, items: torch.Tensor) -> torch.Tensor | None:
+        """Side vectors of catalogue indices ``items`` (any shape, flattened), or None."""
+        return None if self.side is None else self.side[items.reshape(-1)]
 
     def _id_rows(self, items: torch.Tensor) -> torch.Tensor:
         """ID rows of ``items`` with ``id_dropout`` of them hidden (NO_ID)."""
@@ -205,14 +213,15 @@ class TwoTowerTrainTask(nn.Module):
             pooled = torch.cat([fresh.detach(), self.pooled_cache[candidate_ids[batch.encoded :]]])
         else:
             pooled = self.pooled_cache[candidate_ids]
-        candidate_text = tower.project(pooled)
+        candidate_text = tower.project(pooled, self._side(candidate_ids))
         candidate_rows = self._id_rows(candidate_ids)
         candidates = tower.combine(candidate_text, candidate_rows)
         candidate_bias = tower.bias(candidate_text, candidate_rows)
 
         hist_mask = batch.history != PAD
         hist_items = batch.history.clamp(min=0)
-        hist_text = tower.project(self.pooled_cache[hist_items.reshape(-1)]).reshape(*hist_items.shape, -1)
+        hist_text = tower.project(self.pooled_cache[hist_items.reshape(-1)], self._side(hist_items))
+        hist_text = hist_text.reshape(*hist_items.shape, -1)
         hist_vectors = tower.combine(hist_text, self._id_rows(hist_items))
         users = model.encode_users(hist_vectors * hist_mask.unsqueeze(-1), hist_mask).float()
 
@@ -231,7 +240,8 @@ class TwoTowerTrainTask(nn.Module):
         encoder_loss = None
         if fresh is not None:
             n = batch.encoded
-            fresh_text, fresh_rows, target = tower.project(fresh), candidate_rows[:n], batch.target[:n]
+            target = batch.target[:n]
+            fresh_text, fresh_rows = tower.project(fresh, self._side(target)), candidate_rows[:n]
             encoder_loss = sampled_softmax_loss(
                 users[:n],
                 tower.combine(fresh_text, fresh_rows),
@@ -264,7 +274,7 @@ class TwoTowerTrainTask(nn.Module):
             with autocast(self.device, self.cpu_bf16):
                 pooled = torch.cat([tower.pool(ids, mask).float(), pooled[len(fresh) :]])
         queries = tower.project(pooled)
-        item_text, item_rows = tower.project(self.pooled_cache[items]), self._id_rows(items)
+        item_text, item_rows = tower.project(self.pooled_cache[items], self._side(items)), self._id_rows(items)
         positives = tower.combine(item_text, item_rows)
         logits = queries @ torch.cat([positives, candidates.float()]).T / self.model.temperature
         if text.with_bias:

@@ -192,6 +192,7 @@ def train_two_tower(
     pooled: torch.Tensor | None = None,
     keep_initial: bool = False,
     text_pairs: dict[str, SearchPairs] | None = None,
+    side: torch.Tensor | None = None,
 ) -> tuple[dict[str, float], torch.Tensor]:
     """Fine-tune ``model`` in place; returns (a summary of the run, the transformer's pooled
     outputs for ``documents`` from the model as it ends: kept from the refresh that measured
@@ -207,6 +208,7 @@ def train_two_tower(
         keep_initial: the starting state (a warm start) competes with every checkpoint of the
             run: a night that cannot improve on its champion keeps it rather than degrade it.
         text_pairs: "search" / "interests" pairs for the text losses (see TwoTowerTrainTask).
+        side: [n_items, side_dim] the items' side vectors, for a model that takes them.
     """
     if len(examples) < 2:
         raise DataValidationError(
@@ -225,7 +227,8 @@ def train_two_tower(
     optimizer, scheduler = build_optimizer(model, cfg, frozen, steps)
     batch_size = min(cfg.batch_size, len(examples))
     encoded = max(1, min(cfg.encoder_batch_size, batch_size))
-    task = TwoTowerTrainTask(model, documents, id_rows, examples.target, cfg, batch_size, device, pooled, text_pairs)
+    task = TwoTowerTrainTask(model, documents, id_rows, examples.target, cfg, batch_size, device, pooled, text_pairs,
+                             side)  # fmt: skip
     sampler = BatchSampler(examples, task.warm_items, batch_size, cfg)
     stopper = EarlyStopping(f"val_ndcg_at_{ks[0]}", cfg.patience)
     if keep_initial and validation is not None and len(validation):

@@ -5,6 +5,9 @@ that starts as the identity, so an untrained model is exactly the pretrained sen
 Warm items (seen in training) also have a learned ID embedding that is added to the text vector;
 it starts at zero, and training drops it at random (ID dropout) so that the text alone must land
 an item where its ID would: a brand-new item, known only by its text, is then recommendable.
+Items may also carry a precomputed *side vector* (an image embedding, say): a gated projection
+adds it to the text vector, per dimension (a gated multimodal unit, Arevalo et al., 2017); it
+starts at zero, so the model starts as the text alone, and an item without one is its text.
 User tower: a recency-aware transformer layer over the vectors of the user's latest items,
 then attention pooling; it starts as the plain mean of the history (its residual branches and
 the pooling query are zero-initialised).
@@ -49,6 +52,7 @@ class TwoTowerConfig:
     base_encoder: str
     user_layers: int = 1
     user_heads: int = 4
+    side_dim: int = 0  # width of the items' side vectors (0: none)
 
 
 def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -66,10 +70,19 @@ def _identity_linear(dim: int) -> nn.Linear:
 
 
 class ItemTower(nn.Module):
-    def __init__(self, encoder: nn.Module, dim: int, n_ids: int):
+    def __init__(self, encoder: nn.Module, dim: int, n_ids: int, side_dim: int = 0):
         super().__init__()
         self.encoder = encoder
         self.projection = _identity_linear(dim)
+        self.side_dim = side_dim
+        if side_dim:
+            # What the side vector adds, and how much of it per dimension, given both: zero at
+            # first (the text alone), and zero for an item without a side vector (all zeros).
+            self.side_projection = nn.Linear(side_dim, dim, bias=False)
+            nn.init.zeros_(self.side_projection.weight)
+            self.side_gate = nn.Linear(dim + side_dim, dim)
+            nn.init.zeros_(self.side_gate.weight)
+            nn.init.zeros_(self.side_gate.bias)
         self.id_embedding = nn.Embedding(n_ids + 1, dim)
         nn.init.zeros_(self.id_embedding.weight)
         # Item bias (a logit offset: how likely the item is for anyone), from the text and,
@@ -85,9 +98,15 @@ class ItemTower(nn.Module):
         hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         return mean_pool(hidden, attention_mask)
 
-    def project(self, pooled: torch.Tensor) -> torch.Tensor:
-        """Unit text vectors [B, d] from pooled transformer outputs."""
-        return F.normalize(self.projection(pooled.float()), dim=-1)
+    def project(self, pooled: torch.Tensor, side: torch.Tensor | None = None) -> torch.Tensor:
+        """Unit content vectors [B, d] from pooled transformer outputs and, when the model takes
+        them, the items' side vectors [B, side_dim] (rows of zeros or None: none)."""
+        text = self.projection(pooled.float())
+        if self.side_dim and side is not None:
+            side = F.normalize(side.float(), dim=-1)  # any scale in; zeros stay zeros
+            gate = torch.sigmoid(self.side_gate(torch.cat([F.normalize(text, dim=-1), side], dim=-1)))
+            text = text + gate * self.side_projection(side)
+        return F.normalize(text, dim=-1)
 
     def text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Unit text vectors [B, d] of tokenized documents."""
@@ -148,7 +167,7 @@ class TwoTowerModel(nn.Module):
         super().__init__()
         self.config = config
         self.id_vocab = pd.Index([] if id_vocab is None else list(id_vocab), dtype=object)
-        self.item_tower = ItemTower(encoder, config.dim, len(self.id_vocab))
+        self.item_tower = ItemTower(encoder, config.dim, len(self.id_vocab), config.side_dim)
         self.user_tower = UserTower(config.dim, config.history_length, config.user_layers, config.user_heads)
         self.log_temperature = nn.Parameter(torch.tensor(math.log(config.temperature)))
 
@@ -177,10 +196,12 @@ class TwoTowerModel(nn.Module):
         return h.hexdigest()[:16]
 
     @torch.no_grad()
-    def items_from_pooled(self, pooled: torch.Tensor, id_rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(unit item vectors [n, d], biases [n]) from the transformer's pooled outputs: the
-        cheap rest of the item tower (projection, ID embedding, bias)."""
-        text = self.item_tower.project(pooled)
+    def items_from_pooled(
+        self, pooled: torch.Tensor, id_rows: torch.Tensor, side: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(unit item vectors [n, d], biases [n]) from the transformer's pooled outputs (and the
+        items' side vectors): the cheap rest of the item tower (projection, ID embedding, bias)."""
+        text = self.item_tower.project(pooled, side)
         return self.item_tower.combine(text, id_rows), self.item_tower.bias(text, id_rows)
 
     def encode_items(
@@ -282,6 +303,7 @@ class TwoTowerModel(nn.Module):
         id_vocab: pd.Index | None = None,
         user_layers: int = 1,
         seed: int = 0,
+        side_dim: int = 0,
     ):
         """A fresh model around a pretrained encoder; returns (model, tokenizer).
 
@@ -299,6 +321,7 @@ class TwoTowerModel(nn.Module):
             base_encoder=encoder_name,
             user_layers=user_layers,
             user_heads=next(h for h in (4, 2, 1) if dim % h == 0),
+            side_dim=side_dim,
         )
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
