@@ -52,6 +52,7 @@ def run(settings: Settings, ds: str) -> dict[str, Any]:
         VALIDATION_COL,
         day_end_seconds,
     )
+    from recsys_lib.side_vectors import read_side_vectors
     from recsys_lib.storage import FeatureTable, Storage
     from recsys_lib.tracking import (
         CANDIDATE,
@@ -75,6 +76,8 @@ def run(settings: Settings, ds: str) -> dict[str, Any]:
     interactions = storage.read_features(FeatureTable.INTERACTIONS_TRAIN, ds)
     all_interactions = storage.read_features(FeatureTable.INTERACTIONS_ALL, ds)
     events = [USER_COL, ITEM_COL, TIMESTAMP_COL]
+    item_ids = pd.Index(documents[ITEM_COL])
+    side = read_side_vectors(storage, item_ids, ds)
     fingerprint = training_fingerprint(
         [
             documents[[ITEM_COL, CONTENT_HASH_COL]],
@@ -82,6 +85,7 @@ def run(settings: Settings, ds: str) -> dict[str, Any]:
             pairs,
             interactions[events + [VALIDATION_COL]],
             all_interactions[events],
+            *([] if side is None else [pd.DataFrame(side)]),
         ],
         settings,
     )
@@ -92,7 +96,6 @@ def run(settings: Settings, ds: str) -> dict[str, Any]:
         tracker.set_alias(CANDIDATE, mv.version)
         return {"ds": ds, "run_id": previous, "model_version": mv.version, "model": mv.label, "reused": True}
 
-    item_ids = pd.Index(documents[ITEM_COL])
     history_length = settings.model.history_length
     ranking_share = settings.rank.validation_share if settings.rank.enabled else 0.0
     train = prepare_training_data(item_ids, interactions, history_length, cfg.max_validation_users, cfg.seed,
@@ -120,7 +123,9 @@ def run(settings: Settings, ds: str) -> dict[str, Any]:
         log.info("champion %s was trained for %s, after %s: not warm-starting from it", champion.label,
                  champion.tags["ds"], ds)  # fmt: skip
         champion = None
-    model, tokenizer, warm_started = initial_model(settings.model, cfg, train.id_vocab, _warm_start(tracker, champion))
+    side_dim = 0 if side is None else side.shape[1]
+    model, tokenizer, warm_started = initial_model(settings.model, cfg, train.id_vocab, _warm_start(tracker, champion),
+                                                   side_dim)  # fmt: skip
     warm_start = champion.label if warm_started else "none"
     # The transformer's cadence: between fine-tuning nights it stays the champion's, frozen.
     encoder_ds = champion.tags.get(ENCODER_DS_TAG) if warm_started else None
@@ -158,10 +163,10 @@ def run(settings: Settings, ds: str) -> dict[str, Any]:
         models = train_nightly(model, evaluation_docs, item_ids, train, everything, night, device, settings.evaluate.k,
                                on_step=lambda step, m: tracker.log_metrics(run_id, m, step),
                                warm_started=warm_started, served_documents=docs, text_pairs=text_pairs,
-                               pooled=known)  # fmt: skip
+                               pooled=known, side=None if side is None else torch.from_numpy(side))  # fmt: skip
         models.report |= {"fine_tuned": float(fine_tune),
                           "transformer_documents": float(len(new_outputs) if known is not None else len(documents))}
-        retriever = _evaluation_retriever(settings, models, item_ids, tokenizer)
+        retriever = _evaluation_retriever(settings, models, item_ids, tokenizer, side)
         ranker = _fit_ranker(settings, retriever, documents, ranker_events, ranker_pairs, train.ranking)
         interests = check_interests(retriever, train.validation, pairs, _popularity(item_ids, ranker_events),
                                     settings.evaluate.primary_k)  # fmt: skip
@@ -174,7 +179,7 @@ def run(settings: Settings, ds: str) -> dict[str, Any]:
         if len(new_outputs):  # a night that kept its transformer adds only its new and edited items
             storage.add_encoder_outputs(models.served.encoder_fingerprint(), new_outputs.to_table())
         with storage.temp_dir() as tmp:
-            served = _item_vectors(models.served.cpu(), models.pooled, item_ids)
+            served = _item_vectors(models.served.cpu(), models.pooled, item_ids, side)
             tracker.log_served_model(run_id, models.served, tokenizer, served, served_popularity, settings.index,
                                      example_histories)  # fmt: skip
             models.evaluation.save(f"{tmp}/{EVALUATION_MODEL_ARTIFACT}", tokenizer)
@@ -238,13 +243,15 @@ def _text_pairs(settings: Settings, item_ids, pairs, train_events, all_events):
     return tuple(out)
 
 
-def _item_vectors(model, pooled, item_ids):
-    """A model's ItemVectors of the catalogue, from the transformer's pooled outputs."""
+def _item_vectors(model, pooled, item_ids, side=None):
+    """A model's ItemVectors of the catalogue, from the transformer's pooled outputs (and the
+    items' side vectors)."""
     import torch
 
     from recsys_lib.embedding import ItemVectors
 
-    vectors, bias = model.items_from_pooled(pooled.cpu(), torch.as_tensor(model.id_rows(item_ids)))
+    side = None if side is None else torch.from_numpy(side)
+    vectors, bias = model.items_from_pooled(pooled.cpu(), torch.as_tensor(model.id_rows(item_ids)), side)
     return ItemVectors(item_ids, vectors.numpy(), bias.numpy())
 
 
@@ -257,12 +264,12 @@ def _example_histories(events, users: int = 3, length: int = 5) -> list[list[str
     return [list(map(str, items)) for _, items in latest.groupby(USER_COL, sort=True)[ITEM_COL]]
 
 
-def _evaluation_retriever(settings: Settings, models, item_ids, tokenizer):
+def _evaluation_retriever(settings: Settings, models, item_ids, tokenizer, side=None):
     """The evaluation model (on the CPU) over its own item vectors, for the checks below."""
     from recsys_lib.retrieval import Retriever
 
     model = models.evaluation.cpu()
-    items = _item_vectors(model, models.evaluation_pooled, item_ids)
+    items = _item_vectors(model, models.evaluation_pooled, item_ids, side)
     return Retriever.with_index(model, items, settings.index, settings.recommend.user_batch_size, tokenizer)
 
 

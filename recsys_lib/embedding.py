@@ -147,13 +147,15 @@ def embed_catalogue(
     device,
     cached: EncoderOutputs | None = None,
     pool=None,
+    side: np.ndarray | None = None,
 ) -> tuple[ItemVectors, EncoderOutputs]:
     """Vectors for every document; the transformer runs only for content hashes ``cached`` lacks.
 
     The transformer's pooled output depends on the text and the encoder alone, so it is cached
     per (content hash, encoder fingerprint); the rest of the item tower (projection, ID
     embedding, bias) is cheap and applied to every item. Arguments as ``pooled_outputs``'s;
-    ``model`` is a ``TwoTowerModel``, ``documents`` in catalogue order.
+    ``model`` is a ``TwoTowerModel``, ``documents`` in catalogue order, ``side`` the items' side
+    vectors in that order (for a model that takes them).
     Returns:
         (the item vectors in ``documents`` order, the pooled outputs computed now).
     """
@@ -161,7 +163,8 @@ def embed_catalogue(
 
     pooled, computed = pooled_outputs(model, tokenizer, documents, batch_size, device, cached, pool)
     id_rows = torch.as_tensor(model.id_rows(documents[ITEM_COL]))
-    vectors, bias = model.items_from_pooled(torch.from_numpy(pooled), id_rows)
+    side = None if side is None else torch.from_numpy(side)
+    vectors, bias = model.items_from_pooled(torch.from_numpy(pooled), id_rows, side)
     items = ItemVectors(pd.Index(documents[ITEM_COL], dtype=object), vectors.numpy(), bias.numpy())
     return items, computed
 
@@ -250,7 +253,12 @@ def embed_version(
         def pool(texts: list[str]) -> np.ndarray:
             return local(TokenizedDocuments.from_texts(tokenizer, texts, model.config.max_length))
 
-    items, computed = embed_catalogue(model, tokenizer, documents, cfg.batch_size, device, cached, pool)
+    side = None
+    if model.config.side_dim:
+        from recsys_lib.side_vectors import read_side_vectors
+
+        side = read_side_vectors(storage, pd.Index(documents[ITEM_COL], dtype=object), ds, model.config.side_dim)
+    items, computed = embed_catalogue(model, tokenizer, documents, cfg.batch_size, device, cached, pool, side)
     if len(computed):
         storage.add_encoder_outputs(key, computed.to_table())
     uri = None

@@ -113,6 +113,7 @@ class ModelSettings:
     max_length: int
     history_length: int
     user_layers: int
+    side_vectors: str
 
 
 @dataclass(frozen=True)

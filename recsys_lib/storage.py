@@ -629,8 +629,12 @@ class Storage:
 
     def read_text(self, location: str) -> str:
         """A text file named by a path or URI in settings (e.g. ``rules.blocked_items_file``)."""
+        return self.read_location(location).decode()
+
+    def read_location(self, location: str) -> bytes:
+        """A file named by a path or URI in settings (e.g. ``model.side_vectors``)."""
         parent, _, name = location.rstrip("/").rpartition("/")
-        return open_store(parent or ".", self.settings.storage).read_bytes(name).decode()
+        return open_store(parent or ".", self.settings.storage).read_bytes(name)
 
     # Local scratch: torch and FAISS need real files; caches are safe to delete.
     def scratch(self, *parts: str) -> Path:

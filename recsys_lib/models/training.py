@@ -354,6 +354,7 @@ def train_nightly(
     served_documents: TokenizedDocuments | None = None,
     text_pairs: tuple[dict[str, SearchPairs], dict[str, SearchPairs]] = ({}, {}),
     pooled: tuple[torch.Tensor, torch.Tensor] | None = None,
+    side: torch.Tensor | None = None,
 ) -> NightlyModels:
     """Train the evaluation model on ``train`` (early stopping on its validation events), then
     continue a copy of it on ``everything`` with ID tables over every item that has interactions:
@@ -364,12 +365,13 @@ def train_nightly(
     left out), ``served_documents`` the whole item documents the served model continues on (None:
     the same); ``text_pairs``: the (evaluation, served) models' text pairs. ``pooled``: the
     transformer's outputs for (``documents``, ``served_documents``) when they are known (from the
-    encoder-output cache) and ``cfg`` keeps the transformer frozen: then it never runs on them."""
+    encoder-output cache) and ``cfg`` keeps the transformer frozen: then it never runs on them.
+    ``side``: the items' side vectors, for a model that takes them (both models read the same)."""
     if pooled is not None and (cfg.trainable_layers != 0 or cfg.lora_rank > 0):
         raise ValueError("known transformer outputs need a frozen transformer (frozen_encoder_settings)")
     report, evaluation_pooled = train_two_tower(
         model, documents, model.id_rows(item_ids), train.examples, cfg, device, train.validation, on_step, ks=ks,
-        keep_initial=warm_started, text_pairs=text_pairs[0], pooled=None if pooled is None else pooled[0],
+        keep_initial=warm_started, text_pairs=text_pairs[0], pooled=None if pooled is None else pooled[0], side=side,
     )  # fmt: skip
     if pooled is not None:
         pooled = pooled[1]
@@ -384,7 +386,7 @@ def train_nightly(
     served_documents = documents if served_documents is None else served_documents
     refit, _ = train_two_tower(
         served, served_documents, served.id_rows(item_ids), everything.examples, refit_settings(cfg), device,
-        pooled=pooled, ks=ks, text_pairs=text_pairs[1],
+        pooled=pooled, ks=ks, text_pairs=text_pairs[1], side=side,
     )  # fmt: skip
     report |= {f"refit.{k}": refit[k] for k in ("train_loss", "first_loss", "steps", "epochs", "train_seconds")}
     report |= {"refit.id_vocab": float(len(everything.id_vocab))}
@@ -417,19 +419,21 @@ def _add_lora(model: TwoTowerModel, rank: int) -> None:
 
 
 def initial_model(
-    cfg: ModelSettings, train: TrainSettings, id_vocab: pd.Index, champion: Path | None = None
+    cfg: ModelSettings, train: TrainSettings, id_vocab: pd.Index, champion: Path | None = None, side_dim: int = 0
 ) -> tuple[TwoTowerModel, object, bool]:
     """(model, tokenizer, warm_started): the champion's checkpoint with its ID tables grown to
-    ``id_vocab`` when it loads and has this architecture, else a fresh model around the
-    pretrained encoder ``cfg.encoder``."""
+    ``id_vocab`` when it loads and has this architecture (``side_dim``: the width of the items'
+    side vectors tonight, 0 for none), else a fresh model around the pretrained encoder
+    ``cfg.encoder``."""
     if champion is not None:
         try:
             model, tokenizer = TwoTowerModel.load(champion)
         except (OSError, ValueError, KeyError, TypeError) as e:
             log.warning("cannot warm-start from %s (%s); training from the pretrained encoder", champion, e)
         else:
-            wanted = (cfg.encoder, cfg.history_length, cfg.user_layers)
-            if (model.config.base_encoder, model.config.history_length, model.config.user_layers) == wanted:
+            wanted = (cfg.encoder, cfg.history_length, cfg.user_layers, side_dim)
+            config = model.config
+            if (config.base_encoder, config.history_length, config.user_layers, config.side_dim) == wanted:
                 return model.with_id_vocab(id_vocab), tokenizer, True
             log.info("the champion has another architecture; training from the pretrained encoder")
     model, tokenizer = TwoTowerModel.from_encoder(
@@ -440,6 +444,7 @@ def initial_model(
         id_vocab=id_vocab,
         user_layers=cfg.user_layers,
         seed=train.seed,
+        side_dim=side_dim,
     )
     return model, tokenizer, False
 
