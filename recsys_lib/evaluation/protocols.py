@@ -27,7 +27,14 @@ import scipy.sparse as sp
 
 from recsys_lib import baselines as bl
 from recsys_lib.embedding import catalogue_indices
-from recsys_lib.evaluation.metrics import cold_item_slice, ranking_metrics, segment, share_of
+from recsys_lib.evaluation.metrics import (
+    cold_item_slice,
+    ndcg_per_user,
+    paired_interval,
+    ranking_metrics,
+    segment,
+    share_of,
+)
 from recsys_lib.evaluation.report import CATALOGUE, CHAMPION, MODEL, EvaluationReport, Segment
 from recsys_lib.ranker import EventLog, Ranker
 from recsys_lib.recommend import rank_users
@@ -306,6 +313,9 @@ def evaluate_candidate(
             for name, lst in lists.items()
         }
     n_light = int(warm.light.sum())
+    model_ndcg = ndcg_per_user(lists[MODEL], warm.relevant, ks[0])
+    gaps = {name: list(paired_interval(model_ndcg, ndcg_per_user(lst, warm.relevant, ks[0]), seed))
+            for name, lst in lists.items() if name != MODEL}  # fmt: skip
     return EvaluationReport(
         ds=ds,
         model_version=model_version,
@@ -315,6 +325,7 @@ def evaluate_candidate(
         cold_items=cold_item_segment(split, candidate, served_lists, ks[0], depth, seed),
         tuned=tuned,
         seconds=time.perf_counter() - started,
+        gaps=gaps,
     )
 
 

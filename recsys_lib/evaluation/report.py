@@ -57,6 +57,9 @@ class EvaluationReport:
     seconds: float = 0.0
     search: Segment = field(default_factory=lambda: Segment("search", 0, {}, "not measured"))
     text_users: Segment = field(default_factory=lambda: Segment("users described in words", 0, {}, "not measured"))
+    # ranker -> [model minus ranker, 95% low, 95% high] in the primary metric on all users
+    # (a paired bootstrap over the users): whether a gap is more than noise.
+    gaps: dict[str, list[float]] = field(default_factory=dict)
 
     @property
     def primary_metric(self) -> str:
@@ -109,7 +112,19 @@ class EvaluationReport:
                 parts.append(format_table(segment.rankers, cols, segment.title))
             else:
                 parts.append(f"{segment.title}: {segment.note}")
+            if segment is self.all_users and self.gaps:
+                parts.append(self.gaps_text())
         return "\n\n".join(parts)
+
+    def gaps_text(self) -> str:
+        """The model's lead over each ranker on all users, with its 95% bootstrap interval."""
+        title = f"model minus, {self.primary_metric} (95% interval, paired bootstrap over users)"
+        width = max([len(title)] + [len(r) for r in self.gaps]) + 2
+        lines = [f"{title:<{width}}{'gap':>10}{'low':>10}{'high':>10}"]
+        for name, (gap, low, high) in self.gaps.items():
+            verdict = "ahead" if low > 0 else "behind" if high < 0 else "within noise"
+            lines.append(f"{name:<{width}}{gap:>+10.4f}{low:>+10.4f}{high:>+10.4f}  {verdict}")
+        return "\n".join(lines)
 
 
 def format_table(rows: dict[str, Metrics], columns: Sequence[str], title: str) -> str:

@@ -9,6 +9,8 @@ from recsys_lib.evaluation.metrics import (
     catalogue_coverage,
     map_at_k,
     ndcg_at_k,
+    ndcg_per_user,
+    paired_interval,
     precision_at_k,
     ranking_metrics,
     recall_at_k,
@@ -77,3 +79,21 @@ def test_ranking_metrics_names():
         f"{name}_at_{k}" for k in (1, 3) for name in ("recall", "precision", "ndcg", "map", "coverage")
     } | {"users"}
     assert m["users"] == 2
+
+
+def test_per_user_ndcg_averages_to_the_metric_and_skips_users_without_relevant_items():
+    per_user = ndcg_per_user(RECS + [[3]], RELEVANT + [set()], 3)
+    assert len(per_user) == 2 and per_user[1] == 0.0
+    assert per_user.mean() == pytest.approx(ndcg_at_k(RECS, RELEVANT, 3))
+
+
+def test_paired_interval_tells_a_steady_lead_from_noise():
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    base = rng.uniform(0, 1, 400)
+    steady = paired_interval(base + 0.05, base, seed=1)  # ahead by 0.05 on every user
+    assert steady == pytest.approx((0.05, 0.05, 0.05))
+    noisy = paired_interval(base + rng.normal(0, 0.3, 400), base, seed=1)
+    assert noisy[1] < 0 < noisy[2]  # a zero-mean difference: the interval straddles zero
+    assert paired_interval(np.zeros(0), np.zeros(0), seed=1) == (0.0, 0.0, 0.0)

@@ -21,6 +21,7 @@ REPORT = EvaluationReport(
     cold_items=Segment("cold items (n=3, users=1)", 1, {"model": {"recall_at_10": 1.0}}),
     tuned={"als": {"rank": 32}},
     seconds=1.5,
+    gaps={"popularity": [0.2, 0.1, 0.3], "als": [0.1, -0.05, 0.25]},
 )
 
 
@@ -42,3 +43,7 @@ def test_text_tables_and_empty_segments():
     assert "light users (n=0): none" in text
     model_row = next(line for line in text.splitlines() if line.startswith("model"))
     assert model_row.split()[1:3] == ["-", "0.3000"]  # recall_at_10 not measured, ndcg_at_10
+
+    gaps = text.split("model minus, ndcg_at_10")[1].splitlines()
+    assert gaps[1].split() == ["popularity", "+0.2000", "+0.1000", "+0.3000", "ahead"]
+    assert gaps[2].split()[-3:] == ["+0.2500", "within", "noise"]
