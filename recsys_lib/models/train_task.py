@@ -220,8 +220,9 @@ class TwoTowerTrainTask(nn.Module):
 
         hist_mask = batch.history != PAD
         hist_items = batch.history.clamp(min=0)
-        hist_text = tower.project(self.pooled_cache[hist_items.reshape(-1)], self._side(hist_items))
-        hist_text = hist_text.reshape(*hist_items.shape, -1)
+        # Each distinct item of the histories is projected once (a popular one recurs in many).
+        distinct, where = torch.unique(hist_items, return_inverse=True)
+        hist_text = tower.project(self.pooled_cache[distinct], self._side(distinct))[where]
         hist_vectors = tower.combine(hist_text, self._id_rows(hist_items))
         users = model.encode_users(hist_vectors * hist_mask.unsqueeze(-1), hist_mask).float()
 

@@ -156,7 +156,9 @@ class UserTower(nn.Module):
         attend = mask | ~has_items
         for layer in self.layers:
             x = layer(x, src_key_padding_mask=~attend)
-        scores = self.key(x) @ self.query / math.sqrt(x.shape[-1])
+        # key(x) @ query as x @ (query W): one matrix-vector product instead of a [B, L, d] x [d, d]
+        # multiply (the same scores, the largest cost of a training step on cached outputs).
+        scores = x @ (self.query @ self.key.weight) / math.sqrt(x.shape[-1])
         weights = torch.softmax(scores.masked_fill(~attend, float("-inf")), dim=1) * mask
         pooled = (weights.unsqueeze(-1) * x).sum(1)
         return F.normalize(self.projection(pooled), dim=-1) * has_items

@@ -162,7 +162,7 @@ def test_mlflow_holds_the_run_metrics_and_champion(nightly):
         "popularity.ndcg_at_10",
         "item_knn.ndcg_at_10",
         "ease.ndcg_at_10",
-        "als.recall_at_20",
+        "implicit_als.recall_at_20",
         "model.map_at_10",
         "model.precision_at_10",
         "model.light.ndcg_at_10",

@@ -101,6 +101,6 @@ def test_recsys_benchmark_prints_one_table_on_the_random_item_split(tmp_path, ti
     table = done.stdout[done.stdout.index("random_item split, holdout 25%") :]
     all_users = table.split("\n\n")[1]
     rows = [line.split()[0] for line in all_users.splitlines()[1:]]
-    assert rows == ["model", "popularity", "item_knn", "ease", "als"]
+    assert rows == ["model", "popularity", "item_knn", "ease", "implicit_als"]
     assert "cold items (n=0, users=0): too few cold items" in table  # every item is in the protocol
     assert not (tmp_path / "root" / "published").exists()  # a benchmark publishes nothing
