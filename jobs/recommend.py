@@ -6,7 +6,8 @@ the search log's frequent queries, searched as ``PublishedTables.search`` does; 
 retrieve online with the same model), and ``runs/ds=<ds>/query_encoder/`` (the query side of the
 model as ONNX with its tokenizer, for search). Seen items are excluded; users without a usable
 history who said what they like (the users input's ``interests``) are ranked from their words
-when train's check found that beats popularity (``interests.used``); the others get the most
+(a pseudo-history they pick, with the popularity prior train chose) when train's check found that
+beats popularity (``interests.used``); the others get the most
 popular items they have not seen, of their segment where the users input gives one
 (``rules.fallback_by_segment``). Business rules (``[rules]``: blocked
 items, new-item boost, minimum score, category cap) apply before the lists are cut to N. Users
@@ -33,6 +34,7 @@ def run(settings: Settings, ds: str, model_version: str | None = None) -> dict[s
 
     from recsys_lib import recommend as rec
     from recsys_lib.embedding import ItemVectors
+    from recsys_lib.evaluation.search import DEFAULT_INTEREST_PRIOR
     from recsys_lib.models.inference import export_query_encoder
     from recsys_lib.retrieval import Retriever
     from recsys_lib.rules import read_rules
@@ -47,7 +49,10 @@ def run(settings: Settings, ds: str, model_version: str | None = None) -> dict[s
     model, tokenizer = tracker.load_model(mv, "cpu")
     retriever = Retriever(model, items, storage.read_index(ds, mv.version), cfg.user_batch_size, tokenizer)
     # Users known only by their words get the text path where train's check found it beats popularity.
-    interests = tracker.run_metrics(mv.run_id).get("interests.used", 0.0) > 0
+    trained = tracker.run_metrics(mv.run_id)
+    interests = None
+    if trained.get("interests.used", 0.0) > 0:
+        interests = trained.get("interests.prior", DEFAULT_INTEREST_PRIOR)
     histories = storage.read_features(FeatureTable.USER_HISTORIES, ds).sort_values(USER_COL, kind="stable")
     popularity = rec.popularity_vector(items.ids, storage.read_features(FeatureTable.ITEM_STATS, ds))
     rules = read_rules(settings.rules, storage, ds, items.ids, items.vectors)

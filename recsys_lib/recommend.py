@@ -382,16 +382,16 @@ def user_topn(
     rules: BusinessRules | None = None,
     segment_popularity: SegmentPopularity | None = None,
     ranking: ServedRanking | None = None,
-    interests: bool = True,
+    interests_prior: float | None = None,
 ) -> UserTopN:
     """The user top-N table of ``histories`` (user_id, history, seen [, segment] [, interests]
     rows): the model's retrieval (re-ordered by ``ranking``'s ranker when given) for users with a
-    history; for users without one who said what they like (``interests``), the model's text
-    path (their words as the user vector, scored like any user's: cosine / T + the item bias, the
-    model's popularity prior); the (segment's) popularity fallback for the others. Seen items
-    are excluded, business rules applied last, each row explained by a history item and marked
-    with its ``source``; and the user vectors it ranked with. ``interests`` false: users without
-    history get the fallback whatever they said (train found their words lose to popularity).
+    history; for users without one who said what they like (``interests``), the pseudo-history
+    their words pick (``Retriever.words_histories`` with ``interests_prior``) through the user
+    tower; the (segment's) popularity fallback for the others. Seen items are excluded, business
+    rules applied last, each row explained by a history item and marked with its ``source``; and
+    the user vectors it ranked with. ``interests_prior`` None: users without history get the
+    fallback whatever they said (train found their words lose to popularity).
     """
     items = retriever.items
     history_idx = items.indices(histories[HISTORY_COL])
@@ -399,10 +399,11 @@ def user_topn(
     segments = histories[SEGMENT_COL].to_numpy(dtype=object) if SEGMENT_COL in histories else None
     user_vectors, fallback = retriever.user_vectors(history_idx)
     said = np.zeros(len(fallback), dtype=bool)
-    if interests and INTERESTS_COL in histories and retriever.tokenizer is not None:
+    if interests_prior is not None and INTERESTS_COL in histories and retriever.tokenizer is not None:
         said = fallback & histories[INTERESTS_COL].notna().to_numpy()
         if said.any():
-            user_vectors[said] = retriever.text_vectors(histories[INTERESTS_COL].to_numpy()[said].tolist())
+            words = histories[INTERESTS_COL].to_numpy()[said].tolist()
+            user_vectors[said] = retriever.words_vectors(words, popularity, interests_prior)
             fallback = fallback & ~said
     source = np.where(fallback, FROM_POPULARITY, np.where(said, FROM_INTERESTS, FROM_HISTORY)).astype(object)
     queries = retrieval_users(user_vectors, retriever.temperature)

@@ -12,8 +12,9 @@ documents; most-popular is the floor.
 Users described in words: each warm user's history is hidden and replaced by the words that
 describe it best (the tags and categories of their training items, weighted by TF-IDF, the
 training pairs only: no held-out tag and no held-out item is among them); the model ranks from
-those words through the path a new user with stated interests takes at serving time (text
-vector as the user vector, plus the item bias); most-popular is what such a user gets otherwise.
+those words through the path a new user with stated interests takes at serving time (the
+pseudo-history their words pick, read by the user tower); most-popular is what such a user gets
+otherwise.
 Tests: tests/unit/recsys_lib/evaluation/test_search.py.
 """
 
@@ -35,6 +36,10 @@ log = logging.getLogger(__name__)
 
 MIN_QUERIES = 5  # fewer held-out tags than this: no search evaluation (the numbers would be noise)
 MIN_INTEREST_USERS = 50  # fewer validation users with words than this: the text path is not used
+# How strongly popularity weighs in the pseudo-history a user's words pick (Retriever.words_histories):
+# chosen on validation events from these.
+INTEREST_PRIORS = (0.0, 1.0, 4.0)
+DEFAULT_INTEREST_PRIOR = 1.0  # a model version whose run chose none
 
 # A scorer maps query texts to scores [n_queries, n_items] over the catalogue; -inf: not retrieved.
 Scorer = Callable[[list[str]], np.ndarray]
@@ -99,9 +104,11 @@ def search_segment(queries: SearchQueries, scorers: dict[str, Scorer], n_items: 
     return Segment(title, len(queries), dict(sorted(results.items(), key=lambda kv: kv[0] != MODEL)))
 
 
-def text_user_segment(split, candidate, pairs: pd.DataFrame, ks: Sequence[int]) -> Segment:
+def text_user_segment(split, candidate, pairs: pd.DataFrame, ks: Sequence[int],
+                      prior: float = DEFAULT_INTEREST_PRIOR) -> Segment:  # fmt: skip
     """Warm users ranked from ``interest_texts`` of their training history (the history itself
-    hidden): the model's text path against most-popular, on the warm protocol's answers."""
+    hidden): the served path for users known by their words (their pseudo-history with the
+    ``prior`` train chose) against most-popular, on the warm protocol's answers."""
     from recsys_lib.evaluation.protocols import WarmUsers
     from recsys_lib.recommend import rank_users
     from recsys_lib.retrieval import retrieval_users
@@ -117,7 +124,8 @@ def text_user_segment(split, candidate, pairs: pd.DataFrame, ks: Sequence[int]) 
     relevant = [warm.relevant[r] for r in rows]
     depth = max(ks)
     popularity = split.popularity()
-    queries = retrieval_users(candidate.text_vectors([texts[r] for r in rows]), candidate.temperature)
+    users = candidate.words_vectors([texts[r] for r in rows], popularity, prior)
+    queries = retrieval_users(users, candidate.temperature)
     results = {}
     for name, fallback in ((MODEL, False), ("popularity", True)):
         every = np.full(len(rows), fallback)
@@ -128,10 +136,11 @@ def text_user_segment(split, candidate, pairs: pd.DataFrame, ks: Sequence[int]) 
 
 
 def check_interests(retriever, validation, pairs: pd.DataFrame, popularity: np.ndarray, k: int) -> dict[str, float]:
-    """Whether users known only by their words should be served from the model's text path:
-    each validation user's history is replaced by ``interest_texts`` of it and their validation
-    event ranked, by the text path (cosine / T + item bias) and by popularity. The path is used
-    (``interests.used``) only where it wins, as the ranker is: on a catalogue whose words say
+    """Whether users known only by their words should be served from them, and how: each
+    validation user's history is replaced by ``interest_texts`` of it and their validation event
+    ranked through the words' pseudo-history (``Retriever.words_histories``) with each prior
+    strength in ``INTEREST_PRIORS``, and by popularity. The best prior (``interests.prior``) is
+    used (``interests.used``) only where it wins, as the ranker is: on a catalogue whose words say
     little beyond popularity, such users keep the popularity fallback."""
     from recsys_lib.models.two_tower import PAD
     from recsys_lib.recommend import rank_users
@@ -144,21 +153,30 @@ def check_interests(retriever, validation, pairs: pd.DataFrame, popularity: np.n
     rows = np.flatnonzero([bool(t) for t in texts])
     if len(rows) < MIN_INTEREST_USERS:
         return {"interests.used": 0.0, "interests.users": float(len(rows))}
-    queries = retrieval_users(retriever.text_vectors([texts[r] for r in rows]), retriever.temperature)
+    words = retriever.text_vectors([texts[r] for r in rows])
     exclude = [validation.exclude[r] for r in rows]
     relevant = [{int(validation.target[r])} for r in rows]
-    ndcg = {}
-    for name, fallback in ((MODEL, False), ("popularity", True)):
+
+    def ndcg(queries: np.ndarray, fallback: bool) -> float:
         every = np.full(len(rows), fallback)
         _, lists = rank_users(retriever.search, queries, exclude, popularity, k, retriever.batch_size, every)
-        ndcg[name] = ranking_metrics(lists, relevant, len(popularity), (k,))[f"ndcg_at_{k}"]
-    used = ndcg[MODEL] > ndcg["popularity"]
-    log.info("users described in words, on validation events: NDCG@%d %.4f (text path) vs %.4f (popularity) on "
-             "%d users: %s", k, ndcg[MODEL], ndcg["popularity"], len(rows), "text path used" if used else
-             "popularity kept")  # fmt: skip
+        return ranking_metrics(lists, relevant, len(popularity), (k,))[f"ndcg_at_{k}"]
+
+    by_prior = {
+        prior: ndcg(retrieval_users(retriever.user_vectors(retriever.words_histories(words, popularity, prior))[0],
+                                    retriever.temperature), False)
+        for prior in INTEREST_PRIORS
+    }  # fmt: skip
+    prior = max(by_prior, key=by_prior.get)
+    fallback = ndcg(np.zeros((len(rows), retriever.items.vectors.shape[1] + 1), np.float32), True)
+    used = by_prior[prior] > fallback
+    log.info("users described in words, on validation events: NDCG@%d %s (their words, by prior) vs %.4f "
+             "(popularity) on %d users: %s", k, {p: round(v, 4) for p, v in by_prior.items()}, fallback, len(rows),
+             f"words used, prior {prior}" if used else "popularity kept")  # fmt: skip
     return {
         "interests.used": float(used),
+        "interests.prior": float(prior),
         "interests.users": float(len(rows)),
-        f"interests.model_ndcg_at_{k}": ndcg[MODEL],
-        f"interests.popularity_ndcg_at_{k}": ndcg["popularity"],
+        f"interests.model_ndcg_at_{k}": by_prior[prior],
+        f"interests.popularity_ndcg_at_{k}": fallback,
     }

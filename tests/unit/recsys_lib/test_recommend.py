@@ -174,8 +174,10 @@ def test_user_topn_ranks_explains_and_falls_back(retriever):
     assert score_e == pytest.approx(by_user["u1"]["score"].iloc[0], rel=1e-5)
 
 
-def test_a_user_without_history_who_says_what_they_like_is_served_from_the_text_path(tiny_two_tower, tiny_encoder):
+def test_a_user_without_history_who_says_what_they_like_is_served_from_their_words(tiny_two_tower, tiny_encoder):
     from transformers import AutoTokenizer
+
+    from recsys_lib.retrieval import retrieval_users
 
     items = hand_made_items()
     flat = IndexSettings("flat", recall_queries=5, recall_k=3, hnsw_m=16, hnsw_ef_search=64, ivf_nprobe=8)
@@ -185,17 +187,21 @@ def test_a_user_without_history_who_says_what_they_like_is_served_from_the_text_
         "user_id": ["new", "quiet", "old"], "history": [[], [], ["a"]], "seen": [["e"], [], ["a"]],
         "interests": ["space operas and jazz", None, "ignored: has a history"],
     })  # fmt: skip
-    ranked = rec.user_topn(retriever, histories, np.arange(5.0), 2, "m/7", "2026-01-01")
+    popularity = np.arange(5.0)
+    assert rec.user_topn(retriever, histories, popularity, 2, "m/7", "2026-01-01").counts["interests_users"] == 0
+    ranked = rec.user_topn(retriever, histories, popularity, 2, "m/7", "2026-01-01", interests_prior=1.0)
     rows = ranked.table.to_pandas()
     by_user = {u: g.sort_values("rank") for u, g in rows.groupby("user_id")}
-    assert by_user["new"]["source"].eq("interests").all() and by_user["new"]["reason_item_id"].isna().all()
+    assert by_user["new"]["source"].eq("interests").all()
     assert by_user["quiet"]["source"].eq("popularity").all() and by_user["old"]["source"].eq("history").all()
-    # Their words are their user vector, scored as any user's: cosine / T + bias, seen items out.
-    words = retriever.text_vectors(["space operas and jazz"])[0]
-    scores = items.vectors @ words / 0.05 + items.bias
-    scores[4] = -np.inf  # e is seen
-    assert by_user["new"]["item_id"].tolist() == [items.ids[i] for i in np.argsort(-scores)[:2]]
-    assert by_user["new"]["score"].tolist() == pytest.approx(np.sort(scores)[::-1][:2].tolist(), rel=1e-4)
+    # Their words pick a pseudo-history, read by the user tower and scored as any user's.
+    words = retriever.text_vectors(["space operas and jazz"])
+    picked = retriever.words_histories(words, popularity, 1.0)[0]
+    user = retrieval_users(retriever.user_vectors([picked])[0], retriever.temperature)[0]
+    scores, found = retriever.search(user[None, :], 5)
+    kept = found[0] != 4  # e is seen
+    assert by_user["new"]["item_id"].tolist() == [items.ids[i] for i in found[0][kept][:2]]
+    assert by_user["new"]["score"].tolist() == pytest.approx(scores[0][kept][:2].tolist(), rel=1e-4)
     assert ranked.counts["interests_users"] == 1 and ranked.counts["fallback_users"] == 1
     assert "new" in ranked.vectors.column("user_id").to_pylist()  # search can personalise for them too
 

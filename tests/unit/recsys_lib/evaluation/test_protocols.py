@@ -129,16 +129,21 @@ def test_users_described_in_words_rank_from_their_words_alone(tiny_two_tower, ti
     assert search.text_user_segment(s, retriever, words, ks=(1, 2)).rankers == {}  # 2 users: too few
     monkeypatch.setattr(search, "MIN_QUERIES", 1)
     segment = search.text_user_segment(s, retriever, words, ks=(1, 2))
-    # u1's history (a, b) says "crime"; u2's (d) says "space": each ranks from those words only.
-    vectors = retriever.text_vectors(["crime", "space"])
-    scores = vectors @ ITEMS.vectors.T
-    scores[0, [0, 1]] = scores[1, 3] = -np.inf  # seen in training
-    expected = ranking_metrics(np.argsort(-scores, axis=1)[:, :2], [{2}, {0}], 5, (1, 2))
+    # u1's history (a, b) says "crime"; u2's (d) says "space": each ranks from those words only,
+    # through the pseudo-history they pick, seen items out.
+    from recsys_lib.recommend import rank_users
+    from recsys_lib.retrieval import retrieval_users
+
+    vectors = retriever.words_vectors(["crime", "space"], s.popularity(), search.DEFAULT_INTEREST_PRIOR)
+    queries = retrieval_users(vectors, retriever.temperature)
+    _, lists = rank_users(retriever.search, queries, [np.array([0, 1]), np.array([3])], s.popularity(), 2, 2,
+                          np.zeros(2, dtype=bool))  # fmt: skip
+    expected = ranking_metrics(lists, [{2}, {0}], 5, (1, 2))
     assert segment.rankers["model"] == pytest.approx(expected)
     assert segment.rankers["popularity"]["users"] == 2 and segment.users == 2
 
 
-def test_the_text_path_serves_users_known_by_words_only_where_it_beats_popularity(tiny_two_tower, tiny_encoder,
+def test_words_serve_users_known_by_them_only_where_they_beat_popularity(tiny_two_tower, tiny_encoder,
                                                                                    monkeypatch):  # fmt: skip
     from transformers import AutoTokenizer
 
@@ -150,7 +155,8 @@ def test_the_text_path_serves_users_known_by_words_only_where_it_beats_popularit
     tokenizer = AutoTokenizer.from_pretrained(str(tiny_encoder))
     retriever = Retriever(tiny_two_tower, ITEMS, build_item_index(ITEMS, FLAT).index, 2, tokenizer)
     monkeypatch.setattr(search, "MIN_INTEREST_USERS", 1)
-    crime = retriever.text_vectors(["crime"])[0] @ ITEMS.vectors.T
+    # Without popularity in the pseudo-history (prior 0), the words rank the items this way.
+    crime = retriever.words_vectors(["crime"], np.zeros(5), 0.0)[0] @ ITEMS.vectors.T
     crime[[0, 1]] = np.nan  # a and b are seen
     best, worst = int(np.nanargmax(crime)), int(np.nanargmin(crime))
     validation = ValidationSet(np.array([[PAD, 0, 1]]), np.array([best]), [np.array([0, 1])])
@@ -158,6 +164,7 @@ def test_the_text_path_serves_users_known_by_words_only_where_it_beats_popularit
     popular_worst[worst] = 10.0
     used = search.check_interests(retriever, validation, words, popular_worst, k=1)
     assert used["interests.used"] == 1.0 and used["interests.model_ndcg_at_1"] == 1.0
+    assert used["interests.prior"] in search.INTEREST_PRIORS
     validation = ValidationSet(validation.history, np.array([worst]), validation.exclude)
     kept = search.check_interests(retriever, validation, words, popular_worst, k=1)
     assert kept["interests.used"] == 0.0 and kept["interests.popularity_ndcg_at_1"] == 1.0
