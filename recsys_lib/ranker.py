@@ -66,6 +66,7 @@ RECENT_ITEMS = 5
 MODEL_FILE = "ranker.txt"
 FOLDS = 4  # the ranker's check: cross-validation over the users it learns from
 MIN_DATA = 20  # candidates per leaf: few labels, so no tiny leaves
+RANK_BATCH = 4096  # users re-ranked at a time (Ranker.ranked): bounds the memory of EASE scores and features
 META_FILE = "ranker.json"
 
 
@@ -282,6 +283,26 @@ class Ranker:
                 out[valid] += _prior_scores(flat[valid], self.features, self.prior, self.prior_scale)
         return out.reshape(u, m)
 
+    def ranked(self, retriever, ctx: RankingContext, histories, times, exclude, m: int):
+        """(scores, ids) [u, >= m]: each user's candidates (``candidate_lists``) re-ordered by the
+        ranker, ``RANK_BATCH`` users at a time: EASE's dense scores and the candidates' features
+        exist for one batch only, so memory does not grow with the number of users."""
+        if len(histories) <= RANK_BATCH:
+            return self.rerank(ctx, histories, times, *self.candidate_lists(retriever, ctx, histories, exclude, m),
+                               exclude)  # fmt: skip
+        parts = [
+            self.ranked(retriever, ctx, histories[start : start + RANK_BATCH], times[start : start + RANK_BATCH],
+                        exclude[start : start + RANK_BATCH], m)
+            for start in range(0, len(histories), RANK_BATCH)
+        ]  # fmt: skip
+        width = max(ids.shape[1] for _, ids in parts)
+
+        def padded(part: np.ndarray, value) -> np.ndarray:
+            return np.pad(part, ((0, 0), (0, width - part.shape[1])), constant_values=value)
+
+        return (np.concatenate([padded(s, -np.inf) for s, _ in parts]),
+                np.concatenate([padded(i, -1) for _, i in parts]))  # fmt: skip
+
     def rerank(self, ctx: RankingContext, histories, times, scores, ids, seen=None) -> tuple[np.ndarray, np.ndarray]:
         """The candidates re-ordered by the ranker (its scores replace the retrieval's)."""
         ranked = self.score(candidate_features(ctx, histories, times, ids, scores, seen))
@@ -332,8 +353,8 @@ class ServedRanking:
         by the ranker, then the business rules (topped up with popular items where they drop)."""
         from recsys_lib.recommend import finish_lists, top_up
 
-        scores, ids = self.ranker.candidate_lists(retriever, self.context, histories, seen, n)
-        scores, ids = self.ranker.rerank(self.context, histories, np.full(len(histories), self.time), scores, ids, seen)
+        times = np.full(len(histories), self.time)
+        scores, ids = self.ranker.ranked(retriever, self.context, histories, times, seen, n)
         scores, ids = finish_lists(scores, ids, [np.empty(0, np.int64)] * len(ids), n, rules)
         if rules is not None and rules.drops_candidates:
             scores, ids = top_up(scores, ids, popularity, seen, rules)

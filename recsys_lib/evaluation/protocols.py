@@ -248,8 +248,7 @@ def ranked_lists(
     user's cut-off, cut to ``depth``; users without candidates keep ``fallback_lists``."""
     histories = [ranking.histories[r] for r in rows]
     context = ranker.context(retriever.items, ranking.categories, ranking.events, ranking.pairs)
-    scores, ids = ranker.candidate_lists(retriever, context, histories, exclude, depth)
-    _, ids = ranker.rerank(context, histories, ranking.times[rows], scores, ids, exclude)
+    _, ids = ranker.ranked(retriever, context, histories, ranking.times[rows], exclude, depth)
     ids = ids[:, :depth]
     empty = (ids < 0).all(axis=1)
     ids[empty] = fallback_lists[empty]

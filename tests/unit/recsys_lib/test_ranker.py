@@ -263,6 +263,36 @@ def test_ease_candidates_bring_what_the_retriever_misses_to_the_ranker():
     np.testing.assert_array_equal(top[:, 0], target)  # served: widened, re-ranked, the partner first
 
 
+class MeanRetriever(ExactRetriever):
+    """Exact search with each user's query the mean of their history's item rows (a pure
+    function of the history, so any batch of users gets the same queries)."""
+
+    def __init__(self, items):
+        super().__init__(items, None)
+
+    def user_queries(self, histories):
+        queries = np.stack([self.rows[h].mean(axis=0) for h in histories]).astype(np.float32)
+        return queries, np.array([len(h) == 0 for h in histories])
+
+
+def test_users_ranked_in_batches_get_the_lists_they_get_all_at_once(monkeypatch):
+    from recsys_lib import ranker as ranker_module
+
+    rng = np.random.default_rng(3)
+    pairs, ctx, histories, times, target, _, _ = co_occurrence_world(rng)
+    ctx = dataclasses.replace(ctx, ease=item_ease(pairs, ctx.items.ids, max_items=100, l2=1.0))
+    retriever = MeanRetriever(ctx.items)
+    scores, ids = ranker_candidates(retriever, ctx.ease, histories, histories, 3, ease_candidates=2)
+    cfg = dataclasses.replace(CFG, ease_items=100, ease_l2=1.0, prior_scale=0.3, ease_candidates=2)
+    ranker = train_ranker(ctx, histories, times, target, scores, ids, cfg, k=1, seed=0)
+    served = ranker.context(ctx.items, ctx.categories, ctx.events, pairs)
+    whole = ranker.ranked(retriever, served, histories, times, histories, 3)
+    monkeypatch.setattr(ranker_module, "RANK_BATCH", 7)  # 300 users: 43 batches, the last of 6
+    batched = ranker.ranked(retriever, served, histories, times, histories, 3)
+    np.testing.assert_array_equal(batched[1], whole[1])
+    np.testing.assert_allclose(batched[0], whole[0], rtol=1e-6)
+
+
 class FixedRetriever:
     """Three candidates per user in a fixed order (the ServedRanking's first stage)."""
 
