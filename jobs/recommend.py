@@ -48,7 +48,8 @@ def run(settings: Settings, ds: str, model_version: str | None = None) -> dict[s
     items = ItemVectors.from_table(storage.read_item_embeddings(ds, mv.version))
     model, tokenizer = tracker.load_model(mv, "cpu")
     retriever = Retriever(model, items, storage.read_index(ds, mv.version), cfg.user_batch_size, tokenizer)
-    # Users known only by their words get the text path where train's check found it beats popularity.
+    # Users known only by their words are served from them (with the prior train's check chose)
+    # where that check found they beat popularity.
     trained = tracker.run_metrics(mv.run_id)
     interests = None
     if trained.get("interests.used", 0.0) > 0:

@@ -287,14 +287,13 @@ class Ranker:
         """(scores, ids) [u, >= m]: each user's candidates (``candidate_lists``) re-ordered by the
         ranker, ``RANK_BATCH`` users at a time: EASE's dense scores and the candidates' features
         exist for one batch only, so memory does not grow with the number of users."""
-        if len(histories) <= RANK_BATCH:
-            return self.rerank(ctx, histories, times, *self.candidate_lists(retriever, ctx, histories, exclude, m),
-                               exclude)  # fmt: skip
-        parts = [
-            self.ranked(retriever, ctx, histories[start : start + RANK_BATCH], times[start : start + RANK_BATCH],
-                        exclude[start : start + RANK_BATCH], m)
-            for start in range(0, len(histories), RANK_BATCH)
-        ]  # fmt: skip
+        parts = []
+        for start in range(0, max(len(histories), 1), RANK_BATCH):
+            batch = slice(start, start + RANK_BATCH)
+            h, x = histories[batch], exclude[batch]
+            parts.append(self.rerank(ctx, h, times[batch], *self.candidate_lists(retriever, ctx, h, x, m), x))
+        if len(parts) == 1:
+            return parts[0]
         width = max(ids.shape[1] for _, ids in parts)
 
         def padded(part: np.ndarray, value) -> np.ndarray:

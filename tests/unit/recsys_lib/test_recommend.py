@@ -192,7 +192,7 @@ def test_a_user_without_history_who_says_what_they_like_is_served_from_their_wor
     ranked = rec.user_topn(retriever, histories, popularity, 2, "m/7", "2026-01-01", interests_prior=1.0)
     rows = ranked.table.to_pandas()
     by_user = {u: g.sort_values("rank") for u, g in rows.groupby("user_id")}
-    assert by_user["new"]["source"].eq("interests").all()
+    assert by_user["new"]["source"].eq("interests").all() and by_user["new"]["reason_item_id"].isna().all()
     assert by_user["quiet"]["source"].eq("popularity").all() and by_user["old"]["source"].eq("history").all()
     # Their words pick a pseudo-history, read by the user tower and scored as any user's.
     words = retriever.text_vectors(["space operas and jazz"])

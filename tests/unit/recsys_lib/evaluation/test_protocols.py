@@ -143,8 +143,7 @@ def test_users_described_in_words_rank_from_their_words_alone(tiny_two_tower, ti
     assert segment.rankers["popularity"]["users"] == 2 and segment.users == 2
 
 
-def test_words_serve_users_known_by_them_only_where_they_beat_popularity(tiny_two_tower, tiny_encoder,
-                                                                                   monkeypatch):  # fmt: skip
+def test_words_serve_users_known_by_them_only_where_they_beat_popularity(tiny_two_tower, tiny_encoder, monkeypatch):
     from transformers import AutoTokenizer
 
     from recsys_lib.evaluation import search
