@@ -169,7 +169,7 @@ def run(settings: Settings, ds: str) -> dict[str, Any]:
         retriever = _evaluation_retriever(settings, models, item_ids, tokenizer, side)
         ranker = _fit_ranker(settings, retriever, documents, ranker_events, ranker_pairs, train.ranking)
         interests = check_interests(retriever, train.validation, pairs, _popularity(item_ids, ranker_events),
-                                    settings.evaluate.primary_k)  # fmt: skip
+                                    settings.evaluate.primary_k, cfg.seed)  # fmt: skip
         models.evaluation.to(device)
         tracker.log_metrics(run_id, models.report | _ranker_metrics(ranker) | interests)
         if fine_tune:  # a new transformer: every document's outputs are new

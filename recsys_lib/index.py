@@ -70,10 +70,26 @@ def index_kind(index) -> str:
     return "flat"
 
 
-def search(index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """(scores [q, k], ids [q, k]); ids are -1 where fewer than k items exist."""
+def search(index, queries: np.ndarray, k: int, banned: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(scores [q, k], ids [q, k]); ids are -1 where fewer than k items exist. ``banned`` ids are
+    never returned: FAISS skips them inside the search (an ID selector), where excluding the
+    same thousands of items from every user's list afterwards would widen each search by as many."""
+    import faiss
+
     k = max(1, min(k, index.ntotal))
-    return index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    if banned is None or not len(banned):
+        return index.search(queries, k)
+    batch = faiss.IDSelectorBatch(np.ascontiguousarray(banned, dtype=np.int64))
+    selector = faiss.IDSelectorNot(batch)  # holds a raw pointer to ``batch``: both live until the search ends
+    kind = index_kind(index)
+    if kind == "hnsw":
+        params = faiss.SearchParametersHNSW(sel=selector, efSearch=index.hnsw.efSearch)
+    elif kind == "ivfpq":
+        params = faiss.SearchParametersIVF(sel=selector, nprobe=index.nprobe)
+    else:
+        params = faiss.SearchParameters(sel=selector)
+    return index.search(queries, k, params=params)
 
 
 def exact_search(vectors: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

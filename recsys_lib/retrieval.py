@@ -82,14 +82,22 @@ class Retriever:
         index: a FAISS index over ``retrieval_items(items)``.
         batch_size: users embedded per batch.
         tokenizer: the model's tokenizer, for texts as users (``text_vectors``); None: none.
+        banned: catalogue indices ``search`` never returns (``without``); None: none.
     """
 
-    def __init__(self, model, items: ItemVectors, index, batch_size: int = 4096, tokenizer=None):
+    def __init__(self, model, items: ItemVectors, index, batch_size: int = 4096, tokenizer=None, banned=None):
         self.model = model
         self.items = items
         self.index = index
         self.batch_size = batch_size
         self.tokenizer = tokenizer
+        self.banned = banned
+
+    def without(self, items: np.ndarray) -> "Retriever":
+        """The same model and index, with ``items`` (catalogue indices) never retrieved: how the
+        evaluation leaves its cold items out of every warm list."""
+        return Retriever(self.model, self.items, self.index, self.batch_size, self.tokenizer,
+                         np.asarray(items, dtype=np.int64))  # fmt: skip
 
     @classmethod
     def with_index(
@@ -160,7 +168,7 @@ class Retriever:
         """(scores [q, k], catalogue indices [q, k]) of the best index rows; -1 pads."""
         from recsys_lib.index import search
 
-        return search(self.index, queries, k)
+        return search(self.index, queries, k, self.banned)
 
     def neighbour_queries(self) -> np.ndarray:
         return retrieval_neighbours(self.items.vectors)

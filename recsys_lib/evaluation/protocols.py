@@ -162,6 +162,7 @@ class WarmUsers:
     relevant: list[set[int]]
     exclude: list[np.ndarray]  # seen in training, and the cold items (ranked in their own protocol)
     light: np.ndarray  # [len(rows)] bool: at most LIGHT_USER_MAX_EVENTS training events
+    seen: list[np.ndarray]  # seen in training only: for retrievers that never retrieve the cold items
 
     @classmethod
     def of(cls, split: EvaluationSplit) -> "WarmUsers":
@@ -170,7 +171,7 @@ class WarmUsers:
         # model that recommends new items.
         exclude = [np.union1d(split.seen_idx[i], split.cold_idx) for i in rows]
         light = np.diff(split.train.indptr)[rows] <= LIGHT_USER_MAX_EVENTS
-        return cls(rows, [split.holdout[i] for i in rows], exclude, light)
+        return cls(rows, [split.holdout[i] for i in rows], exclude, light, [split.seen_idx[i] for i in rows])
 
 
 @dataclass(frozen=True)
@@ -221,13 +222,14 @@ def baselines(names: Sequence[str], spark_session: Callable[[], object], seed: i
 
 
 def retriever_lists(
-    retriever: Retriever, histories: list[np.ndarray], excludes: list[list[np.ndarray]], popularity, depth: int
+    retrievers: Sequence[Retriever], histories: list[np.ndarray], seen: list[np.ndarray], popularity, depth: int
 ) -> list[np.ndarray]:
-    """The retriever's top-``depth`` lists for these users under each exclusion (one user
-    embedding for all), ranked exactly as the recommend stage ranks."""
-    queries, fallback = retriever.user_queries(histories)
-    batch = retriever.batch_size
-    return [rank_users(retriever.search, queries, ex, popularity, depth, batch, fallback)[1] for ex in excludes]
+    """Each retriever's top-``depth`` lists for these users, ``seen`` left out, ranked exactly as
+    the recommend stage ranks; the retrievers share one model (``Retriever.without``), so the users
+    are embedded once for all."""
+    queries, fallback = retrievers[0].user_queries(histories)
+    batch = retrievers[0].batch_size
+    return [rank_users(r.search, queries, seen, popularity, depth, batch, fallback)[1] for r in retrievers]
 
 
 @dataclass(frozen=True)
@@ -279,22 +281,24 @@ def evaluate_candidate(
     warm = WarmUsers.of(split)
     popularity = split.popularity()
     histories = [split.history_idx[i] for i in warm.rows]
-    # What the served lists look like (cold items allowed) feeds the cold items' share below.
-    model_lists, served_lists = retriever_lists(
-        candidate, histories, [warm.exclude, [split.seen_idx[i] for i in warm.rows]], popularity, depth
-    )
+    # What the served lists look like (cold items allowed) feeds the cold items' share below. The
+    # warm lists leave the cold items out inside the index search (Retriever.without): excluding
+    # thousands of items from each user's list afterwards would widen every search by as many.
+    warm_candidate = candidate.without(split.cold_idx)
+    model_lists, served_lists = retriever_lists([warm_candidate, candidate], histories, warm.seen, popularity, depth)
     lists = {MODEL: model_lists}
     if champion is not None:
-        (lists[CHAMPION],) = retriever_lists(champion, histories, [warm.exclude], popularity, depth)
+        champion = champion.without(split.cold_idx)
+        (lists[CHAMPION],) = retriever_lists([champion], histories, warm.seen, popularity, depth)
     candidate_ranker, champion_ranker = rankers if ranking is not None else (None, None)
     if candidate_ranker is not None:
-        reranked = ranked_lists(candidate, candidate_ranker, ranking, warm.rows, warm.exclude, model_lists, depth)
+        reranked = ranked_lists(warm_candidate, candidate_ranker, ranking, warm.rows, warm.seen, model_lists, depth)
         if candidate_ranker.use:
             lists[MODEL], lists[RETRIEVAL_ONLY] = reranked, model_lists
         else:
             lists[WITH_RANKER] = reranked
     if champion is not None and champion_ranker is not None and champion_ranker.use:
-        lists[CHAMPION] = ranked_lists(champion, champion_ranker, ranking, warm.rows, warm.exclude,
+        lists[CHAMPION] = ranked_lists(champion, champion_ranker, ranking, warm.rows, warm.seen,
                                        lists[CHAMPION], depth)  # fmt: skip
     tuned = {}
     for name, baseline in baselines.items():

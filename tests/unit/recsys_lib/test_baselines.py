@@ -80,6 +80,13 @@ def test_ease_top_is_the_best_unseen_covered_items_in_order():
     wide = ease.top(seen[:3], 30)  # more than it covers: the unseen covered items, then padding
     for u in range(3):
         assert (wide[u] >= 0).sum() == len(np.setdiff1d(ease.covered, seen[u])) and (wide[u, 20:] == -1).all()
+    # One batch of users' scores made once answer both questions as EASE does, for those users only.
+    users = ease.of_users(seen)
+    np.testing.assert_array_equal(users.top(seen, 5), top)
+    ids = rng.integers(0, 27, (40, 6))
+    np.testing.assert_array_equal(users.pair_scores(seen, ids), ease.pair_scores(seen, ids))
+    with pytest.raises(ValueError, match="the users it was computed for"):
+        users.top(list(seen), 5)
 
 
 def test_ease_recommends_the_co_consumed_item():

@@ -67,3 +67,16 @@ def test_search_caps_k_at_catalogue_size_and_roundtrips(tmp_path):
     save_index(index, str(tmp_path / "i.faiss"))
     again = load_index(str(tmp_path / "i.faiss"))
     assert np.array_equal(search(again, v, 3)[1], exact_search(v, v, 3)[1])
+
+
+@pytest.mark.parametrize("kind, floor", [("flat", 1.0), ("hnsw", 0.95), ("ivfpq", 0.5)])
+def test_banned_rows_are_never_returned_and_the_rest_searched_as_before(kind, floor):
+    v = clustered_vectors()
+    banned = np.arange(0, len(v), 3)  # a third of the catalogue
+    index = build_index(v, index_settings(kind, ivf_nprobe=16))
+    queries = v[np.random.default_rng(2).choice(len(v), 200, replace=False)]
+    _, ids = search(index, queries, 10, banned)
+    assert not np.isin(ids, banned).any()
+    allowed = np.setdiff1d(np.arange(len(v)), banned)
+    exact = allowed[exact_search(v[allowed], queries, 10)[1]]  # brute force over the others
+    assert floor <= recall_at_k(ids, exact) <= 1.0

@@ -81,6 +81,20 @@ def test_the_knn_score_sums_co_occurrence_cosines_with_the_history():
     assert knn[1] == pytest.approx([2 / (np.sqrt(6) + 10), 0.0])  # a repeated history item counts once
 
 
+def test_pair_values_read_a_sparse_matrix_at_each_users_candidates_as_dense_indexing_does():
+    import scipy.sparse as sp
+
+    from recsys_lib.ranker import _pair_values
+
+    matrix = sp.random(5, 40, density=0.2, format="csr", random_state=0, dtype=np.float32)
+    matrix = (sp.diags(np.array([1, 1, 1, 0, 1], np.float32)) @ matrix).tocsr()
+    matrix.eliminate_zeros()  # a user with nothing stored
+    ids = np.random.default_rng(0).integers(0, 40, (5, 12))
+    ids[0, :3] = ids[0, 0]  # the same candidate twice
+    assert np.array_equal(_pair_values(matrix.tocsr(), ids), np.take_along_axis(matrix.toarray(), ids, axis=1))
+    assert np.array_equal(_pair_values(sp.csr_matrix((2, 40), dtype=np.float32), ids[:2]), np.zeros((2, 12)))
+
+
 def test_the_ease_score_sums_the_candidates_weights_from_the_history():
     pairs = pd.DataFrame([("u1", "a"), ("u1", "b"), ("u2", "a"), ("u2", "b"), ("u3", "a"), ("u3", "c")],
                          columns=["user_id", "item_id"])  # fmt: skip
@@ -217,7 +231,7 @@ class ExactRetriever:
     """Exact inner-product search over ``retrieval_items`` with given user queries."""
 
     def __init__(self, items, queries):
-        self.items, self.queries, self.batch_size = items, queries, 16
+        self.items, self.queries, self.batch_size, self.banned = items, queries, 16, None
         self.rows = retrieval_items(items.vectors, items.bias)
 
     def user_queries(self, histories):

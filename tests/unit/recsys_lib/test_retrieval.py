@@ -56,6 +56,9 @@ def test_users_become_queries_and_the_index_returns_the_models_ranking(tiny_two_
     assert ids[0, :2].tolist() == [2, 4] and sorted(ids[0, 2:4].tolist()) == [0, 1] and ids[0, 4] == 3
     assert scores[0, :2].tolist() == pytest.approx([20.0, 15.0], rel=1e-5)
     np.testing.assert_allclose(retriever.score_items(queries[:1], np.array([3, 2])), [[-14.1421, 20.0]], rtol=1e-4)
+    # Without c and e (the evaluation's cold items): the same order, those two never returned.
+    _, ids = retriever.without(np.array([2, 4])).search(queries[:1], 5)
+    assert sorted(ids[0, :2].tolist()) == [0, 1] and ids[0, 2:].tolist() == [3, -1, -1]
 
 
 def test_words_pick_a_pseudo_history_among_the_popular_items_best_last(tiny_two_tower, monkeypatch):
