@@ -83,7 +83,7 @@ def run(settings: Settings, ds: str, model_version: str | None = None) -> dict[s
         report,
         search=_search_segment(settings, storage, ds, candidate, tokenizer, split, pairs),
         text_users=text_user_segment(split, candidate, pairs, cfg.k, tracker.run_metrics(mv.run_id).get(
-            "interests.prior", DEFAULT_INTEREST_PRIOR)),
+            "interests.prior", DEFAULT_INTEREST_PRIOR), cfg.seed),
     )
     location = storage.write_evaluation(report)
     tracker.log_evaluation(mv.run_id, report)

@@ -108,10 +108,12 @@ def search_segment(queries: SearchQueries, scorers: dict[str, Scorer], n_items: 
 
 
 def text_user_segment(split, candidate, pairs: pd.DataFrame, ks: Sequence[int],
-                      prior: float = DEFAULT_INTEREST_PRIOR) -> Segment:  # fmt: skip
+                      prior: float = DEFAULT_INTEREST_PRIOR, seed: int = 0) -> Segment:  # fmt: skip
     """Warm users ranked from ``interest_texts`` of their training history (the history itself
     hidden): the served path for users known by their words (their pseudo-history with the
-    ``prior`` train chose) against most-popular, on the warm protocol's answers."""
+    ``prior`` train chose) against most-popular, on the warm protocol's answers. At most
+    ``MAX_INTEREST_USERS`` of them (a sample drawn with ``seed``): their words go through the
+    transformer every night."""
     from recsys_lib.evaluation.protocols import WarmUsers
     from recsys_lib.recommend import rank_users
     from recsys_lib.retrieval import retrieval_users
@@ -123,6 +125,9 @@ def text_user_segment(split, candidate, pairs: pd.DataFrame, ks: Sequence[int],
     if said.sum() < MIN_QUERIES or candidate.tokenizer is None:
         return Segment(title, int(said.sum()), {}, "too few users whose history has tags or categories")
     rows = np.flatnonzero(said)
+    if len(rows) > MAX_INTEREST_USERS:
+        rows = np.sort(np.random.default_rng(seed).choice(rows, size=MAX_INTEREST_USERS, replace=False))
+        title = f"users described in words, history hidden (n={len(rows)}, a sample of {int(said.sum())})"
     exclude = [warm.seen[r] for r in rows]
     relevant = [warm.relevant[r] for r in rows]
     depth = max(ks)

@@ -1,6 +1,8 @@
 """The retrieval path on hand-made item vectors and an untrained tiny model (whose user tower is
 the mean of the history), so every score is known: cosine / T + bias."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -56,9 +58,16 @@ def test_users_become_queries_and_the_index_returns_the_models_ranking(tiny_two_
     assert ids[0, :2].tolist() == [2, 4] and sorted(ids[0, 2:4].tolist()) == [0, 1] and ids[0, 4] == 3
     assert scores[0, :2].tolist() == pytest.approx([20.0, 15.0], rel=1e-5)
     np.testing.assert_allclose(retriever.score_items(queries[:1], np.array([3, 2])), [[-14.1421, 20.0]], rtol=1e-4)
-    # Without c and e (the evaluation's cold items): the same order, those two never returned.
-    _, ids = retriever.without(np.array([2, 4])).search(queries[:1], 5)
-    assert sorted(ids[0, :2].tolist()) == [0, 1] and ids[0, 2:].tolist() == [3, -1, -1]
+    # Without c and e (the evaluation's cold items): the same order, those two never returned,
+    # from an exact index rebuilt over the others, or an approximate one that skips them.
+    for kind in ("flat", "hnsw"):
+        index = build_item_index(items, dataclasses.replace(FLAT, kind=kind)).index
+        without = Retriever(tiny_two_tower, items, index, batch_size=1).without(np.array([2, 4]))
+        s, ids = without.search(queries[:1], 5)
+        assert sorted(ids[0, :2].tolist()) == [0, 1] and ids[0, 2] == 3 and (ids[0, 3:] == -1).all(), kind
+        assert s[0, 2] == pytest.approx(-14.1421, rel=1e-4)
+        _, again = without.without(np.array([0])).search(queries[:1], 5)  # and then without a too
+        assert again[0, :2].tolist() == [1, 3] and (again[0, 2:] == -1).all(), kind
 
 
 def test_words_pick_a_pseudo_history_among_the_popular_items_best_last(tiny_two_tower, monkeypatch):

@@ -141,6 +141,9 @@ def test_users_described_in_words_rank_from_their_words_alone(tiny_two_tower, ti
     expected = ranking_metrics(lists, [{2}, {0}], 5, (1, 2))
     assert segment.rankers["model"] == pytest.approx(expected)
     assert segment.rankers["popularity"]["users"] == 2 and segment.users == 2
+    monkeypatch.setattr(search, "MAX_INTEREST_USERS", 1)  # more users than that: a seeded sample
+    sampled = search.text_user_segment(s, retriever, words, ks=(1, 2))
+    assert sampled.users == 1 and sampled.rankers["model"]["users"] == 1 and "a sample of 2" in sampled.title
 
 
 def test_words_serve_users_known_by_them_only_where_they_beat_popularity(tiny_two_tower, tiny_encoder, monkeypatch):
