@@ -101,18 +101,15 @@ class Retriever:
         leaves its cold items out of every warm list. An exact index is rebuilt over the other
         items (a FAISS ID selector turns its BLAS search into a scalar loop, 5x slower at d=385);
         an approximate one skips them through the selector, where rebuilding costs minutes."""
-        from recsys_lib.index import index_kind
+        from recsys_lib.index import flat_index, index_kind
 
         items = np.asarray(items, dtype=np.int64)
         if self.banned is not None:
             items = np.union1d(items, self.banned)
         if index_kind(self.index) != "flat":
             return Retriever(self.model, self.items, self.index, self.batch_size, self.tokenizer, items)
-        import faiss
-
         keep = np.setdiff1d(np.arange(len(self.items)), items)
-        index = faiss.IndexFlatIP(self.index.d)
-        index.add(retrieval_items(self.items.vectors[keep], self.items.bias[keep]))
+        index = flat_index(retrieval_items(self.items.vectors[keep], self.items.bias[keep]))
         return Retriever(self.model, self.items, index, self.batch_size, self.tokenizer, items, keep)
 
     @classmethod

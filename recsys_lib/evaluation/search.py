@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 MIN_QUERIES = 5  # fewer held-out tags than this: no search evaluation (the numbers would be noise)
 MIN_INTEREST_USERS = 50  # fewer validation users with words than this: the text path is not used
 # Validation users whose words the check encodes at most (a seeded sample): enough to tell the priors
-# and popularity apart (NDCG@10's standard error about 0.003), a minute of MiniLM on 2 cores.
+# and popularity apart (NDCG@10's standard error about 0.003), 20 s of MiniLM on 2 cores.
 MAX_INTEREST_USERS = 5_000
 # How strongly popularity weighs in the pseudo-history a user's words pick (Retriever.words_histories):
 # chosen on validation events from these.
