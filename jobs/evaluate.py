@@ -30,7 +30,7 @@ def run(settings: Settings, ds: str, model_version: str | None = None) -> dict[s
     import pandas as pd
 
     from recsys_lib.evaluation.protocols import EvaluationSplit, Ranking, baselines, evaluate_candidate
-    from recsys_lib.evaluation.search import DEFAULT_INTEREST_PRIOR, text_user_segment
+    from recsys_lib.evaluation.search import text_user_segment
     from recsys_lib.ranker import EventLog, features_at_end_of_ds
     from recsys_lib.rules import first_categories
     from recsys_lib.schema import (
@@ -45,6 +45,7 @@ def run(settings: Settings, ds: str, model_version: str | None = None) -> dict[s
     from recsys_lib.spark import get_spark
     from recsys_lib.storage import FeatureTable, Storage
     from recsys_lib.tracking import Tracker
+    from recsys_lib.words import DEFAULT_WORDS_L2
 
     storage, tracker = Storage(settings), Tracker(settings)
     mv = tracker.resolve(model_version)
@@ -83,7 +84,7 @@ def run(settings: Settings, ds: str, model_version: str | None = None) -> dict[s
         report,
         search=_search_segment(settings, storage, ds, candidate, tokenizer, split, pairs),
         text_users=text_user_segment(split, candidate, pairs, cfg.k, tracker.run_metrics(mv.run_id).get(
-            "interests.prior", DEFAULT_INTEREST_PRIOR), cfg.seed),
+            "interests.l2", DEFAULT_WORDS_L2), cfg.seed),
     )
     location = storage.write_evaluation(report)
     tracker.log_evaluation(mv.run_id, report)

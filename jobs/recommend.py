@@ -34,7 +34,6 @@ def run(settings: Settings, ds: str, model_version: str | None = None) -> dict[s
 
     from recsys_lib import recommend as rec
     from recsys_lib.embedding import ItemVectors
-    from recsys_lib.evaluation.search import DEFAULT_INTEREST_PRIOR
     from recsys_lib.models.inference import export_query_encoder
     from recsys_lib.retrieval import Retriever
     from recsys_lib.rules import read_rules
@@ -48,14 +47,9 @@ def run(settings: Settings, ds: str, model_version: str | None = None) -> dict[s
     items = ItemVectors.from_table(storage.read_item_embeddings(ds, mv.version))
     model, tokenizer = tracker.load_model(mv, "cpu")
     retriever = Retriever(model, items, storage.read_index(ds, mv.version), cfg.user_batch_size, tokenizer)
-    # Users known only by their words are served from them (with the prior train's check chose)
-    # where that check found they beat popularity.
-    trained = tracker.run_metrics(mv.run_id)
-    interests = None
-    if trained.get("interests.used", 0.0) > 0:
-        interests = trained.get("interests.prior", DEFAULT_INTEREST_PRIOR)
     histories = storage.read_features(FeatureTable.USER_HISTORIES, ds).sort_values(USER_COL, kind="stable")
     popularity = rec.popularity_vector(items.ids, storage.read_features(FeatureTable.ITEM_STATS, ds))
+    words = _words_model(storage, tracker, mv, ds, retriever, histories, popularity)
     rules = read_rules(settings.rules, storage, ds, items.ids, items.vectors)
     by_segment = None
     if settings.rules.fallback_by_segment:
@@ -68,7 +62,7 @@ def run(settings: Settings, ds: str, model_version: str | None = None) -> dict[s
         for start in range(0, len(histories), cfg.users_per_part):
             part = histories.iloc[start : start + cfg.users_per_part]
             ranked = rec.user_topn(retriever, part, popularity, cfg.top_n, mv.label, ds, rules, by_segment, ranking,
-                                   interests)  # fmt: skip
+                                   words)  # fmt: skip
             totals.update(ranked.counts)
             yield {OutputTable.USER_TOPN: ranked.table, OutputTable.USER_VECTORS: ranked.vectors}
 
@@ -94,6 +88,29 @@ def run(settings: Settings, ds: str, model_version: str | None = None) -> dict[s
     tracker.log_metrics(mv.run_id, {f"recommend.{k}": v for k, v in summary.items()})
     outputs = {name: storage.output_uri(name, ds) for name in [*OutputTable, Storage.QUERY_ENCODER]}
     return {"ds": ds, "model_version": mv.version, **outputs, **summary}
+
+
+def _words_model(storage, tracker, mv, ds: str, retriever, histories, popularity):
+    """What serves users known only by their words: a ``WordsModel`` over the users with a
+    history, with the strength train's check chose, where that check found words beat popularity
+    and someone without a history said something; else None (the popularity fallback)."""
+    import numpy as np
+
+    from recsys_lib.schema import HISTORY_COL, INTERESTS_COL, SEEN_COL
+    from recsys_lib.storage import FeatureTable
+    from recsys_lib.words import DEFAULT_WORDS_L2, WordsModel, reference_users
+
+    trained = tracker.run_metrics(mv.run_id)
+    if trained.get("interests.used", 0.0) <= 0 or INTERESTS_COL not in histories or retriever.tokenizer is None:
+        return None
+    history_idx = retriever.items.indices(histories[HISTORY_COL])
+    no_history = np.array([len(h) == 0 for h in history_idx], dtype=bool)
+    if not (no_history & histories[INTERESTS_COL].notna().to_numpy()).any():
+        return None
+    pairs = storage.read_features(FeatureTable.SEARCH_PAIRS, ds)
+    seen_idx = retriever.items.indices(histories[SEEN_COL])
+    _, vectors, used = reference_users(retriever, history_idx, seen_idx, pairs)
+    return WordsModel.fit(vectors, used, trained.get("interests.l2", DEFAULT_WORDS_L2), popularity)
 
 
 def _served_ranking(settings: Settings, storage, tracker, mv, ds: str, items):

@@ -56,6 +56,7 @@ log = logging.getLogger(__name__)
 if TYPE_CHECKING:
     from recsys_lib.ranker import ServedRanking
     from recsys_lib.retrieval import Retriever
+    from recsys_lib.words import WordsModel
 
 # (queries [q, d], k) -> (scores [q, k], ids [q, k])
 Searcher = Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]
@@ -382,16 +383,16 @@ def user_topn(
     rules: BusinessRules | None = None,
     segment_popularity: SegmentPopularity | None = None,
     ranking: ServedRanking | None = None,
-    interests_prior: float | None = None,
+    words: WordsModel | None = None,
 ) -> UserTopN:
     """The user top-N table of ``histories`` (user_id, history, seen [, segment] [, interests]
     rows): the model's retrieval (re-ordered by ``ranking``'s ranker when given) for users with a
-    history; for users without one who said what they like (``interests``), the pseudo-history
-    their words pick (``Retriever.words_histories`` with ``interests_prior``) through the user
-    tower; the (segment's) popularity fallback for the others. Seen items are excluded, business
-    rules applied last, each row explained by a history item and marked with its ``source``; and
-    the user vectors it ranked with. ``interests_prior`` None: users without history get the
-    fallback whatever they said (train found their words lose to popularity).
+    history; for users without one who said what they like (``interests``), what the reference
+    users whose words are alike used (``words``); the (segment's) popularity fallback for the
+    others. Seen items are excluded, business rules applied last, each row explained by a history
+    item and marked with its ``source``; and the user vectors it ranked with (users with a
+    history). ``words`` None: users without history get the fallback whatever they said (train
+    found their words lose to popularity).
     """
     items = retriever.items
     history_idx = items.indices(histories[HISTORY_COL])
@@ -399,16 +400,13 @@ def user_topn(
     segments = histories[SEGMENT_COL].to_numpy(dtype=object) if SEGMENT_COL in histories else None
     user_vectors, fallback = retriever.user_vectors(history_idx)
     said = np.zeros(len(fallback), dtype=bool)
-    if interests_prior is not None and INTERESTS_COL in histories and retriever.tokenizer is not None:
+    if words is not None and INTERESTS_COL in histories and retriever.tokenizer is not None:
         said = fallback & histories[INTERESTS_COL].notna().to_numpy()
-        if said.any():
-            words = histories[INTERESTS_COL].to_numpy()[said].tolist()
-            user_vectors[said] = retriever.words_vectors(words, popularity, interests_prior)
-            fallback = fallback & ~said
+        fallback = fallback & ~said
     source = np.where(fallback, FROM_POPULARITY, np.where(said, FROM_INTERESTS, FROM_HISTORY)).astype(object)
     queries = retrieval_users(user_vectors, retriever.temperature)
     # With a ranker, users with a history are re-ranked; the others go through rank_users.
-    ranked_here = (fallback | said) if ranking is not None else np.ones(len(fallback), dtype=bool)
+    ranked_here = fallback if ranking is not None else ~said
     rows_here = np.flatnonzero(ranked_here)
     scores = np.full((len(fallback), n), -np.inf, dtype=np.float32)
     ids = np.full((len(fallback), n), -1, dtype=np.int64)
@@ -417,6 +415,11 @@ def user_topn(
         fallback[rows_here], rules, segments=None if segments is None else segments[rows_here],
         segment_popularity=segment_popularity,
     )  # fmt: skip
+    if said.any():
+        rows = np.flatnonzero(said)
+        queries_said = words.queries(retriever.words_vectors(histories[INTERESTS_COL].to_numpy()[said].tolist()))
+        scores[rows], ids[rows] = rank_users(words.search, queries_said, [seen_idx[r] for r in rows], popularity, n,
+                                             retriever.batch_size, np.zeros(len(rows), dtype=bool), rules)  # fmt: skip
     if ranking is not None and (~fallback & ~said).any():
         warm = np.flatnonzero(~fallback & ~said)
         scores[warm], ids[warm] = ranking.rerank_users(
@@ -441,7 +444,7 @@ def user_topn(
     }
     user_ids = histories[USER_COL].to_numpy()
     # Published as the model's queries (user / T), so a service scores dot(user, item) + bias.
-    vectors = user_vectors_table(user_ids[~fallback], queries[~fallback, :-1], model_version)
+    vectors = user_vectors_table(user_ids[~fallback & ~said], queries[~fallback & ~said, :-1], model_version)
     return UserTopN(table, vectors, counts)
 
 

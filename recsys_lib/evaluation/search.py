@@ -12,9 +12,9 @@ documents; most-popular is the floor.
 Users described in words: each warm user's history is hidden and replaced by the words that
 describe it best (the tags and categories of their training items, weighted by TF-IDF, the
 training pairs only: no held-out tag and no held-out item is among them); the model ranks from
-those words through the path a new user with stated interests takes at serving time (the
-pseudo-history their words pick, read by the user tower); most-popular is what such a user gets
-otherwise.
+those words through the path a new user with stated interests takes at serving time (a
+``WordsModel``: what the reference users whose own words are alike used, fitted without the
+scored users); most-popular is what such a user gets otherwise.
 Tests: tests/unit/recsys_lib/evaluation/test_search.py.
 """
 
@@ -31,6 +31,7 @@ from recsys_lib.evaluation.metrics import PAD, ranking_metrics
 from recsys_lib.evaluation.report import MODEL, Segment
 from recsys_lib.models.examples import interest_texts
 from recsys_lib.schema import HOLDOUT_COL, ITEM_COL, QUERY_COL
+from recsys_lib.words import DEFAULT_WORDS_L2, WORDS_L2, fold_scores, reference_users
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +40,6 @@ MIN_INTEREST_USERS = 50  # fewer validation users with words than this: the text
 # Validation users whose words the check encodes at most (a seeded sample): enough to tell the priors
 # and popularity apart (NDCG@10's standard error about 0.003), 20 s of MiniLM on 2 cores.
 MAX_INTEREST_USERS = 5_000
-# How strongly popularity weighs in the pseudo-history a user's words pick (Retriever.words_histories):
-# chosen on validation events from these.
-INTEREST_PRIORS = (0.0, 1.0, 4.0)
-DEFAULT_INTEREST_PRIOR = 1.0  # a model version whose run chose none
 
 # A scorer maps query texts to scores [n_queries, n_items] over the catalogue; -inf: not retrieved.
 Scorer = Callable[[list[str]], np.ndarray]
@@ -107,16 +104,16 @@ def search_segment(queries: SearchQueries, scorers: dict[str, Scorer], n_items: 
     return Segment(title, len(queries), dict(sorted(results.items(), key=lambda kv: kv[0] != MODEL)))
 
 
-def text_user_segment(split, candidate, pairs: pd.DataFrame, ks: Sequence[int],
-                      prior: float = DEFAULT_INTEREST_PRIOR, seed: int = 0) -> Segment:  # fmt: skip
+def text_user_segment(split, candidate, pairs: pd.DataFrame, ks: Sequence[int], l2: float = DEFAULT_WORDS_L2,
+                      seed: int = 0) -> Segment:  # fmt: skip
     """Warm users ranked from ``interest_texts`` of their training history (the history itself
-    hidden): the served path for users known by their words (their pseudo-history with the
-    ``prior`` train chose) against most-popular, on the warm protocol's answers. At most
+    hidden) through the served path for users known by their words (a ``WordsModel`` with the
+    ``l2`` train chose, fitted on the other users: five folds, none learns from its own scored
+    users) against most-popular, on the warm protocol's answers (cold items excluded). At most
     ``MAX_INTEREST_USERS`` of them (a sample drawn with ``seed``): their words go through the
     transformer every night."""
     from recsys_lib.evaluation.protocols import WarmUsers
     from recsys_lib.recommend import rank_users
-    from recsys_lib.retrieval import retrieval_users
 
     warm = WarmUsers.of(split)
     texts = interest_texts([split.history_idx[i] for i in warm.rows], pairs, split.item_ids)
@@ -128,18 +125,21 @@ def text_user_segment(split, candidate, pairs: pd.DataFrame, ks: Sequence[int],
     if len(rows) > MAX_INTEREST_USERS:
         rows = np.sort(np.random.default_rng(seed).choice(rows, size=MAX_INTEREST_USERS, replace=False))
         title = f"users described in words, history hidden (n={len(rows)}, a sample of {int(said.sum())})"
-    exclude = [warm.seen[r] for r in rows]
+    exclude = [np.union1d(warm.seen[r], split.cold_idx) for r in rows]  # as on the warm protocol
     relevant = [warm.relevant[r] for r in rows]
     depth = max(ks)
-    candidate = candidate.without(split.cold_idx)  # as on the warm protocol
     popularity = split.popularity()
-    users = candidate.words_vectors([texts[r] for r in rows], popularity, prior)
-    queries = retrieval_users(users, candidate.temperature)
-    results = {}
-    for name, fallback in ((MODEL, False), ("popularity", True)):
-        every = np.full(len(rows), fallback)
-        _, lists = rank_users(candidate.search, queries, exclude, popularity, depth, candidate.batch_size, every)
-        results[name] = ranking_metrics(lists, relevant, split.n_items, ks)
+    reference, vectors, used = reference_users(candidate, split.history_idx, split.seen_idx, pairs, seed)
+    position = pd.Index(reference).get_indexer(np.asarray(warm.rows)[rows])
+    words = candidate.words_vectors([texts[r] for r in rows])
+    lists = np.full((len(rows), depth), PAD, dtype=np.int64)
+    for part, model, queries in fold_scores(words, vectors, used, position, l2, popularity):
+        _, lists[part] = rank_users(model.search, queries, [exclude[r] for r in part], popularity, depth,
+                                    candidate.batch_size, np.zeros(len(part), dtype=bool))  # fmt: skip
+    results = {MODEL: ranking_metrics(lists, relevant, split.n_items, ks)}
+    _, lists = rank_users(candidate.search, np.zeros((len(rows), 1), np.float32), exclude, popularity, depth,
+                          candidate.batch_size, np.ones(len(rows), dtype=bool))  # fmt: skip
+    results["popularity"] = ranking_metrics(lists, relevant, split.n_items, ks)
     log.info("users described in words: %s", {n: round(m[f"ndcg_at_{ks[0]}"], 4) for n, m in results.items()})
     return Segment(title, len(rows), results)
 
@@ -148,48 +148,48 @@ def check_interests(
     retriever, validation, pairs: pd.DataFrame, popularity: np.ndarray, k: int, seed: int = 0
 ) -> dict[str, float]:
     """Whether users known only by their words should be served from them, and how: each
-    validation user's history is replaced by ``interest_texts`` of it and their validation event
-    ranked through the words' pseudo-history (``Retriever.words_histories``) with each prior
-    strength in ``INTEREST_PRIORS``, and by popularity. The best prior (``interests.prior``) is
-    used (``interests.used``) only where it wins, as the ranker is: on a catalogue whose words say
+    validation user's history is replaced by ``interest_texts`` of it, and their validation event
+    ranked by a ``WordsModel`` fitted on the other validation users (five folds) with each ridge
+    strength in ``WORDS_L2``, and by popularity. The best strength (``interests.l2``) is used
+    (``interests.used``) only where it wins, as the ranker is: on a catalogue whose words say
     little beyond popularity, such users keep the popularity fallback. At most
     ``MAX_INTEREST_USERS`` users (a sample drawn with ``seed``) take part."""
-    from recsys_lib.models.two_tower import PAD
+    from recsys_lib.models.two_tower import PAD as NO_ITEM
     from recsys_lib.recommend import rank_users
-    from recsys_lib.retrieval import retrieval_users
 
     if validation is None or not len(validation) or retriever.tokenizer is None:
         return {"interests.used": 0.0}
     validation = validation.sample(MAX_INTEREST_USERS, seed)
-    histories = [h[h != PAD] for h in validation.history]
-    texts = interest_texts(histories, pairs, retriever.items.ids)
-    rows = np.flatnonzero([bool(t) for t in texts])
+    histories = [h[h != NO_ITEM] for h in validation.history]
+    rows, vectors, used = reference_users(retriever, histories, validation.exclude, pairs, seed)
     if len(rows) < MIN_INTEREST_USERS:
         return {"interests.used": 0.0, "interests.users": float(len(rows))}
-    words = retriever.text_vectors([texts[r] for r in rows])
     exclude = [validation.exclude[r] for r in rows]
     relevant = [{int(validation.target[r])} for r in rows]
 
-    def ndcg(queries: np.ndarray, fallback: bool) -> float:
-        every = np.full(len(rows), fallback)
-        _, lists = rank_users(retriever.search, queries, exclude, popularity, k, retriever.batch_size, every)
+    def ndcg(lists: np.ndarray) -> float:
         return ranking_metrics(lists, relevant, len(popularity), (k,))[f"ndcg_at_{k}"]
 
-    by_prior = {
-        prior: ndcg(retrieval_users(retriever.user_vectors(retriever.words_histories(words, popularity, prior))[0],
-                                    retriever.temperature), False)
-        for prior in INTEREST_PRIORS
-    }  # fmt: skip
-    prior = max(by_prior, key=by_prior.get)
-    fallback = ndcg(np.zeros((len(rows), retriever.items.vectors.shape[1] + 1), np.float32), True)
-    used = by_prior[prior] > fallback
-    log.info("users described in words, on validation events: NDCG@%d %s (their words, by prior) vs %.4f "
-             "(popularity) on %d users: %s", k, {p: round(v, 4) for p, v in by_prior.items()}, fallback, len(rows),
-             f"words used, prior {prior}" if used else "popularity kept")  # fmt: skip
+    def words_ndcg(l2: float) -> float:
+        lists = np.full((len(rows), k), PAD, dtype=np.int64)
+        for part, model, queries in fold_scores(vectors, vectors, used, np.arange(len(rows)), l2, popularity):
+            _, lists[part] = rank_users(model.search, queries, [exclude[r] for r in part], popularity, k,
+                                        retriever.batch_size, np.zeros(len(part), dtype=bool))  # fmt: skip
+        return ndcg(lists)
+
+    by_l2 = {l2: words_ndcg(l2) for l2 in WORDS_L2}
+    l2 = max(by_l2, key=by_l2.get)
+    _, popular = rank_users(retriever.search, np.zeros((len(rows), 1), np.float32), exclude, popularity, k,
+                            retriever.batch_size, np.ones(len(rows), dtype=bool))  # fmt: skip
+    fallback = ndcg(popular)
+    used_words = by_l2[l2] > fallback
+    log.info("users described in words, on validation events: NDCG@%d %s (their words, by l2) vs %.4f "
+             "(popularity) on %d users: %s", k, {p: round(v, 4) for p, v in by_l2.items()}, fallback, len(rows),
+             f"words used, l2 {l2}" if used_words else "popularity kept")  # fmt: skip
     return {
-        "interests.used": float(used),
-        "interests.prior": float(prior),
+        "interests.used": float(used_words),
+        "interests.l2": float(l2),
         "interests.users": float(len(rows)),
-        f"interests.model_ndcg_at_{k}": by_prior[prior],
+        f"interests.model_ndcg_at_{k}": by_l2[l2],
         f"interests.popularity_ndcg_at_{k}": fallback,
     }

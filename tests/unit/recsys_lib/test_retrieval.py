@@ -68,18 +68,3 @@ def test_users_become_queries_and_the_index_returns_the_models_ranking(tiny_two_
         assert s[0, 2] == pytest.approx(-14.1421, rel=1e-4)
         _, again = without.without(np.array([0])).search(queries[:1], 5)  # and then without a too
         assert again[0, :2].tolist() == [1, 3] and (again[0, 2:] == -1).all(), kind
-
-
-def test_words_pick_a_pseudo_history_among_the_popular_items_best_last(tiny_two_tower, monkeypatch):
-    from recsys_lib import retrieval
-
-    monkeypatch.setattr(retrieval, "WORDS_HISTORY", 2)
-    monkeypatch.setattr(retrieval, "WORDS_POOL", 4)
-    items = hand_made_items()  # a = e0, b = e1, c = (a + b) / sqrt 2, d = -a, e = e2 with bias 15
-    retriever = Retriever(tiny_two_tower, items, build_item_index(items, FLAT).index)
-    words = items.vectors[[0]]  # words that land on a
-    popularity = np.array([5.0, 4.0, 3.0, 2.0, 1.0])  # e, the least popular, is outside the pool
-    # cosine / T: a 20, c 14.1, b 0, d -20
-    assert retriever.words_histories(words, popularity, 0.0)[0].tolist() == [2, 0]
-    # + 100 log(1 + interactions): b overtakes c
-    assert retriever.words_histories(words, popularity, 100.0)[0].tolist() == [1, 0]

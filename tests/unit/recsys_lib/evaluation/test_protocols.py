@@ -120,26 +120,24 @@ def test_users_described_in_words_rank_from_their_words_alone(tiny_two_tower, ti
     from transformers import AutoTokenizer
 
     from recsys_lib.evaluation import search
-    from recsys_lib.evaluation.metrics import ranking_metrics
 
-    words = pd.DataFrame({"query": ["crime", "crime", "space"], "item_id": ["a", "b", "d"], "is_holdout": False})
+    # a, b and c say "crime", so every user says it and weighs every other user alike: a scored
+    # user gets the items the others used most, ties to the more popular (a 3, c 2, b 1).
+    words = pd.DataFrame({"query": "crime", "item_id": list("abc"), "is_holdout": False})
     tokenizer = AutoTokenizer.from_pretrained(str(tiny_encoder))
     retriever = Retriever(tiny_two_tower, ITEMS, build_item_index(ITEMS, FLAT).index, 2, tokenizer)
-    s = split()
+    seen = {"u1": ["a"], "u2": ["a", "c"], "u3": ["a", "c", "b"]}
+    histories = pd.DataFrame({"user_id": list(seen), "history": list(seen.values()), "seen": list(seen.values())})
+    train = pd.DataFrame([(u, i, False) for u, items in seen.items() for i in items],
+                         columns=["user_id", "item_id", "is_validation"])  # fmt: skip
+    holdout = pd.DataFrame({"user_id": ["u1", "u2"], "item_id": ["b", "b"]})  # u3 only teaches
+    frames = (ITEMS.ids, histories, train, holdout, pd.DataFrame({"item_id": []}), holdout.iloc[:0], _frames()[-1])
+    s = EvaluationSplit.from_frames(*frames)
     assert search.text_user_segment(s, retriever, words, ks=(1, 2)).rankers == {}  # 2 users: too few
     monkeypatch.setattr(search, "MIN_QUERIES", 1)
     segment = search.text_user_segment(s, retriever, words, ks=(1, 2))
-    # u1's history (a, b) says "crime"; u2's (d) says "space": each ranks from those words only,
-    # through the pseudo-history they pick, seen items out.
-    from recsys_lib.recommend import rank_users
-    from recsys_lib.retrieval import retrieval_users
-
-    vectors = retriever.words_vectors(["crime", "space"], s.popularity(), search.DEFAULT_INTEREST_PRIOR)
-    queries = retrieval_users(vectors, retriever.temperature)
-    _, lists = rank_users(retriever.search, queries, [np.array([0, 1]), np.array([3])], s.popularity(), 2, 2,
-                          np.zeros(2, dtype=bool))  # fmt: skip
-    expected = ranking_metrics(lists, [{2}, {0}], 5, (1, 2))
-    assert segment.rankers["model"] == pytest.approx(expected)
+    # u1 (seen a), from u2 and u3: c (2 users), then b (1). u2 (seen a c), from u1 and u3: b.
+    assert segment.rankers["model"]["recall_at_1"] == 0.5 and segment.rankers["model"]["recall_at_2"] == 1.0
     assert segment.rankers["popularity"]["users"] == 2 and segment.users == 2
     monkeypatch.setattr(search, "MAX_INTEREST_USERS", 1)  # more users than that: a seeded sample
     sampled = search.text_user_segment(s, retriever, words, ks=(1, 2))
@@ -157,22 +155,21 @@ def test_words_serve_users_known_by_them_only_where_they_beat_popularity(tiny_tw
     tokenizer = AutoTokenizer.from_pretrained(str(tiny_encoder))
     retriever = Retriever(tiny_two_tower, ITEMS, build_item_index(ITEMS, FLAT).index, 2, tokenizer)
     monkeypatch.setattr(search, "MIN_INTEREST_USERS", 1)
-    # Without popularity in the pseudo-history (prior 0), the words rank the items this way.
-    crime = retriever.words_vectors(["crime"], np.zeros(5), 0.0)[0] @ ITEMS.vectors.T
-    crime[[0, 1]] = np.nan  # a and b are seen
-    best, worst = int(np.nanargmax(crime)), int(np.nanargmin(crime))
-    validation = ValidationSet(np.array([[PAD, 0, 1]]), np.array([best]), [np.array([0, 1])])
-    popular_worst = np.zeros(5)
-    popular_worst[worst] = 10.0
-    used = search.check_interests(retriever, validation, words, popular_worst, k=1)
+    # Three users whose histories (a, b) say "crime", each ranked from what the other two used:
+    # u1 (seen a b) by u2's and u3's c, u2 (seen a b c) by u3's d, u3 (seen a b c d): e is left.
+    history = np.array([[PAD, 0, 1]] * 3)
+    validation = ValidationSet(history, np.array([2, 3, 4]), [np.array([0, 1]), np.array([0, 1, 2]),
+                                                              np.array([0, 1, 2, 3])])  # fmt: skip
+    popular_e = np.array([0.0, 0.0, 0.0, 0.0, 10.0])  # right for u3 only
+    used = search.check_interests(retriever, validation, words, popular_e, k=1)
     assert used["interests.used"] == 1.0 and used["interests.model_ndcg_at_1"] == 1.0
-    assert used["interests.prior"] in search.INTEREST_PRIORS
-    validation = ValidationSet(validation.history, np.array([worst]), validation.exclude)
-    kept = search.check_interests(retriever, validation, words, popular_worst, k=1)
+    assert used["interests.popularity_ndcg_at_1"] == pytest.approx(1 / 3) and used["interests.users"] == 3.0
+    assert used["interests.l2"] in search.WORDS_L2
+    # Popularity as good as the words (c, then d, then e): popularity is kept.
+    kept = search.check_interests(retriever, validation, words, np.array([0.0, 0.0, 3.0, 2.0, 1.0]), k=1)
     assert kept["interests.used"] == 0.0 and kept["interests.popularity_ndcg_at_1"] == 1.0
     assert search.check_interests(Retriever(tiny_two_tower, ITEMS, retriever.index, 2), validation, words,
-                                  popular_worst, k=1) == {"interests.used": 0.0}  # no tokenizer: no text path
+                                  popular_e, k=1) == {"interests.used": 0.0}  # no tokenizer: no text path
     # Many validation users: a seeded sample of MAX_INTEREST_USERS takes part.
     monkeypatch.setattr(search, "MAX_INTEREST_USERS", 2)
-    three = ValidationSet(validation.history.repeat(3, axis=0), validation.target.repeat(3), validation.exclude * 3)
-    assert search.check_interests(retriever, three, words, popular_worst, k=1)["interests.users"] == 2.0
+    assert search.check_interests(retriever, validation, words, popular_e, k=1)["interests.users"] == 2.0
