@@ -143,9 +143,13 @@ def run(settings: Settings, ds: str) -> dict[str, Any]:
         for side in text_frames
     )
     device = resolve_device(cfg.device)
-    known, new_outputs = None, EncoderOutputs.empty(model.config.dim)
+    # The transformer's outputs as training starts, through the encoder-output cache: the
+    # pretrained encoder's on a first night (evaluate's search baseline reads them back), the
+    # champion's otherwise, where only new and edited items go through it.
+    frames = [evaluation_documents] if fine_tune else [evaluation_documents, documents]
+    known, new_outputs = _known_outputs(storage, model, tokenizer, frames, cfg, device)
+    initial_fingerprint = model.encoder_fingerprint()
     if not fine_tune:
-        known, new_outputs = _known_outputs(storage, model, tokenizer, documents, evaluation_documents, cfg, device)
         log.info("transformer frozen tonight (last fine-tuned for %s, every %d days): %d of %d documents through it",
                  encoder_ds, cfg.finetune_every_days, len(new_outputs), len(documents))  # fmt: skip
 
@@ -165,7 +169,7 @@ def run(settings: Settings, ds: str) -> dict[str, Any]:
                                warm_started=warm_started, served_documents=docs, text_pairs=text_pairs,
                                pooled=known, side=None if side is None else torch.from_numpy(side))  # fmt: skip
         models.report |= {"fine_tuned": float(fine_tune),
-                          "transformer_documents": float(len(new_outputs) if known is not None else len(documents))}
+                          "transformer_documents": float(len(new_outputs) if not fine_tune else len(documents))}
         retriever = _evaluation_retriever(settings, models, item_ids, tokenizer, side)
         ranker = _fit_ranker(settings, retriever, documents, ranker_events, ranker_pairs, train.ranking)
         interests = check_interests(retriever, train.validation, pairs, _popularity(item_ids, ranker_events),
@@ -173,6 +177,8 @@ def run(settings: Settings, ds: str) -> dict[str, Any]:
         models.evaluation.to(device)
         tracker.log_metrics(run_id, models.report | _ranker_metrics(ranker) | interests)
         if fine_tune:  # a new transformer: every document's outputs are new
+            if len(new_outputs):  # ... and the starting transformer's, computed above, are kept too
+                storage.add_encoder_outputs(initial_fingerprint, new_outputs.to_table())
             hashes = pd.Index(pd.concat([documents[CONTENT_HASH_COL], evaluation_documents[CONTENT_HASH_COL]]))
             pooled = torch.cat([models.pooled, models.evaluation_pooled]).cpu().numpy()
             new_outputs = EncoderOutputs(hashes, pooled).unique()
@@ -198,10 +204,10 @@ def run(settings: Settings, ds: str) -> dict[str, Any]:
             "reused": False, "encoder_ds": encoder_ds, **models.report}  # fmt: skip
 
 
-def _known_outputs(storage, model, tokenizer, documents, evaluation_documents, cfg, device):
-    """((evaluation documents', served documents' pooled transformer outputs), those computed
-    now) for a night that keeps the warm start's transformer: from the encoder-output cache, the
-    transformer running only for documents it has not seen (new and edited items)."""
+def _known_outputs(storage, model, tokenizer, frames, cfg, device):
+    """((each documents frame's pooled transformer outputs, as training starts), those computed
+    now): from the encoder-output cache of the model's transformer, which runs only for
+    documents the cache lacks (all of them on a first night; new and edited items after)."""
     import numpy as np
     import torch
 
@@ -215,12 +221,13 @@ def _known_outputs(storage, model, tokenizer, documents, evaluation_documents, c
         docs = TokenizedDocuments.from_texts(tokenizer, texts, model.config.max_length)
         return embed_text(model, docs, batch, device, pooled=True, cpu_bf16=bf16).cpu().numpy()
 
-    cached = storage.read_encoder_outputs(model.encoder_fingerprint()) or EncoderOutputs.empty(model.config.dim)
-    served, new = pooled_outputs(model, tokenizer, documents, batch, device, cached, pool)
-    known = cached.concat(new)
-    evaluation, new_too = pooled_outputs(model, tokenizer, evaluation_documents, batch, device, known, pool)
-    new = new.concat(new_too)
-    return (torch.from_numpy(evaluation).to(device), torch.from_numpy(served).to(device)), new
+    known = storage.read_encoder_outputs(model.encoder_fingerprint()) or EncoderOutputs.empty(model.config.dim)
+    new, outputs = EncoderOutputs.empty(model.config.dim), []
+    for documents in frames:
+        pooled, computed = pooled_outputs(model, tokenizer, documents, batch, device, known, pool)
+        known, new = known.concat(computed), new.concat(computed)
+        outputs.append(torch.from_numpy(pooled).to(device))
+    return tuple(outputs), new
 
 
 def _text_pairs(settings: Settings, item_ids, pairs, train_events, all_events):

@@ -364,16 +364,18 @@ def train_nightly(
     ``documents`` are what the evaluation model reads (the search evaluation's held-out tags
     left out), ``served_documents`` the whole item documents the served model continues on (None:
     the same); ``text_pairs``: the (evaluation, served) models' text pairs. ``pooled``: the
-    transformer's outputs for (``documents``, ``served_documents``) when they are known (from the
-    encoder-output cache) and ``cfg`` keeps the transformer frozen: then it never runs on them.
+    transformer's outputs as training starts, when they are known (from the encoder-output cache):
+    for (``documents``,) when ``cfg`` fine-tunes it, for (``documents``, ``served_documents``)
+    when it stays frozen: then it never runs on them at all.
     ``side``: the items' side vectors, for a model that takes them (both models read the same)."""
-    if pooled is not None and (cfg.trainable_layers != 0 or cfg.lora_rank > 0):
-        raise ValueError("known transformer outputs need a frozen transformer (frozen_encoder_settings)")
+    frozen = cfg.trainable_layers == 0 and cfg.lora_rank <= 0
+    if pooled is not None and len(pooled) != (2 if frozen else 1):
+        raise ValueError("known transformer outputs: two frames for a frozen transformer, one for a fine-tuned one")
     report, evaluation_pooled = train_two_tower(
         model, documents, model.id_rows(item_ids), train.examples, cfg, device, train.validation, on_step, ks=ks,
         keep_initial=warm_started, text_pairs=text_pairs[0], pooled=None if pooled is None else pooled[0], side=side,
     )  # fmt: skip
-    if pooled is not None:
+    if pooled is not None and frozen:
         pooled = pooled[1]
     else:
         pooled = evaluation_pooled

@@ -156,12 +156,36 @@ class UserTower(nn.Module):
         attend = mask | ~has_items
         for layer in self.layers:
             x = layer(x, src_key_padding_mask=~attend)
-        # key(x) @ query as x @ (query W): one matrix-vector product instead of a [B, L, d] x [d, d]
-        # multiply (the same scores, the largest cost of a training step on cached outputs).
-        scores = x @ (self.query @ self.key.weight) / math.sqrt(x.shape[-1])
-        weights = torch.softmax(scores.masked_fill(~attend, float("-inf")), dim=1) * mask
+        weights = self._weights(x @ self._score_vector(), mask, attend)
         pooled = (weights.unsqueeze(-1) * x).sum(1)
         return F.normalize(self.projection(pooled), dim=-1) * has_items
+
+    def forward_rows(self, table: torch.Tensor, rows: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """``forward(table[rows] * mask, mask)``: the history as [B, L] rows of a [V, d] table of
+        item vectors (each distinct vector once).
+
+        Without layers nothing of size [B, L, d] is built: scores are looked up from ``table @ q``
+        and the pooling is one ``embedding_bag``. On cached encoder outputs the histories are
+        most of a training step."""
+        if len(self.layers):
+            return self.forward(table[rows] * mask.unsqueeze(-1), mask)
+        length = rows.shape[1]
+        recency = self.recency(torch.arange(length - 1, -1, -1, device=table.device))  # [L, d]
+        query = self._score_vector()
+        scores = (table @ query)[rows] + (recency @ query).unsqueeze(0)
+        has_items = mask.any(dim=1, keepdim=True)
+        attend = mask | ~has_items
+        weights = self._weights(scores, mask, attend)
+        pooled = F.embedding_bag(rows, table, per_sample_weights=weights, mode="sum") + weights @ recency
+        return F.normalize(self.projection(pooled), dim=-1) * has_items
+
+    def _score_vector(self) -> torch.Tensor:
+        """key(x) @ query as x @ (query W): a matrix-vector product, not a [B, L, d] x [d, d] one."""
+        return self.query @ self.key.weight / math.sqrt(self.query.shape[0])
+
+    @staticmethod
+    def _weights(scores: torch.Tensor, mask: torch.Tensor, attend: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(scores.masked_fill(~attend, float("-inf")), dim=1) * mask
 
 
 class TwoTowerModel(nn.Module):
@@ -219,8 +243,11 @@ class TwoTowerModel(nn.Module):
         """Logits [u, n]: cosine / temperature + item bias."""
         return users @ item_vectors.T / self.temperature + item_bias.unsqueeze(0)
 
-    def encode_users(self, history: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return self.user_tower(history, mask)
+    def encode_users(self, item_vectors: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
+        """Unit user vectors [B, d] of [B, L] histories: right-aligned rows of ``item_vectors``
+        [n, d] (catalogue indices, or any table's), PAD where empty."""
+        mask = history != PAD
+        return self.user_tower.forward_rows(item_vectors, history.clamp(min=0), mask)
 
     def encoder_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.item_tower.encoder.parameters() if p.requires_grad]
@@ -477,13 +504,6 @@ def history_matrix(histories: list[np.ndarray], history_length: int) -> np.ndarr
     return out
 
 
-def gather_history(item_vectors: torch.Tensor, history: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Look up [B, L] catalogue indices (PAD allowed) -> ([B, L, d] vectors, [B, L] mask)."""
-    mask = history != PAD
-    vectors = item_vectors[history.clamp(min=0)] * mask.unsqueeze(-1)
-    return vectors, mask
-
-
 @torch.no_grad()
 def embed_users(
     model: TwoTowerModel, item_vectors: torch.Tensor, history: np.ndarray, batch_size: int = 4096
@@ -495,8 +515,7 @@ def embed_users(
     out = []
     for start in range(0, len(history), batch_size):
         h = torch.as_tensor(history[start : start + batch_size], device=device)
-        vectors, mask = gather_history(item_vectors, h)
-        out.append(model.encode_users(vectors, mask).float())
+        out.append(model.encode_users(item_vectors, h).float())
     model.train(was_training)
     if not out:
         return torch.empty(0, model.config.dim, device=device)

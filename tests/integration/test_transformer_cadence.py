@@ -9,9 +9,11 @@ import datetime as dt
 import pandas as pd
 import pytest
 
-from jobs.pipeline import run_all
+from jobs.pipeline import MODEL_STAGES, run_all
 from recsys_lib.data import land_raw_drop, synthetic
-from recsys_lib.storage import Storage
+from recsys_lib.models.two_tower import TwoTowerModel
+from recsys_lib.schema import CONTENT_HASH_COL
+from recsys_lib.storage import FeatureTable, Storage
 from recsys_lib.tracking import CANDIDATE, ENCODER_DS_TAG, Tracker
 from tests.conftest import make_settings
 
@@ -43,8 +45,15 @@ def test_a_night_between_fine_tunings_encodes_only_what_changed(tmp_path, tiny_e
     data = synthetic.generate_dataset(n_users=40, n_items=40, interactions_per_user=8, seed=3)
     first = synthetic.last_day(data.interactions)
     land_raw_drop(storage, first, data.interactions, data.items)
-    night1 = run_all(settings, first)
+    night1 = run_all(settings, first, stages=("ingest", "features", "train"))
     assert night1["train"]["fine_tuned"] == 1.0 and night1["train"]["encoder_ds"] == first
+    # The pretrained transformer's outputs, computed as training started, are kept: evaluate's
+    # search baseline (the pretrained encoder) reads them back rather than encode the catalogue.
+    pretrained, _ = TwoTowerModel.from_encoder(str(tiny_encoder), 50, settings.model.max_length, 0.05)
+    kept = storage.read_encoder_outputs(pretrained.encoder_fingerprint())
+    documents = storage.read_features(FeatureTable.EVALUATION_DOCUMENTS, first)
+    assert (kept.rows(documents[CONTENT_HASH_COL]) >= 0).all()
+    night1 |= run_all(settings, first, stages=MODEL_STAGES)
     assert night1["publish"]["live"]
 
     second, events, items = next_night(data, first, edited=3, new=2)

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
-from recsys_lib.models.train_task import Batch, SearchPairs, TwoTowerTrainTask
+from recsys_lib.models.train_task import Batch, SearchPairs, TwoTowerTrainTask, eager_attention_on_cpu
 from recsys_lib.models.two_tower import PAD, TokenizedDocuments, TwoTowerModel
 
 TEXTS = ["red apple", "green apple", "blue ocean", "deep ocean"]
@@ -59,6 +59,21 @@ def test_a_fine_tuning_step_trains_the_transformer_on_the_encoded_items(task):
     assert out.encoder_loss is not None and out.total.item() == pytest.approx(out.loss.item() + out.encoder_loss.item())
     out.total.backward()
     assert any(g is not None and g.abs().sum() > 0 for g in encoder_grads(t.model))
+
+
+def test_passes_with_gradients_use_plain_attention_on_a_cpu_and_compute_the_same(task):
+    t = task()
+    encoder = t.model.item_tower.encoder.eval()
+    ids, mask = t.documents.batch(torch.arange(4), "cpu")
+    with torch.no_grad():
+        fused = t.model.item_tower.pool(ids, mask)
+        with eager_attention_on_cpu(encoder, torch.device("cpu")):
+            assert encoder.config._attn_implementation == "eager"
+            plain = t.model.item_tower.pool(ids, mask)
+    assert encoder.config._attn_implementation == "sdpa"
+    torch.testing.assert_close(plain, fused, rtol=1e-4, atol=1e-5)
+    with eager_attention_on_cpu(encoder, torch.device("meta")):  # any other device: untouched
+        assert encoder.config._attn_implementation == "sdpa"
 
 
 def test_id_dropout_hides_ids_from_the_loss(task):

@@ -41,6 +41,7 @@ def test_training_reduces_the_loss_and_is_seeded(tiny_encoder, settings):
         ex = build_examples(train, items, 5)
         report, pooled = train_two_tower(model, docs, model.id_rows(items), ex, cfg, torch.device("cpu"), validation,
                                          ks=(10,))  # fmt: skip
+        assert model.item_tower.encoder.config._attn_implementation == "sdpa"  # eager only inside its steps
         # The outputs it hands back are those of the restored (best) state: nobody re-encodes.
         torch.testing.assert_close(pooled, pooled_outputs(model, docs, cfg))
         return model, report

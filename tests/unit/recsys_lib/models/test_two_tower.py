@@ -185,6 +185,37 @@ def test_user_tower_layers_read_the_order_of_the_history(model):
     assert not torch.allclose(users[0], users[1], atol=1e-4)  # recency-aware, not a bag of items
 
 
+@pytest.mark.parametrize("layers", [0, 1])
+def test_user_tower_reads_rows_of_a_table_as_it_reads_the_vectors(layers):
+    """The table path (one embedding_bag, no [B, L, d] tensor) is the same function, gradients
+    included, as the history's vectors gathered and read."""
+    from recsys_lib.models.two_tower import UserTower
+
+    torch.manual_seed(0)
+    tower = UserTower(dim=8, history_length=4, layers=layers, heads=2).eval()
+    with torch.no_grad():
+        for p in tower.parameters():
+            p.add_(0.3 * torch.randn(p.shape))
+    table = torch.randn(6, 8)
+    rows = torch.tensor([[PAD, 0, 5, 0], [PAD, PAD, PAD, 3], [PAD, PAD, PAD, PAD], [1, 2, 3, 4]])
+    mask = rows != PAD
+    outputs, grads = [], []
+    for by_rows in (True, False):
+        tower.zero_grad()
+        t = table.clone().requires_grad_()
+        if by_rows:
+            users = tower.forward_rows(t, rows.clamp(min=0), mask)
+        else:
+            users = tower(t[rows.clamp(min=0)] * mask.unsqueeze(-1), mask)
+        (users * torch.arange(8.0)).sum().backward()
+        outputs.append(users.detach())
+        grads.append([t.grad] + [p.grad.clone() for p in tower.parameters() if p.grad is not None])
+    assert torch.allclose(outputs[0], outputs[1], atol=1e-5)
+    assert torch.equal(outputs[0][2], torch.zeros(8))  # no history: zeros
+    for a, b in zip(*grads, strict=True):
+        assert torch.allclose(a, b, atol=1e-5)
+
+
 def test_weighted_loss_is_the_weighted_mean_of_the_rows():
     users = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
     items = torch.tensor([[1.0, 0.0], [0.6, 0.8]])
