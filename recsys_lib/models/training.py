@@ -64,23 +64,68 @@ def warmup_linear_decay(start: int, end: int, warmup_fraction: float) -> Callabl
     return factor
 
 
-def build_optimizer(model: TwoTowerModel, cfg: TrainSettings, frozen_steps: int, steps: int):
-    """(AdamW, its schedule): the heads and ID tables learn from step 0, the transformer (if it
-    is fine-tuned at all) from ``frozen_steps``, each with its own warm-up and decay."""
+class TwoTowerOptimizer:
+    """AdamW over the dense parameters (separate learning rates for the transformer, the heads
+    and the item-bias head) and lazy Adam (``SparseAdam``) over the ID tables, whose gradients are
+    sparse: a dense gradient and update of a 100k-item table cost 0.38 s a step on 2 cores, most
+    of a step; the lazy one touches only the rows in the batch. Each group has its schedule."""
+
+    def __init__(self, dense: torch.optim.Optimizer, dense_schedules: list, sparse: torch.optim.Optimizer,
+                 sparse_schedule: Callable[[int], float]):  # fmt: skip
+        self.optimizers = (dense, sparse)
+        self.schedulers = (
+            torch.optim.lr_scheduler.LambdaLR(dense, dense_schedules),
+            torch.optim.lr_scheduler.LambdaLR(sparse, sparse_schedule),
+        )
+
+    def zero_grad(self) -> None:
+        for optimizer in self.optimizers:
+            optimizer.zero_grad(set_to_none=True)
+
+    def step(self, parameters, max_norm: float = 1.0) -> None:
+        """Clip the gradients of ``parameters`` to ``max_norm`` in all, then update and schedule."""
+        clip_gradients(parameters, max_norm)
+        for optimizer in self.optimizers:
+            optimizer.step()
+        for scheduler in self.schedulers:
+            scheduler.step()
+
+
+def clip_gradients(parameters, max_norm: float) -> None:
+    """``clip_grad_norm_`` over dense and sparse gradients alike (torch's rejects sparse ones)."""
+    parameters = [p for p in parameters if p.grad is not None]
+    for p in parameters:
+        if p.grad.is_sparse:
+            p.grad = p.grad.coalesce()  # once: SparseAdam would coalesce it again
+    grads = [p.grad for p in parameters]
+    if not grads:
+        return
+    norms = torch.stack([torch.linalg.vector_norm(g.values() if g.is_sparse else g) for g in grads])
+    coefficient = (max_norm / (torch.linalg.vector_norm(norms) + 1e-6)).clamp(max=1.0)
+    for g in grads:
+        g.mul_(coefficient)
+
+
+def build_optimizer(model: TwoTowerModel, cfg: TrainSettings, frozen_steps: int, steps: int) -> TwoTowerOptimizer:
+    """The heads and ID tables learn from step 0, the transformer (if it is fine-tuned at all)
+    from ``frozen_steps``, each with its own warm-up and decay."""
     # ID tables and biases live on a logit scale that must move far: they get a larger step.
     tower = model.item_tower
-    id_params = [tower.id_embedding.weight, tower.id_bias.weight, tower.text_bias.weight, tower.text_bias.bias]
-    heads = [p for p in model.head_parameters() if all(p is not q for q in id_params)]
+    id_tables = [tower.id_embedding.weight, tower.id_bias.weight]
+    bias_head = [tower.text_bias.weight, tower.text_bias.bias]
+    heads = [p for p in model.head_parameters() if all(p is not q for q in id_tables + bias_head)]
     groups = [
         {"params": heads, "lr": cfg.head_learning_rate},
-        {"params": id_params, "lr": cfg.id_learning_rate, "weight_decay": 0.0},
+        {"params": bias_head, "lr": cfg.id_learning_rate, "weight_decay": 0.0},
     ]
-    schedules = [warmup_linear_decay(0, steps, cfg.warmup_fraction)] * 2
+    head_schedule = warmup_linear_decay(0, steps, cfg.warmup_fraction)
+    schedules = [head_schedule] * 2
     if model.encoder_parameters():
         groups.append({"params": model.encoder_parameters(), "lr": cfg.learning_rate})
         schedules.append(warmup_linear_decay(frozen_steps, steps, cfg.warmup_fraction))
-    optimizer = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
-    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedules)
+    dense = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
+    return TwoTowerOptimizer(dense, schedules, torch.optim.SparseAdam(id_tables, lr=cfg.id_learning_rate),
+                             head_schedule)  # fmt: skip
 
 
 class BatchSampler:
@@ -224,7 +269,7 @@ def train_two_tower(
     steps = frozen + cfg.max_steps
     if steps < 1:
         raise ValueError("no training steps: train.frozen_steps + train.max_steps must be at least 1")
-    optimizer, scheduler = build_optimizer(model, cfg, frozen, steps)
+    optimizer = build_optimizer(model, cfg, frozen, steps)
     batch_size = min(cfg.batch_size, len(examples))
     encoded = max(1, min(cfg.encoder_batch_size, batch_size))
     task = TwoTowerTrainTask(model, documents, id_rows, examples.target, cfg, batch_size, device, pooled, text_pairs,
@@ -249,11 +294,9 @@ def train_two_tower(
             # checkpoints compete among themselves (the frozen ones stay in the logged curve).
             stopper.reset()
         out = task(sampler.next(device, encoded if fine_tuning else 0))
-        optimizer.zero_grad(set_to_none=True)
+        optimizer.zero_grad()
         out.total.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        scheduler.step()
+        optimizer.step(model.parameters(), max_norm=1.0)
         losses.append(out.loss.item())
         if on_step is not None and (step % 10 == 0 or step == steps - 1):
             logged = {"train_loss": losses[-1], "temperature": model.temperature.item()}

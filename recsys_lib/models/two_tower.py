@@ -83,14 +83,16 @@ class ItemTower(nn.Module):
             self.side_gate = nn.Linear(dim + side_dim, dim)
             nn.init.zeros_(self.side_gate.weight)
             nn.init.zeros_(self.side_gate.bias)
-        self.id_embedding = nn.Embedding(n_ids + 1, dim)
+        # Sparse gradients: a step touches a few thousand rows of tables that reach millions of
+        # items (training.TwoTowerOptimizer updates only those rows).
+        self.id_embedding = nn.Embedding(n_ids + 1, dim, sparse=True)
         nn.init.zeros_(self.id_embedding.weight)
         # Item bias (a logit offset: how likely the item is for anyone), from the text and,
         # for warm items, from the ID. Text alone must predict it for a brand-new item.
         self.text_bias = nn.Linear(dim, 1)
         nn.init.zeros_(self.text_bias.weight)
         nn.init.zeros_(self.text_bias.bias)
-        self.id_bias = nn.Embedding(n_ids + 1, 1)
+        self.id_bias = nn.Embedding(n_ids + 1, 1, sparse=True)
         nn.init.zeros_(self.id_bias.weight)
 
     def pool(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

@@ -7,7 +7,7 @@ import torch
 
 from recsys_lib.models.examples import build_examples, build_validation, prepare_serving_data, prepare_training_data
 from recsys_lib.models.inference import cpu_bf16
-from recsys_lib.models.training import train_nightly, train_two_tower, warmup_linear_decay
+from recsys_lib.models.training import clip_gradients, train_nightly, train_two_tower, warmup_linear_decay
 from recsys_lib.models.two_tower import TokenizedDocuments, TwoTowerModel, embed_text, embed_users, history_matrix
 
 
@@ -52,6 +52,25 @@ def test_training_reduces_the_loss_and_is_seeded(tiny_encoder, settings):
     assert first["train_loss"] == pytest.approx(second["train_loss"])  # same seed, same run
     assert 0 < first["best_step"] <= first["steps"] and "val_ndcg_at_10" in first
     assert first["val_ndcg_at_10"] == pytest.approx(second["val_ndcg_at_10"])
+
+
+def test_sparse_and_dense_gradients_are_clipped_together_as_torch_clips_dense_ones():
+    torch.manual_seed(0)
+    sparse, dense = torch.nn.Embedding(10, 4, sparse=True), torch.nn.Linear(4, 3)
+    reference = torch.nn.Embedding(10, 4)
+    reference.weight.data.copy_(sparse.weight.data)
+    for table in (sparse, reference):
+        dense.zero_grad()
+        (10 * dense(table(torch.tensor([1, 1, 3]))).pow(2).sum()).backward()
+        if table is reference:
+            torch.nn.utils.clip_grad_norm_([*reference.parameters(), *dense.parameters()], 1.0)
+            expected = [reference.weight.grad, dense.weight.grad.clone(), dense.bias.grad.clone()]
+        else:
+            clip_gradients([*sparse.parameters(), *dense.parameters()], 1.0)
+            clipped = [sparse.weight.grad.to_dense(), dense.weight.grad.clone(), dense.bias.grad.clone()]
+    for a, b in zip(clipped, expected, strict=True):
+        torch.testing.assert_close(a, b)
+    assert torch.linalg.vector_norm(torch.cat([g.flatten() for g in clipped])) == pytest.approx(1.0, rel=1e-4)
 
 
 def test_learning_rate_schedule_by_hand():
