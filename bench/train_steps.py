@@ -30,13 +30,14 @@ class _DenseOptimizer:
     """The design before: AdamW over every parameter, ID tables included, torch's clipping."""
 
     def __init__(self, model, cfg):
-        self.adamw = torch.optim.AdamW(model.parameters(), lr=cfg.head_learning_rate, weight_decay=0.0)
+        self.parameters = [p for p in model.parameters() if p.requires_grad]
+        self.adamw = torch.optim.AdamW(self.parameters, lr=cfg.head_learning_rate, weight_decay=0.0)
 
     def zero_grad(self) -> None:
         self.adamw.zero_grad(set_to_none=True)
 
-    def step(self, parameters, max_norm: float = 1.0) -> None:
-        torch.nn.utils.clip_grad_norm_(list(parameters), max_norm)
+    def step(self, max_norm: float = 1.0) -> None:
+        torch.nn.utils.clip_grad_norm_(self.parameters, max_norm)
         self.adamw.step()
 
 

@@ -147,8 +147,8 @@ def run(settings: Settings, ds: str) -> dict[str, Any]:
     # pretrained encoder's on a first night (evaluate's search baseline reads them back), the
     # champion's otherwise, where only new and edited items go through it.
     frames = [evaluation_documents] if fine_tune else [evaluation_documents, documents]
-    known, new_outputs = _known_outputs(storage, model, tokenizer, frames, cfg, device)
     initial_fingerprint = model.encoder_fingerprint()
+    known, new_outputs = _known_outputs(storage, model, initial_fingerprint, tokenizer, frames, cfg, device)
     if not fine_tune:
         log.info("transformer frozen tonight (last fine-tuned for %s, every %d days): %d of %d documents through it",
                  encoder_ds, cfg.finetune_every_days, len(new_outputs), len(documents))  # fmt: skip
@@ -204,9 +204,10 @@ def run(settings: Settings, ds: str) -> dict[str, Any]:
             "reused": False, "encoder_ds": encoder_ds, **models.report}  # fmt: skip
 
 
-def _known_outputs(storage, model, tokenizer, frames, cfg, device):
+def _known_outputs(storage, model, fingerprint: str, tokenizer, frames, cfg, device):
     """((each documents frame's pooled transformer outputs, as training starts), those computed
-    now): from the encoder-output cache of the model's transformer, which runs only for
+    now): from the encoder-output cache of the model's transformer (``fingerprint``: its
+    ``encoder_fingerprint()``, a hash of every weight, computed once), which runs only for
     documents the cache lacks (all of them on a first night; new and edited items after)."""
     import numpy as np
     import torch
@@ -221,7 +222,7 @@ def _known_outputs(storage, model, tokenizer, frames, cfg, device):
         docs = TokenizedDocuments.from_texts(tokenizer, texts, model.config.max_length)
         return embed_text(model, docs, batch, device, pooled=True, cpu_bf16=bf16).cpu().numpy()
 
-    known = storage.read_encoder_outputs(model.encoder_fingerprint()) or EncoderOutputs.empty(model.config.dim)
+    known = storage.read_encoder_outputs(fingerprint) or EncoderOutputs.empty(model.config.dim)
     new, outputs = EncoderOutputs.empty(model.config.dim), []
     for documents in frames:
         pooled, computed = pooled_outputs(model, tokenizer, documents, batch, device, known, pool)

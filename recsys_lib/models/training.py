@@ -82,9 +82,9 @@ class TwoTowerOptimizer:
         for optimizer in self.optimizers:
             optimizer.zero_grad(set_to_none=True)
 
-    def step(self, parameters, max_norm: float = 1.0) -> None:
-        """Clip the gradients of ``parameters`` to ``max_norm`` in all, then update and schedule."""
-        clip_gradients(parameters, max_norm)
+    def step(self, max_norm: float = 1.0) -> None:
+        """Clip the gradients of every parameter trained to ``max_norm`` in all, then update and schedule."""
+        clip_gradients([p for o in self.optimizers for group in o.param_groups for p in group["params"]], max_norm)
         for optimizer in self.optimizers:
             optimizer.step()
         for scheduler in self.schedulers:
@@ -94,12 +94,12 @@ class TwoTowerOptimizer:
 def clip_gradients(parameters, max_norm: float) -> None:
     """``clip_grad_norm_`` over dense and sparse gradients alike (torch's rejects sparse ones)."""
     parameters = [p for p in parameters if p.grad is not None]
+    if not parameters:
+        return
     for p in parameters:
         if p.grad.is_sparse:
             p.grad = p.grad.coalesce()  # once: SparseAdam would coalesce it again
     grads = [p.grad for p in parameters]
-    if not grads:
-        return
     norms = torch.stack([torch.linalg.vector_norm(g.values() if g.is_sparse else g) for g in grads])
     coefficient = (max_norm / (torch.linalg.vector_norm(norms) + 1e-6)).clamp(max=1.0)
     for g in grads:
@@ -296,7 +296,7 @@ def train_two_tower(
         out = task(sampler.next(device, encoded if fine_tuning else 0))
         optimizer.zero_grad()
         out.total.backward()
-        optimizer.step(model.parameters(), max_norm=1.0)
+        optimizer.step(max_norm=1.0)
         losses.append(out.loss.item())
         if on_step is not None and (step % 10 == 0 or step == steps - 1):
             logged = {"train_loss": losses[-1], "temperature": model.temperature.item()}

@@ -74,6 +74,14 @@ def test_passes_with_gradients_use_plain_attention_on_a_cpu_and_compute_the_same
     torch.testing.assert_close(plain, fused, rtol=1e-4, atol=1e-5)
     with eager_attention_on_cpu(encoder, torch.device("meta")):  # any other device: untouched
         assert encoder.config._attn_implementation == "sdpa"
+    # What the transformer ran with: plain attention in a fine-tuning step, SDPA when re-encoding.
+    seen = []
+    encoder.register_forward_pre_hook(lambda module, _: seen.append(module.config._attn_implementation))
+    t(Batch(**BATCH, encoded=2))
+    assert seen and set(seen) == {"eager"}
+    seen.clear()
+    t.refresh()
+    assert seen and set(seen) == {"sdpa"}
 
 
 def test_id_dropout_hides_ids_from_the_loss(task):
