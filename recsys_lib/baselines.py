@@ -24,6 +24,8 @@ import numpy as np
 import scipy.linalg
 import scipy.sparse as sp
 
+from recsys_lib.index import best_k
+
 log = logging.getLogger(__name__)
 
 
@@ -45,19 +47,18 @@ def history_indicator(histories: Sequence[np.ndarray], n_items: int) -> sp.csr_m
     return sp.csr_matrix((np.ones(len(indices), np.float32), indices, indptr), shape=(len(histories), n_items))
 
 
-def top_k(scores: np.ndarray, exclude: Sequence[np.ndarray], k: int) -> np.ndarray:
-    """Indices [b, k] of the highest scores per row, ``exclude`` removed; -1 where none is left."""
+def top_k(scores: np.ndarray, exclude: Sequence[np.ndarray], k: int, banned: np.ndarray | None = None) -> np.ndarray:
+    """Indices [b, k] of the highest scores per row, ``exclude`` (per row) and ``banned`` (every
+    row) removed; -1 where none is left."""
     scores = np.array(scores, dtype=np.float32, copy=True)
+    if banned is not None:
+        scores[:, banned] = -np.inf
     for row, items in enumerate(exclude):
         if len(items):
             scores[row, items] = -np.inf
-    width = min(k, scores.shape[1])
-    part = np.argpartition(-scores, width - 1, axis=1)[:, :width]
-    part_scores = np.take_along_axis(scores, part, axis=1)
-    order = np.argsort(-part_scores, axis=1, kind="stable")
-    ids = np.take_along_axis(part, order, axis=1)
-    ids = np.where(np.isfinite(np.take_along_axis(part_scores, order, axis=1)), ids, -1)
-    return np.pad(ids, ((0, 0), (0, k - width)), constant_values=-1)
+    best, ids = best_k(scores, k)
+    ids = np.where(np.isfinite(best), ids, -1)
+    return np.pad(ids, ((0, 0), (0, k - ids.shape[1])), constant_values=-1)
 
 
 class MostPopular:
@@ -154,9 +155,12 @@ class EASE:
         if info != 0:
             raise ValueError(f"EASE: the regularised Gram matrix is not positive definite (LAPACK info {info})")
         _mirror_upper(inverse)
-        inverse /= -np.diag(inverse).copy()[None, :]
-        np.fill_diagonal(inverse, 0.0)
-        self.weights = inverse
+        # P is symmetric, so its transpose is P itself, in row-major order (LAPACK hands back
+        # column-major): each batch's sparse x dense product would otherwise copy all of B first.
+        weights = inverse.T
+        weights /= -np.diag(weights).copy()[None, :]
+        np.fill_diagonal(weights, 0.0)
+        self.weights = weights
         self.position = np.full(matrix.shape[1], -1, dtype=np.int64)
         self.position[covered] = np.arange(len(covered))
         self.covered = covered
@@ -209,11 +213,8 @@ class EASE:
         for row, history in enumerate(seen):
             pos = self.position[np.asarray(history, dtype=np.int64)]
             dense[row, pos[pos >= 0]] = -np.inf
-        best = np.argpartition(-dense, k - 1, axis=1)[:, :k]
-        order = np.argsort(-np.take_along_axis(dense, best, axis=1), axis=1, kind="stable")
-        best = np.take_along_axis(best, order, axis=1)
-        ok = np.isfinite(np.take_along_axis(dense, best, axis=1))
-        out[:, :k] = np.where(ok, self.covered[best], -1)
+        scores, best = best_k(dense, k)
+        out[:, :k] = np.where(np.isfinite(scores), self.covered[best], -1)
         return out
 
 
@@ -434,12 +435,16 @@ class TfidfContent:
         return self.scores_for_histories(histories)
 
 
-def rank_users(ranker, users: np.ndarray, exclude: Sequence[np.ndarray], k: int, batch: int = 1024) -> np.ndarray:
-    """Top-k lists [len(users), k] of a fitted ranker, in batches of users."""
+def rank_users(
+    ranker, users: np.ndarray, exclude: Sequence[np.ndarray], k: int, batch: int = 1024,
+    banned: np.ndarray | None = None,
+) -> np.ndarray:
+    """Top-k lists [len(users), k] of a fitted ranker, in batches of users; ``exclude`` per user,
+    ``banned`` for all."""
     out = [np.empty((0, k), dtype=np.int64)]
     for start in range(0, len(users), batch):
         rows = users[start : start + batch]
-        out.append(top_k(ranker.scores(rows), exclude[start : start + batch], k))
+        out.append(top_k(ranker.scores(rows), exclude[start : start + batch], k, banned))
     return np.concatenate(out)
 
 

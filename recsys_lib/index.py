@@ -108,6 +108,32 @@ def exact_search(vectors: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.n
     return search(flat_index(vectors), queries, k)
 
 
+def best_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(scores [r, k], column indices [r, k]) of the ``k`` best of each row of dense ``scores``,
+    best first, equal scores in column order: exactly a stable sort's first k (no NaN: -inf for
+    what must not be picked). ``torch.topk`` finds them, 8x faster than numpy's argpartition on
+    rows of 100k items (which took most of the evaluate stage's time at that size); the rows
+    whose k-th score ties with one left out are then settled by column. Rows need not be
+    contiguous (a transposed product is read as it is)."""
+    import torch
+
+    scores = np.require(scores, np.float32, ["W"])
+    k = min(k, scores.shape[1])
+    values, columns = (t.numpy() for t in torch.topk(torch.from_numpy(scores), k, dim=1))
+    if not k or not len(scores):
+        return values, columns
+    kth = values[:, -1:]
+    tied = np.flatnonzero((scores >= kth).sum(axis=1) > k)
+    if len(tied):
+        rows, kth = scores[tied], kth[tied]
+        above, equal = rows > kth, rows == kth
+        chosen = above | (equal & (np.cumsum(equal, axis=1) <= k - above.sum(axis=1, keepdims=True)))
+        columns[tied] = np.nonzero(chosen)[1].reshape(len(tied), k)
+        values[tied] = np.take_along_axis(rows, columns[tied], axis=1)
+    order = np.lexsort((columns, -values), axis=1)
+    return np.take_along_axis(values, order, axis=1), np.take_along_axis(columns, order, axis=1)
+
+
 def recall_at_k(approx_ids: np.ndarray, exact_ids: np.ndarray) -> float:
     """Share of the exact top-k neighbours the approximate search also returned."""
     if exact_ids.size == 0:

@@ -8,9 +8,10 @@ import time
 
 
 def quiet_library_logs() -> None:
-    """Progress bars and per-call INFO lines of MLflow, FAISS and py4j drown the pipeline's own log."""
+    """Progress bars and per-call INFO lines of MLflow, FAISS, py4j, bm25s and the ONNX exporter's
+    passes (a hundred lines per export) drown the pipeline's own log."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    for name in ("mlflow", "alembic", "faiss.loader", "py4j"):
+    for name in ("mlflow", "alembic", "faiss.loader", "py4j", "bm25s", "onnx_ir", "onnxscript"):
         logging.getLogger(name).setLevel(logging.WARNING)
 
 

@@ -45,7 +45,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from recsys_lib.baselines import EASE, ItemKNN, UsersEASE, history_indicator, interaction_matrix
+from recsys_lib.baselines import EASE, ItemKNN, UsersEASE, interaction_matrix
 from recsys_lib.embedding import ItemVectors
 from recsys_lib.logs import Progress
 from recsys_lib.retrieval import retrieval_items
@@ -122,15 +122,57 @@ class RankingContext:
     events: EventLog
     recent_days: int
     history_items: int = 20  # the latest this many history items count (as when the ranker learned)
-    neighbours: sp.csr_matrix | None = None  # [n_items, n_items] item-kNN (item_neighbours); None: no knn_score
+    neighbours: Neighbours | None = None  # item-kNN (item_neighbours); None: no knn_score
     ease: EASE | UsersEASE | None = None  # fitted over the catalogue (item_ease); None: no ease_score
 
 
-def item_neighbours(pairs: pd.DataFrame, item_ids: pd.Index, k: int) -> sp.csr_matrix:
-    """Item-kNN similarities [n_items, n_items] from (user_id, item_id) pairs: cosine of the
-    co-occurrence with a shrink of 10, each item's ``k`` nearest kept (``baselines.ItemKNN``), so
-    that ``history_indicator @ neighbours`` is the kNN score of every item."""
-    return ItemKNN(neighbours=k).fit(_pairs_matrix(pairs, item_ids)).similarity
+@dataclass(frozen=True, eq=False)
+class Neighbours:
+    """Each item's nearest items as a table: row c holds the items whose co-occurrence makes them
+    c's neighbours and their similarities. A candidate's kNN score sums the similarities of its
+    neighbours that the user has seen, so a user costs candidates x k look-ups whatever they saw
+    (the sparse product of the user's items and the similarity matrix walks every item that counts
+    a seen item among its neighbours, thousands for a popular one: 5x slower at 100k items)."""
+
+    items: np.ndarray  # [n_items, k] int32 catalogue indices; n_items pads (an item nobody has seen)
+    similarity: np.ndarray  # [n_items, k] float32; 0 pads
+
+    @classmethod
+    def from_similarity(cls, similarity: sp.spmatrix) -> "Neighbours":
+        """From ``ItemKNN.similarity`` ([seen item, candidate]: column c holds c's neighbours)."""
+        by_candidate = sp.csc_matrix(similarity)
+        n = by_candidate.shape[1]
+        counts = np.diff(by_candidate.indptr)
+        k = int(counts.max(initial=0))
+        # column c's j-th entry goes to cell c * k + j of the tables
+        cell = np.arange(by_candidate.nnz) + np.repeat(np.arange(n) * k - by_candidate.indptr[:-1], counts)
+        items = np.full(n * k, n, dtype=np.int32)
+        items[cell] = by_candidate.indices
+        weights = np.zeros(n * k, dtype=np.float32)
+        weights[cell] = by_candidate.data
+        return cls(items.reshape(n, k), weights.reshape(n, k))
+
+    def scores(self, seen: list[np.ndarray], ids: np.ndarray, block: int = 32) -> np.ndarray:
+        """[u, m] each candidate's kNN score: the similarities of its neighbours among the items
+        each user has seen (catalogue indices; a repeated one counts once), ``block`` users at a
+        time (a seen-or-not row of the catalogue each)."""
+        n = len(self.items)
+        out = np.empty(ids.shape, dtype=np.float32)
+        for start in range(0, len(seen), block):
+            part = seen[start : start + block]
+            offsets = np.arange(len(part), dtype=np.int64) * (n + 1)
+            was_seen = np.zeros(len(part) * (n + 1), dtype=bool)
+            was_seen[np.repeat(offsets, [len(h) for h in part]) + np.concatenate([*part, np.empty(0, np.int64)])] = True
+            rows = ids[start : start + len(part)]
+            hit = was_seen[self.items[rows] + offsets[:, None, None]]  # [b, m, k]
+            out[start : start + len(part)] = (self.similarity[rows] * hit).sum(2)
+        return out
+
+
+def item_neighbours(pairs: pd.DataFrame, item_ids: pd.Index, k: int) -> Neighbours:
+    """Item-kNN from (user_id, item_id) pairs: cosine of the co-occurrence with a shrink of 10,
+    each item's ``k`` nearest kept (``baselines.ItemKNN``)."""
+    return Neighbours.from_similarity(ItemKNN(neighbours=k).fit(_pairs_matrix(pairs, item_ids)).similarity)
 
 
 def item_ease(pairs: pd.DataFrame, item_ids: pd.Index, max_items: int, l2: float) -> EASE:
@@ -140,7 +182,7 @@ def item_ease(pairs: pd.DataFrame, item_ids: pd.Index, max_items: int, l2: float
 
 def item_to_item(
     pairs: pd.DataFrame | None, item_ids: pd.Index, knn_neighbours: int, ease_items: int, ease_l2: float
-) -> tuple[sp.csr_matrix | None, EASE | None]:
+) -> tuple[Neighbours | None, EASE | None]:
     """(item-kNN neighbours, EASE) from the (user_id, item_id) pairs a retriever learned from; None where off."""
     if (knn_neighbours or ease_items) and pairs is None:
         raise ValueError("this ranker reads item-to-item scores: pass the (user_id, item_id) pairs to build them")
@@ -176,37 +218,14 @@ def candidate_features(
     u, m = ids.shape
     valid = ids >= 0
     safe = ids.clip(min=0)
-    flat_items = safe.ravel()
-    flat_times = np.repeat(times.astype(np.int64), m)
-    recent_from = flat_times - ctx.recent_days * DAY
-    total = ctx.events.count_before(flat_items, flat_times).astype(np.float64)
-    recent = total - ctx.events.count_before(flat_items, recent_from)
-    first, last = ctx.events.first_last_before(flat_items, flat_times)
-    vectors = ctx.items.vectors
     out = np.full((u, m, len(FEATURES)), np.nan, dtype=np.float32)
     out[..., 0] = scores
     out[..., 1] = np.arange(m)[None, :]
     out[..., 2] = ctx.items.bias[safe]
-    out[..., 3] = np.log1p(total).reshape(u, m)
-    out[..., 4] = np.log1p(recent).reshape(u, m)
-    out[..., 5] = (recent / np.maximum(total, 1)).reshape(u, m)
-    out[..., 6] = ((flat_times - first) / DAY).reshape(u, m)
-    out[..., 7] = ((flat_times - last) / DAY).reshape(u, m)
-    for row, history in enumerate(histories):
-        history = np.asarray(history, dtype=np.int64)[-ctx.history_items :]
-        out[row, :, 8] = np.log1p(len(history))
-        if not len(history):
-            continue
-        cand = vectors[safe[row]]
-        hist = vectors[history]
-        sims = cand @ hist.T  # [m, h]
-        out[row, :, 9] = (ctx.categories[history][None, :] == ctx.categories[safe[row]][:, None]).mean(1)
-        out[row, :, 9][ctx.categories[safe[row]] < 0] = 0.0
-        out[row, :, 10] = cand @ _unit(hist[-RECENT_ITEMS:].mean(0))
-        out[row, :, 11] = cand @ _unit(hist.mean(0))
-        out[row, :, 12] = sims.max(1)
+    out[..., 3:8] = _item_features(ctx, safe, times)
+    _history_features(ctx, histories, safe, out)
     if ctx.neighbours is not None:
-        knn = _knn_scores(ctx, histories if seen is None else seen, safe)
+        knn = ctx.neighbours.scores(histories if seen is None else seen, safe)
         knn[~valid] = -np.inf
         out[..., FEATURES.index("knn_score")] = knn
         # the candidate's place in the user's own kNN order: comparable across users of any history size
@@ -220,31 +239,64 @@ def candidate_features(
     return out
 
 
+def _item_features(ctx: RankingContext, ids: np.ndarray, times: np.ndarray) -> np.ndarray:
+    """[u, m, 5] log_popularity .. days_since_last of candidates ``ids`` as of each user's time.
+    Where every user has the same time (recommend: the end of ds), each distinct item is looked
+    up once rather than once per user."""
+    u, m = ids.shape
+    if len(times) and (times == times[0]).all():
+        items, inverse = np.unique(ids, return_inverse=True)
+        item_times = np.full(len(items), times[0], dtype=np.int64)
+    else:
+        items, inverse = ids.ravel(), np.arange(ids.size)
+        item_times = np.repeat(times.astype(np.int64), m)
+    total = ctx.events.count_before(items, item_times).astype(np.float64)
+    recent = total - ctx.events.count_before(items, item_times - ctx.recent_days * DAY)
+    first, last = ctx.events.first_last_before(items, item_times)
+    per_item = np.stack([np.log1p(total), np.log1p(recent), recent / np.maximum(total, 1),
+                         (item_times - first) / DAY, (item_times - last) / DAY], axis=1)  # fmt: skip
+    return per_item[inverse.ravel()].reshape(u, m, 5)
+
+
+def _history_features(ctx: RankingContext, histories: list[np.ndarray], ids: np.ndarray, out: np.ndarray,
+                      block: int = 128) -> None:  # fmt: skip
+    """Fill user_log_events .. sim_max of ``out`` [u, m, F] from each user's latest
+    ``ctx.history_items`` items, ``block`` users at a time (their histories padded on the left:
+    one batched product instead of a loop over users). Users without history keep NaN, but for
+    user_log_events."""
+    lengths = np.array([min(len(h), ctx.history_items) for h in histories], dtype=np.int64)
+    out[..., 8] = np.log1p(lengths)[:, None]
+    vectors, categories = ctx.items.vectors, ctx.categories
+    for start in range(0, len(histories), block):
+        rows = np.arange(start, min(start + block, len(histories)))
+        rows = rows[lengths[rows] > 0]
+        if not len(rows):
+            continue
+        width = int(lengths[rows].max())
+        padded = np.zeros((len(rows), width), dtype=np.int64)
+        mask = np.arange(width)[None, :] >= width - lengths[rows][:, None]  # right-aligned: the latest last
+        for i, r in enumerate(rows):
+            padded[i, width - lengths[r] :] = np.asarray(histories[r], dtype=np.int64)[-lengths[r] :]
+        hist = vectors[padded] * mask[..., None]  # [b, h, d], zeros where padding
+        cand = vectors[ids[rows]]  # [b, m, d]
+        sims = np.matmul(cand, hist.transpose(0, 2, 1))  # [b, m, h]
+        sims[~np.broadcast_to(mask[:, None, :], sims.shape)] = -np.inf
+        cand_categories = categories[ids[rows]]  # [b, m]
+        history_categories = np.where(mask, categories[padded], -2)  # padding matches no category
+        same = (cand_categories[:, :, None] == history_categories[:, None, :]).sum(2) / lengths[rows][:, None]
+        out[rows, :, 9] = np.where(cand_categories < 0, 0.0, same)
+        out[rows, :, 10] = np.einsum("bmd,bd->bm", cand, _unit_rows(hist[:, -RECENT_ITEMS:].sum(1)))
+        out[rows, :, 11] = np.einsum("bmd,bd->bm", cand, _unit_rows(hist.sum(1)))
+        out[rows, :, 12] = sims.max(2)
+
+
 def _ranks(scores: np.ndarray) -> np.ndarray:
     """Each candidate's place in its user's order by ``scores`` (0 = best): comparable across users."""
     return np.argsort(np.argsort(-scores, axis=1, kind="stable"), axis=1)
 
 
-def _knn_scores(ctx: RankingContext, seen: list[np.ndarray], ids: np.ndarray) -> np.ndarray:
-    """[u, m] the item-kNN score of each candidate: its similarities to the user's items summed."""
-    indicator = history_indicator(seen, ctx.neighbours.shape[0])
-    return _pair_values((indicator @ ctx.neighbours).tocsr(), ids)
-
-
-def _pair_values(matrix: sp.csr_matrix, ids: np.ndarray, cells: int = 1 << 22) -> np.ndarray:
-    """[u, m] ``matrix[row, ids[row, j]]`` (0 where not stored), a few rows at a time made dense
-    (about ``cells`` values, 16 MB): scipy's fancy indexing by the pairs took most of recommend's
-    time at 100k users, and this is 15x faster (4,096 users x 300 candidates, 16M stored values)."""
-    out = np.empty(ids.shape, dtype=np.float32)
-    block = max(1, cells // max(matrix.shape[1], 1))
-    for start in range(0, matrix.shape[0], block):
-        rows = slice(start, start + block)
-        out[rows] = np.take_along_axis(matrix[rows].toarray(), ids[rows], axis=1)
-    return out
-
-
-def _unit(v: np.ndarray) -> np.ndarray:
-    return v / max(float(np.linalg.norm(v)), 1e-12)
+def _unit_rows(v: np.ndarray) -> np.ndarray:
+    return v / np.maximum(np.linalg.norm(v, axis=-1, keepdims=True), 1e-12)
 
 
 @dataclass

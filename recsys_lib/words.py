@@ -22,11 +22,13 @@ Tests: tests/unit/recsys_lib/test_words.py.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+
+from recsys_lib.index import best_k
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +48,7 @@ class WordsModel:
     projection: np.ndarray  # [d, R] (EᵀE + λI)⁻¹ Eᵀ: a text vector -> a weight per reference user
     used: sp.csr_matrix  # [R, n_items] each reference user's items (1.0 where used)
     tie_break: np.ndarray  # [n_items] in [0, 1]: log-popularity, orders the items of equal score
+    banned: np.ndarray | None = None  # catalogue indices it never returns (``without``)
 
     @classmethod
     def fit(cls, text_vectors: np.ndarray, used: sp.csr_matrix, l2: float, popularity: np.ndarray) -> "WordsModel":
@@ -64,6 +67,10 @@ class WordsModel:
     def n_items(self) -> int:
         return self.used.shape[1]
 
+    def without(self, items: np.ndarray) -> "WordsModel":
+        """The same model, never returning these catalogue indices."""
+        return replace(self, banned=np.asarray(items, dtype=np.int64))
+
     def queries(self, text_vectors: np.ndarray) -> np.ndarray:
         """Weights [q, R] of the reference users for users whose words have these vectors [q, d]."""
         return np.asarray(text_vectors, dtype=np.float32) @ self.projection
@@ -78,12 +85,12 @@ class WordsModel:
         step = max(1, SCORE_CELLS // max(self.n_items, 1))
         used_t = self.used.T.tocsr()
         for start in range(0, len(queries), step):
-            block = np.asarray((used_t @ queries[start : start + step].T).T)
+            block = np.ascontiguousarray((used_t @ queries[start : start + step].T).T)  # rows: best_k reads them
             block += TIE_BREAK * np.abs(block).max(axis=1, keepdims=True) * self.tie_break
-            top = np.argpartition(-block, k - 1, axis=1)[:, :k]
-            order = np.take_along_axis(block, top, axis=1).argsort(axis=1, kind="stable")[:, ::-1]
-            ids[start : start + step] = np.take_along_axis(top, order, axis=1)
-            scores[start : start + step] = np.take_along_axis(block, ids[start : start + step], axis=1)
+            if self.banned is not None:
+                block[:, self.banned] = -np.inf
+            scores[start : start + step], ids[start : start + step] = best_k(block, k)
+        ids[~np.isfinite(scores)] = -1
         return scores, ids
 
 

@@ -18,6 +18,8 @@ from typing import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
+from recsys_lib.index import best_k
+
 PAD = -1
 
 
@@ -124,7 +126,7 @@ def cold_item_slice(user_scores: np.ndarray, cold_relevant: Sequence[Iterable[in
         user_scores: [u, n_cold] scores of each user against every cold item.
         cold_relevant: per user, positions (0..n_cold-1) of the cold items they interacted with.
     """
-    order = np.argsort(-user_scores, axis=1, kind="stable")[:, :k]
+    _, order = best_k(user_scores, k)
     return {f"recall_at_{k}": recall_at_k(order, cold_relevant, k), f"ndcg_at_{k}": ndcg_at_k(order, cold_relevant, k)}
 
 

@@ -160,18 +160,18 @@ class WarmUsers:
 
     rows: np.ndarray  # rows of the split
     relevant: list[set[int]]
-    exclude: list[np.ndarray]  # seen in training, and the cold items (ranked in their own protocol)
     light: np.ndarray  # [len(rows)] bool: at most LIGHT_USER_MAX_EVENTS training events
-    seen: list[np.ndarray]  # seen in training only: for retrievers that never retrieve the cold items
+    seen: list[np.ndarray]  # per user, seen in training: left out of their list
+    # Left out of every list: the cold items, which have no holdout events by construction
+    # (ranking them here would penalise a model that recommends new items; they are ranked in
+    # their own protocol). One array for all users, not a copy in each user's exclusions.
+    cold: np.ndarray
 
     @classmethod
     def of(cls, split: EvaluationSplit) -> "WarmUsers":
         rows = np.array([i for i, r in enumerate(split.holdout) if r], dtype=np.int64)
-        # Cold items have no holdout events by construction: ranking them here would penalise a
-        # model that recommends new items.
-        exclude = [np.union1d(split.seen_idx[i], split.cold_idx) for i in rows]
         light = np.diff(split.train.indptr)[rows] <= LIGHT_USER_MAX_EVENTS
-        return cls(rows, [split.holdout[i] for i in rows], exclude, light, [split.seen_idx[i] for i in rows])
+        return cls(rows, [split.holdout[i] for i in rows], light, [split.seen_idx[i] for i in rows], split.cold_idx)
 
 
 @dataclass(frozen=True)
@@ -195,7 +195,7 @@ class Baseline:
                 split.validation_exclude(), k,
             )  # fmt: skip
         ranker = self.make(**params).fit(split.train)
-        return bl.rank_users(ranker, warm.rows, warm.exclude, depth), params
+        return bl.rank_users(ranker, warm.rows, warm.seen, depth, banned=warm.cold), params
 
 
 IMPLICIT_ALS_GRID = {"factors": [32, 64, 128], "regularization": [0.01, 0.1, 1.0], "alpha": [5.0, 20.0, 40.0]}

@@ -29,6 +29,7 @@ import pandas as pd
 
 from recsys_lib.evaluation.metrics import PAD, ranking_metrics
 from recsys_lib.evaluation.report import MODEL, Segment
+from recsys_lib.index import best_k
 from recsys_lib.models.examples import interest_texts
 from recsys_lib.schema import HOLDOUT_COL, ITEM_COL, QUERY_COL
 from recsys_lib.words import DEFAULT_WORDS_L2, WORDS_L2, fold_scores, reference_users
@@ -95,10 +96,8 @@ def search_segment(queries: SearchQueries, scorers: dict[str, Scorer], n_items: 
     results = {}
     for name, scorer in scorers.items():
         scores = scorer(queries.texts)
-        top = np.argpartition(-scores, depth - 1, axis=1)[:, :depth]
-        order = np.take_along_axis(scores, top, axis=1).argsort(axis=1, kind="stable")[:, ::-1]
-        lists = np.take_along_axis(top, order, axis=1)
-        lists[~np.isfinite(np.take_along_axis(scores, lists, axis=1))] = PAD
+        best, lists = best_k(scores, depth)
+        lists[~np.isfinite(best)] = PAD
         results[name] = ranking_metrics(lists, queries.relevant, n_items, ks)
     log.info("search: %s", {n: round(m[f"ndcg_at_{ks[0]}"], 4) for n, m in results.items()})
     return Segment(title, len(queries), dict(sorted(results.items(), key=lambda kv: kv[0] != MODEL)))
@@ -125,7 +124,7 @@ def text_user_segment(split, candidate, pairs: pd.DataFrame, ks: Sequence[int], 
     if len(rows) > MAX_INTEREST_USERS:
         rows = np.sort(np.random.default_rng(seed).choice(rows, size=MAX_INTEREST_USERS, replace=False))
         title = f"users described in words, history hidden (n={len(rows)}, a sample of {int(said.sum())})"
-    exclude = [np.union1d(warm.seen[r], split.cold_idx) for r in rows]  # as on the warm protocol
+    seen = [warm.seen[r] for r in rows]
     relevant = [warm.relevant[r] for r in rows]
     depth = max(ks)
     popularity = split.popularity()
@@ -133,12 +132,17 @@ def text_user_segment(split, candidate, pairs: pd.DataFrame, ks: Sequence[int], 
     position = pd.Index(reference).get_indexer(np.asarray(warm.rows)[rows])
     words = candidate.words_vectors([texts[r] for r in rows])
     lists = np.full((len(rows), depth), PAD, dtype=np.int64)
+    # The cold items are left out as on the warm protocol: banned from the search, last in popularity.
     for part, model, queries in fold_scores(words, vectors, used, position, l2, popularity):
-        _, lists[part] = rank_users(model.search, queries, [exclude[r] for r in part], popularity, depth,
+        searcher = model.without(split.cold_idx).search
+        _, lists[part] = rank_users(searcher, queries, [seen[r] for r in part], popularity, depth,
                                     candidate.batch_size, np.zeros(len(part), dtype=bool))  # fmt: skip
     results = {MODEL: ranking_metrics(lists, relevant, split.n_items, ks)}
-    _, lists = rank_users(candidate.search, np.zeros((len(rows), 1), np.float32), exclude, popularity, depth,
+    warm_popularity = popularity.copy()
+    warm_popularity[split.cold_idx] = -np.inf
+    _, lists = rank_users(candidate.search, np.zeros((len(rows), 1), np.float32), seen, warm_popularity, depth,
                           candidate.batch_size, np.ones(len(rows), dtype=bool))  # fmt: skip
+    lists[np.isin(lists, split.cold_idx)] = PAD  # a catalogue too small to fill a list without them
     results["popularity"] = ranking_metrics(lists, relevant, split.n_items, ks)
     log.info("users described in words: %s", {n: round(m[f"ndcg_at_{ks[0]}"], 4) for n, m in results.items()})
     return Segment(title, len(rows), results)

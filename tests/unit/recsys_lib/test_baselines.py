@@ -22,6 +22,8 @@ def test_top_k_excludes_and_pads():
     scores = np.array([[0.1, 0.9, 0.5], [0.3, 0.2, 0.1]])
     lists = bl.top_k(scores, [np.array([1]), np.array([0, 1, 2])], k=4)  # k beyond the catalogue
     assert lists.tolist() == [[2, 0, -1, -1], [-1, -1, -1, -1]]
+    banned = bl.top_k(scores, [np.array([1]), np.array([], np.int64)], k=3, banned=np.array([2]))  # for every row
+    assert banned.tolist() == [[0, -1, -1], [0, 1, -1]]
 
 
 def test_most_popular():

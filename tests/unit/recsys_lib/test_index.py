@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from recsys_lib.index import (
+    best_k,
     build_index,
     choose_kind,
     exact_search,
@@ -80,3 +81,18 @@ def test_banned_rows_are_never_returned_and_the_rest_searched_as_before(kind, fl
     allowed = np.setdiff1d(np.arange(len(v)), banned)
     exact = allowed[exact_search(v[allowed], queries, 10)[1]]  # brute force over the others
     assert floor <= recall_at_k(ids, exact) <= 1.0
+
+
+def test_best_k_is_a_stable_sorts_head_in_any_memory_layout():
+    rng = np.random.default_rng(1)
+    scores = rng.integers(0, 6, (80, 300)).astype(np.float32)  # many ties, at the k-th place too
+    scores[3, :] = -np.inf  # nothing to pick: -inf comes back
+    scores[4, 10:] = -np.inf
+    stable = np.argsort(-scores, axis=1, kind="stable")[:, :20]
+    for layout in (scores, np.asfortranarray(scores), scores.astype(np.float64)):
+        values, columns = best_k(layout, 20)
+        np.testing.assert_array_equal(columns, stable)
+        np.testing.assert_array_equal(values, np.take_along_axis(scores, stable, axis=1))
+    shared = np.broadcast_to(scores[0], (4, 300))  # one row for every user (most-popular): read-only
+    np.testing.assert_array_equal(best_k(shared, 5)[1], np.broadcast_to(stable[0, :5], (4, 5)))
+    assert best_k(scores[:, :7], 20)[1].shape == (80, 7)  # fewer columns than k

@@ -69,6 +69,47 @@ def test_features_by_hand_and_nothing_after_the_cut_off_changes_them():
     np.testing.assert_array_equal(candidate_features(context(later), [np.array([0, 0])], at, ids, scores), f)
 
 
+def test_history_features_in_blocks_equal_each_users_own_computation():
+    """The batched features (histories padded per block of users) against one user at a time, by
+    hand: any history length, none, and longer than the ranker reads; one time for all users (each
+    item looked up once) and a time per user."""
+    rng = np.random.default_rng(3)
+    n, d, u, m = 60, 8, 300, 7
+    vectors = rng.standard_normal((n, d)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    item_ids = pd.Index([f"i{i}" for i in range(n)], dtype=object)
+    events = pd.DataFrame({"item_id": item_ids[rng.integers(0, n, 2000)], "timestamp": rng.integers(0, 90, 2000) * DAY})
+    ctx = RankingContext(ItemVectors(item_ids, vectors, np.zeros(n, np.float32)), rng.integers(-1, 4, n),
+                         EventLog.from_frame(events, item_ids), recent_days=30, history_items=6)  # fmt: skip
+    histories = [rng.integers(0, n, rng.choice([0, 1, 3, 6, 11])) for _ in range(u)]
+    ids = rng.integers(0, n, (u, m))
+    ids[0, -2:] = -1
+    scores = rng.standard_normal((u, m)).astype(np.float32)
+    same_time = candidate_features(ctx, histories, np.full(u, 60 * DAY), ids, scores)
+    own_times = candidate_features(ctx, histories, np.full(u, 60 * DAY) + np.arange(u) % 2, ids, scores)
+    even = np.arange(0, u, 2)  # the users whose own time is 60 days: the same features either way
+    np.testing.assert_array_equal(own_times[even], same_time[even])
+    for row, history in enumerate(histories):
+        f = dict(zip(FEATURES, np.moveaxis(same_time[row], 1, 0)))
+        history, valid = history[-6:], ids[row] >= 0
+        assert np.allclose(f["user_log_events"][valid], np.log1p(len(history)))
+        if not len(history):
+            assert np.isnan(f["sim_max"]).all() and np.isnan(f["category_affinity"]).all()
+            continue
+        cand, hist = vectors[ids[row].clip(min=0)], vectors[history]
+        unit = lambda v: v / np.linalg.norm(v)  # noqa: E731
+        same = (ctx.categories[history][None, :] == ctx.categories[ids[row].clip(min=0)][:, None]).mean(1)
+        expected = {
+            "sim_max": (cand @ hist.T).max(1),
+            "sim_history": cand @ unit(hist.mean(0)),
+            "sim_recent": cand @ unit(hist[-5:].mean(0)),
+            "category_affinity": np.where(ctx.categories[ids[row].clip(min=0)] < 0, 0.0, same),
+        }
+        for name, value in expected.items():
+            np.testing.assert_allclose(f[name][valid], value[valid], rtol=1e-5, atol=1e-6, err_msg=name)
+            assert np.isnan(f[name][~valid]).all()
+
+
 def test_the_knn_score_sums_co_occurrence_cosines_with_the_history():
     pairs = pd.DataFrame([("u1", "a"), ("u1", "b"), ("u2", "a"), ("u2", "b"), ("u3", "a"), ("u3", "c"),
                           ("u4", "zz")], columns=["user_id", "item_id"])  # fmt: skip  # zz: not in the catalogue
@@ -81,18 +122,20 @@ def test_the_knn_score_sums_co_occurrence_cosines_with_the_history():
     assert knn[1] == pytest.approx([2 / (np.sqrt(6) + 10), 0.0])  # a repeated history item counts once
 
 
-def test_pair_values_read_a_sparse_matrix_at_each_users_candidates_as_dense_indexing_does():
+def test_the_neighbour_table_scores_candidates_as_the_sparse_product_does():
     import scipy.sparse as sp
 
-    from recsys_lib.ranker import _pair_values
+    from recsys_lib.baselines import history_indicator
+    from recsys_lib.ranker import Neighbours
 
-    matrix = sp.random(5, 40, density=0.2, format="csr", random_state=0, dtype=np.float32)
-    matrix = (sp.diags(np.array([1, 1, 1, 0, 1], np.float32)) @ matrix).tocsr()
-    matrix.eliminate_zeros()  # a user with nothing stored
-    ids = np.random.default_rng(0).integers(0, 40, (5, 12))
-    ids[0, :3] = ids[0, 0]  # the same candidate twice
-    assert np.array_equal(_pair_values(matrix.tocsr(), ids), np.take_along_axis(matrix.toarray(), ids, axis=1))
-    assert np.array_equal(_pair_values(sp.csr_matrix((2, 40), dtype=np.float32), ids[:2]), np.zeros((2, 12)))
+    rng = np.random.default_rng(0)
+    similarity = sp.random(40, 40, density=0.15, format="csr", random_state=0, dtype=np.float32)
+    similarity[:, 5] = 0.0  # an item with no neighbours
+    similarity.eliminate_zeros()
+    seen = [rng.integers(0, 40, rng.integers(0, 8)) for _ in range(70)]  # none, repeats, several
+    ids = rng.integers(0, 40, (70, 12))
+    expected = np.take_along_axis((history_indicator(seen, 40) @ similarity).toarray(), ids, axis=1)
+    np.testing.assert_allclose(Neighbours.from_similarity(similarity).scores(seen, ids, block=16), expected, rtol=1e-6)
 
 
 def test_the_ease_score_sums_the_candidates_weights_from_the_history():
@@ -159,7 +202,7 @@ def test_the_ranker_learns_co_occurrence_the_retriever_misses():
     with pytest.raises(ValueError, match="pairs"):
         ranker.context(ctx.items, ctx.categories, ctx.events)  # no pairs: no neighbours to build it from
     served = ranker.context(ctx.items, ctx.categories, ctx.events, pairs)
-    assert (served.neighbours != ctx.neighbours).nnz == 0
+    np.testing.assert_array_equal(served.neighbours.similarity, ctx.neighbours.similarity)
 
 
 def problem(n_users=200, seed=0):

@@ -38,6 +38,8 @@ def test_items_of_equal_score_go_to_the_more_popular():
     assert ids.tolist() == [[0, 1, 3, 2]]
     assert scores[0, 2] <= 1.0001e-5 * scores[0, 0]
     assert model.tie_break.tolist() == [0.0, 0.0, pytest.approx(0.30103), 1.0]
+    scores, ids = model.without(np.array([1, 3])).search(model.queries(np.array([[1.0, 0.0]])), 4)
+    assert ids.tolist() == [[0, 2, -1, -1]] and np.isneginf(scores[0, 2:]).all()  # never the banned ones
 
 
 def test_scores_are_the_same_computed_a_few_rows_at_a_time(monkeypatch):

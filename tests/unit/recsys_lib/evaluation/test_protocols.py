@@ -48,7 +48,8 @@ def test_the_split_as_catalogue_indices():
     assert s.cold_idx.tolist() == [4] and s.cold_relevant == [set(), {0}, set()]
     assert s.documents == ["alpha", "bravo", "charlie", "delta", "echo"] and s.popularity().tolist() == [1, 2, 0, 1, 0]
     warm = WarmUsers.of(s)
-    assert warm.rows.tolist() == [0, 1] and [e.tolist() for e in warm.exclude] == [[0, 1, 4], [3, 4]]
+    assert warm.rows.tolist() == [0, 1] and [e.tolist() for e in warm.seen] == [[0, 1], [3]]
+    assert warm.cold.tolist() == [4]  # out of every user's list
 
 
 def test_a_seeded_sample_of_the_scored_users_keeps_every_training_event():
