@@ -155,17 +155,20 @@ class Neighbours:
     def scores(self, seen: list[np.ndarray], ids: np.ndarray, block: int = 32) -> np.ndarray:
         """[u, m] each candidate's kNN score: the similarities of its neighbours among the items
         each user has seen (catalogue indices; a repeated one counts once), ``block`` users at a
-        time (a seen-or-not row of the catalogue each)."""
+        time (a seen-or-not row of the catalogue each, one buffer set and cleared item by item:
+        clearing it whole would cost users x catalogue)."""
         n = len(self.items)
         out = np.empty(ids.shape, dtype=np.float32)
+        was_seen = np.zeros(min(block, len(seen)) * (n + 1), dtype=bool)
         for start in range(0, len(seen), block):
             part = seen[start : start + block]
             offsets = np.arange(len(part), dtype=np.int64) * (n + 1)
-            was_seen = np.zeros(len(part) * (n + 1), dtype=bool)
-            was_seen[np.repeat(offsets, [len(h) for h in part]) + np.concatenate([*part, np.empty(0, np.int64)])] = True
+            cells = np.repeat(offsets, [len(h) for h in part]) + np.concatenate([*part, np.empty(0, np.int64)])
+            was_seen[cells] = True
             rows = ids[start : start + len(part)]
             hit = was_seen[self.items[rows] + offsets[:, None, None]]  # [b, m, k]
             out[start : start + len(part)] = (self.similarity[rows] * hit).sum(2)
+            was_seen[cells] = False
         return out
 
 
