@@ -3,7 +3,8 @@
 Rows are scored by inner product (the recommender's rows are [unit vector, item bias], see
 ``recsys_lib.retrieval``). The index kind follows the catalogue size unless ``index.kind`` sets
 it: exact (flat) up to 200k items, HNSW up to 5M, IVF-PQ beyond, and ``recall_at_k`` measures
-what the approximation costs against exact search.
+what the approximation costs against exact search. ``best_k`` is the exact top-k of score rows
+computed elsewhere (baselines, the words model, the protocols).
 Tests: tests/unit/recsys_lib/test_index.py (seeded synthetic vectors vs brute force).
 """
 
@@ -113,8 +114,7 @@ def best_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     best first, equal scores in column order: exactly a stable sort's first k (no NaN: -inf for
     what must not be picked). ``torch.topk`` finds them, 8x faster than numpy's argpartition on
     rows of 100k items (which took most of the evaluate stage's time at that size); the rows
-    whose k-th score ties with one left out are then settled by column. Rows need not be
-    contiguous (a transposed product is read as it is)."""
+    whose k-th score ties with one left out are then settled by column. Any memory layout."""
     import torch
 
     scores = np.require(scores, np.float32, ["W"])

@@ -27,6 +27,7 @@ from typing import Callable, Sequence
 import numpy as np
 import pandas as pd
 
+from recsys_lib import baselines as bl
 from recsys_lib.evaluation.metrics import PAD, ranking_metrics
 from recsys_lib.evaluation.report import MODEL, Segment
 from recsys_lib.index import best_k
@@ -132,17 +133,14 @@ def text_user_segment(split, candidate, pairs: pd.DataFrame, ks: Sequence[int], 
     position = pd.Index(reference).get_indexer(np.asarray(warm.rows)[rows])
     words = candidate.words_vectors([texts[r] for r in rows])
     lists = np.full((len(rows), depth), PAD, dtype=np.int64)
-    # The cold items are left out as on the warm protocol: banned from the search, last in popularity.
+    # The cold items are left out as on the warm protocol: banned for every user.
     for part, model, queries in fold_scores(words, vectors, used, position, l2, popularity):
         searcher = model.without(split.cold_idx).search
         _, lists[part] = rank_users(searcher, queries, [seen[r] for r in part], popularity, depth,
                                     candidate.batch_size, np.zeros(len(part), dtype=bool))  # fmt: skip
     results = {MODEL: ranking_metrics(lists, relevant, split.n_items, ks)}
-    warm_popularity = popularity.copy()
-    warm_popularity[split.cold_idx] = -np.inf
-    _, lists = rank_users(candidate.search, np.zeros((len(rows), 1), np.float32), seen, warm_popularity, depth,
-                          candidate.batch_size, np.ones(len(rows), dtype=bool))  # fmt: skip
-    lists[np.isin(lists, split.cold_idx)] = PAD  # a catalogue too small to fill a list without them
+    lists = bl.rank_users(bl.MostPopular().fit(split.train), np.asarray(warm.rows)[rows], seen, depth,
+                          banned=split.cold_idx)  # what such a user gets otherwise
     results["popularity"] = ranking_metrics(lists, relevant, split.n_items, ks)
     log.info("users described in words: %s", {n: round(m[f"ndcg_at_{ks[0]}"], 4) for n, m in results.items()})
     return Segment(title, len(rows), results)
