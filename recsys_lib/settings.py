@@ -138,6 +138,7 @@ class TrainSettings:
     logq_correction: bool
     id_dropout: float
     text_loss_weight: float
+    content_loss_weight: float
     search_loss_weight: float
     interests_loss_weight: float
     search_batch_size: int

@@ -17,6 +17,7 @@ from typing import Any, Sequence
 
 MODEL = "model"  # the candidate being evaluated
 CHAMPION = "champion"  # the current champion, re-ranked on the candidate's split
+ITEM_VECTORS = "item_vectors"  # the cold-item slice: the model's item vectors as content vectors
 CATALOGUE = "catalogue"  # the cold-item slice's reference row (its share of the catalogue)
 NOT_BASELINES = (MODEL, CHAMPION, "retrieval_only", "with_ranker")
 SEGMENTS = ("all_users", "light_users", "cold_items", "search", "text_users")

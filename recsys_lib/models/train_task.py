@@ -8,6 +8,9 @@ fine-tuned, the batch's first ``encoded`` next items go through it with gradient
 from a softmax among those items only: against the cached negatives it would receive the pull of
 each positive toward its user but none of the pushes away, and all item vectors would drift
 toward the average user.
+A content term (``train.content_loss_weight``) ranks the next item's text-only vector for the
+plain mean of the history's item vectors, so that the item vectors work without the user tower:
+a reader of the published vectors builds users that way, and brand-new items must land among them.
 Text pairs teach the text path a query takes at serving time (the item tower's text vector) to
 land on items: "search" pairs (tags and categories as pseudo-queries, or a search log's clicks)
 on the items they describe, ranked by cosine as search ranks; "interests" pairs (the words that
@@ -241,6 +244,15 @@ class TwoTowerTrainTask(nn.Module):
             loss = loss + cfg.text_loss_weight * sampled_softmax_loss(
                 users, candidate_text, batch.target, candidate_ids, model.temperature, correction, text_bias,
                 batch.weight,
+            )  # fmt: skip
+        if cfg.content_loss_weight > 0:
+            # Item vectors as content vectors: the plain mean of the history's item vectors (all a
+            # reader of the published vectors has) ranks the next item's text-only vector.
+            present = (batch.history != PAD).to(table.dtype)
+            profiles = F.normalize(F.embedding_bag(where, table, per_sample_weights=present, mode="sum"), dim=-1)
+            loss = loss + cfg.content_loss_weight * sampled_softmax_loss(
+                profiles.float(), candidate_text.float(), batch.target, candidate_ids, model.temperature, correction,
+                None, batch.weight,
             )  # fmt: skip
         encoder_loss = None
         if fresh is not None:

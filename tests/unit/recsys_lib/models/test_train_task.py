@@ -94,6 +94,25 @@ def test_id_dropout_hides_ids_from_the_loss(task):
     assert t.model.item_tower.id_embedding.weight.grad.to_dense()[1:3].abs().sum() > 0
 
 
+def test_the_content_loss_ranks_text_only_items_for_the_mean_of_a_history(task):
+    t = task(content_loss_weight=0.5, id_dropout=0.0)
+    with torch.no_grad():
+        t.model.user_tower.projection.weight.zero_()  # the user tower says nothing: the item tower learns nothing
+    projection = t.model.item_tower.projection.weight
+
+    def step(weight):
+        t.cfg = dataclasses.replace(t.cfg, content_loss_weight=weight)
+        t.model.zero_grad()
+        torch.manual_seed(0)  # the same dropout in the user tower's layer
+        out = t(Batch(**BATCH, encoded=0))
+        out.loss.backward()
+        return out.loss.item(), projection.grad.abs().sum().item()
+
+    (without, no_gradient), (with_content, gradient) = step(0.0), step(0.5)
+    assert with_content > without  # a second softmax on top of the same one
+    assert no_gradient == 0 and gradient > 0  # the content term alone trains the item tower here
+
+
 PAIRS = pd.DataFrame(
     {"query": ["apple", "apple", "ocean", "ocean", "ocean"], "item_id": ["0", "1", "2", "new", "gone"]}
 )
