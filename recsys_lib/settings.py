@@ -176,6 +176,11 @@ class RecommendSettings:
     user_batch_size: int
     users_per_part: int
 
+    def __post_init__(self):
+        for name in ("top_n", "similar_n", "user_batch_size", "users_per_part"):
+            if getattr(self, name) < 1:
+                raise SettingsError(f"recommend.{name} must be at least 1, got {getattr(self, name)}")
+
 
 @dataclass(frozen=True)
 class RankSettings:

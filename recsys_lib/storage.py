@@ -134,6 +134,8 @@ class ObjectStore(ABC):
 class LocalStore(ObjectStore):
     def __init__(self, root: str | Path):
         self.root = str(Path(root).expanduser().resolve())
+        if Path(self.root).exists() and not Path(self.root).is_dir():
+            raise StorageError(f"{self.root}: a file, not a directory: a store's root must be a directory")
 
     def path(self, key: str) -> Path:
         return Path(self.root, key) if key else Path(self.root)

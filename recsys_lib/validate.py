@@ -39,8 +39,9 @@ from recsys_lib.schema import (
     day_end,
 )
 
-# Epoch values at or above this are read as milliseconds (1e11 s would be the year 5138).
-EPOCH_MILLIS_THRESHOLD = 1e11
+# Epoch numbers are read by their size: from 1e11 as milliseconds (1e11 s would be the year
+# 5138), from 1e14 as microseconds, from 1e17 as nanoseconds (each the same year in the finer unit).
+EPOCH_UNITS = ((1e17, 1e9), (1e14, 1e6), (1e11, 1e3))
 _LIST_SPLIT = r"\s*[|,;]\s*"
 ROW_COL = "_row"
 CORRUPT_RECORD = "_corrupt_record"  # Spark's column for JSON lines it cannot parse
@@ -124,9 +125,12 @@ def as_strings(df: DataFrame, entity: str, source: str) -> DataFrame:
 
 
 def parse_time(col: Column) -> Column:
-    """Epoch seconds (or milliseconds), or an ISO-8601 string, to a timestamp; null if neither."""
+    """Epoch seconds (or milli-, micro-, nanoseconds), or an ISO-8601 string, to a timestamp;
+    null if neither."""
     number = col.try_cast("double")
-    seconds = F.when(number >= EPOCH_MILLIS_THRESHOLD, number / 1000).otherwise(number)
+    seconds = number
+    for threshold, per_second in reversed(EPOCH_UNITS):
+        seconds = F.when(number >= threshold, number / per_second).otherwise(seconds)
     return F.when(number.isNotNull(), F.timestamp_seconds(seconds)).otherwise(F.try_to_timestamp(col))
 
 
@@ -311,7 +315,8 @@ def _latest_version_wins(raw: DataFrame, ds: str, key: str, noun: str, required:
     w = Window.partitionBy(key, F.col(REASON_COL).isNull()).orderBy(*latest_first)
     repeat = F.col(REASON_COL).isNull() & (F.row_number().over(w) > 1)
     tie = F.first("_updated_at").over(w).eqNullSafe(F.col("_updated_at"))
-    reason = F.when(tie, F.lit(f"{key}: another row for the same {noun} has the same updated_at; the last row wins"))
+    tied = f"{key}: another row for the same {noun} has the same updated_at (or none); the later row in file order wins"
+    reason = F.when(tie, F.lit(tied))
     reason = reason.otherwise(F.lit(f"{key}: superseded by a row for the same {noun} with a later updated_at"))
     return df.withColumn(REASON_COL, F.when(repeat, reason).otherwise(F.col(REASON_COL)))
 

@@ -100,7 +100,7 @@ def build_examples(
         ok = position[rows] >= k
         history[ok, history_length - k] = items[rows[ok] - k]
     target = items[rows]
-    weight = df[WEIGHT_COL].to_numpy(np.float32) if WEIGHT_COL in df else None
+    weight = df[WEIGHT_COL].to_numpy(np.float64) if WEIGHT_COL in df else None
     if profile_share > 0:
         rng = np.random.default_rng(seed)
         count = np.bincount(np.cumsum(first) - 1)[np.cumsum(first) - 1]
@@ -109,9 +109,20 @@ def build_examples(
         rows = np.concatenate([rows, chosen])
         target = items[rows]
     weight = weight[rows] if weight is not None else None
-    if weight is not None and (weight == 1).all():
+    if weight is not None and (weight == weight[0]).all():
         weight = None  # the plain mean, exactly as without weights
-    return TrainingExamples(history, target, weight)
+    return TrainingExamples(history, target, None if weight is None else relative_weights(weight))
+
+
+def relative_weights(weight: np.ndarray) -> np.ndarray:
+    """float32 weights with mean 1, computed in float64. The loss is a weighted mean, so only
+    ratios count; any finite unit (seconds watched, an order's value, 1e300) then fits float32,
+    where the raw values could overflow to inf and turn the loss into NaN."""
+    top = weight.max()
+    if top <= 0:
+        return weight.astype(np.float32)
+    scaled = weight / top
+    return (scaled / scaled.mean()).astype(np.float32)
 
 
 def profile_examples(

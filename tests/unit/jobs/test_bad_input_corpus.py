@@ -51,7 +51,9 @@ ITEM_REASONS = {
     "future": f"updated_at: after the logical date {DS}",
     "bad-updated": "updated_at: not epoch seconds or ISO-8601",
     "dup-later": "item_id: superseded by a row for the same item with a later updated_at",
-    "dup-tie": "item_id: another row for the same item has the same updated_at; the last row wins",
+    "dup-tie": (
+        "item_id: another row for the same item has the same updated_at (or none); the later row in file order wins"
+    ),
 }
 
 # Row-level interaction cases: each bad row's user_id (or, without one, item_id) names the case.

@@ -69,6 +69,7 @@ def test_profiles_stack_in_order(tmp_path):
         ({"RECSYS__FEATURES__SPLIT": "random"}, "settings.features.split: expected one of user_chrono, global_time"),
         ({"RECSYS__TRAIN__DEVICE": "gpu"}, "settings.train.device: expected one of auto, cpu, cuda"),
         ({"RECSYS__EVALUATE__K": ""}, "evaluate.k must list cut-offs of at least 1"),
+        ({"RECSYS__RECOMMEND__TOP_N": "-3"}, "recommend.top_n must be at least 1, got -3"),
         ({"RECSYS__EVALUATE__BASELINES": "als,lightfm"}, "settings.evaluate.baselines: expected one of popularity"),
         ({"RECSYS__FEATURES__EVENT_WEIGHTS": "view=0.2,click"}, "expected event_type=weight (>= 0), got 'click'"),
     ],

@@ -72,6 +72,13 @@ def test_upload_download(object_store, tmp_path):
     assert (tmp_path / "out" / "blob.bin").read_bytes() == b"x" * 1000
 
 
+def test_a_local_store_on_a_file_says_so_before_anything_is_written(tmp_path):
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(StorageError, match="a-file: a file, not a directory"):
+        LocalStore(tmp_path / "a-file")
+    assert LocalStore(tmp_path / "not-yet").list("") == []  # a directory still to be made is fine
+
+
 def test_spark_paths():
     assert S3Store("s3://bucket/pre").spark_path("lake/items") == "s3a://bucket/pre/lake/items"
     assert LocalStore("/data").spark_path("lake/items") == "/data/lake/items"

@@ -33,6 +33,8 @@ def test_interaction_rules(spark):
         ("u1", "i1", "1767225600", "click", None),  # valid, epoch seconds (2026-01-01)
         ("u1", "i2", "2026-01-02T10:00:00Z", None, "4.5"),  # valid, ISO-8601, default event type
         ("u2", "i1", "1767225600000", None, None),  # valid, epoch milliseconds
+        ("u2", "i2", "1767229200000000", None, None),  # valid, epoch microseconds (01:00)
+        ("u4", "i2", "1767232800000000000", None, None),  # valid, epoch nanoseconds (02:00)
         (None, "i1", "1767225600", None, None),
         ("u3", " ", "1767225600", None, None),
         ("u3", "i1", "yesterday", None, None),
@@ -51,6 +53,8 @@ def test_interaction_rules(spark):
         ("u1", "i1", "2026-01-01T00:00:00", "click", None, 1.0),
         ("u1", "i2", "2026-01-02T10:00:00", "interaction", 4.5, 1.0),
         ("u2", "i1", "2026-01-01T00:00:00", "interaction", None, 1.0),
+        ("u2", "i2", "2026-01-01T01:00:00", "interaction", None, 1.0),
+        ("u4", "i2", "2026-01-01T02:00:00", "interaction", None, 1.0),
     ]
     reasons = sorted(r.reason for r in rejected.collect())
     assert reasons == sorted(
@@ -127,7 +131,7 @@ def test_duplicate_rows_with_the_same_updated_at_keep_the_last_in_file_order(spa
     valid, rejected = validate_items(raw, DS)
     assert sorted((r.item_id, r.title) for r in valid.collect()) == [("i1", "Third"), ("i2", "B")]
     assert {r.reason for r in rejected.collect()} == {
-        "item_id: another row for the same item has the same updated_at; the last row wins"
+        "item_id: another row for the same item has the same updated_at (or none); the later row in file order wins"
     }
 
 

@@ -68,9 +68,13 @@ def test_examples_weigh_what_their_target_event_weighs():
         {"user_id": ["u1"] * 3, "item_id": ["a", "b", "c"], "timestamp": [1, 2, 3], "weight": [0.2, 3.0, 1.0]}
     )
     ex = build_examples(interactions, pd.Index(["a", "b", "c"]), history_length=2)
-    assert ex.target.tolist() == [1, 2] and ex.weight.tolist() == pytest.approx([3.0, 1.0])
-    uniform = build_examples(interactions.assign(weight=1.0), pd.Index(["a", "b", "c"]), history_length=2)
-    assert uniform.weight is None  # the plain mean: unweighted data trains exactly as before
+    # Relative weights (mean 1): the loss is a weighted mean, so only the ratio 3 : 1 counts.
+    assert ex.target.tolist() == [1, 2] and ex.weight.tolist() == pytest.approx([1.5, 0.5])
+    uniform = build_examples(interactions.assign(weight=2.0), pd.Index(["a", "b", "c"]), history_length=2)
+    assert uniform.weight is None  # the plain mean: uniformly weighted data trains exactly as unweighted
+    # A finite weight beyond float32 (the contract allows any finite one) keeps its ratio, not inf.
+    huge = build_examples(interactions.assign(weight=[1.0, 1e300, 3e299]), pd.Index(["a", "b", "c"]), history_length=2)
+    assert huge.weight.dtype == np.float32 and huge.weight.tolist() == pytest.approx([2 / 1.3, 0.6 / 1.3])
 
 
 def test_the_ranker_takes_a_share_of_the_validation_users_or_all_of_them():
