@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -496,8 +497,9 @@ def initial_model(
 
 def training_fingerprint(frames: Sequence[pd.DataFrame], settings: Settings) -> str:
     """Hash of everything that determines the trained models: the data frames, model and train
-    settings (a rerun with the same fingerprint reuses the finished run)."""
-    h = hashlib.sha256()
+    settings, and the code (a rerun with the same fingerprint reuses the finished run; a new
+    release trains anew, where a retry of the same one does not)."""
+    h = hashlib.sha256(_code_digest().encode())
     for frame in frames:
         rows = np.sort(pd.util.hash_pandas_object(frame, index=False).to_numpy())
         h.update(rows.tobytes())
@@ -508,3 +510,15 @@ def training_fingerprint(frames: Sequence[pd.DataFrame], settings: Settings) -> 
     }
     h.update(json.dumps(config, sort_keys=True).encode())
     return h.hexdigest()[:16]
+
+
+@functools.cache
+def _code_digest() -> str:
+    """sha256 of the recsys_lib package's Python source: in a checkout or an installed wheel
+    alike, uncommitted edits included."""
+    package = Path(__file__).resolve().parents[1]
+    h = hashlib.sha256()
+    for path in sorted(package.rglob("*.py")):
+        h.update(str(path.relative_to(package)).encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()
