@@ -88,6 +88,13 @@ def _located_settings(args: argparse.Namespace):
     return load_settings(config_file=args.config, overrides=overrides, env=env)
 
 
+def _count(value: str) -> int:
+    """A positive whole number (argparse type)."""
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {value!r}")
+    return int(value)
+
+
 def _add_location(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output", help="the published location `recsys run --output` wrote (a directory or s3:// URI)")
     p.add_argument("--data-root", help="the work data and MLflow store (default: as `recsys run` chose it)")
@@ -95,9 +102,11 @@ def _add_location(p: argparse.ArgumentParser) -> None:
 
 def cmd_run(args: argparse.Namespace) -> None:
     from jobs.pipeline import run_all
+    from recsys_lib.storage import open_store
 
     settings = _located_settings(args)
     data_root = settings.data_root
+    open_store(settings.storage.publish_root, settings.storage)  # a bad --output fails now, not after training
     _land_files(args, settings)
     params = {"full_retrain": True} if args.full_retrain else None
     results = run_all(settings, args.ds, params)
@@ -178,24 +187,48 @@ def cmd_show(args: argparse.Namespace) -> None:
 
 def cmd_search(args: argparse.Namespace) -> None:
     from recsys_lib.reader import PublishedTables
-    from recsys_lib.schema import DOCUMENT_COL, ITEM_COL, RANK_COL, SCORE_COL
-    from recsys_lib.storage import FeatureTable, Storage
+    from recsys_lib.schema import ITEM_COL, RANK_COL, SCORE_COL
 
+    if not args.text.strip():
+        raise SystemExit("recsys search: the query is empty: give some text, e.g. \"space adventure\"")
     settings = _located_settings(args)
     tables = PublishedTables.from_settings(settings)
     results = tables.search(args.text, k=args.k, user_id=args.user, version=args.version)
     manifest = tables.manifest(args.version)
-    titles = {}
-    try:  # titles from the work store, when it is at hand (a service would join its own catalogue)
-        documents = Storage(settings).read_features(FeatureTable.ITEM_DOCUMENTS, manifest["ds"])
-        titles = dict(zip(documents[ITEM_COL], documents[DOCUMENT_COL]))
-    except NotRetryable:
-        pass
+    titles = _titles(settings, manifest["ds"])
     who = f" for user {args.user}" + ("" if results["personalised"].any() else " (no vector: not personalised)")
     print(f"{args.text!r}{who if args.user else ''}, version {manifest['version']} ({manifest['model_version']}):")
     for row in results.itertuples():
         title = titles.get(getattr(row, ITEM_COL), "")
         print(f"{getattr(row, RANK_COL):>3}. {getattr(row, ITEM_COL):<12} {getattr(row, SCORE_COL):.3f}  {title[:80]}")
+
+
+def cmd_session(args: argparse.Namespace) -> None:
+    from recsys_lib.reader import PublishedTables
+    from recsys_lib.schema import ITEM_COL, RANK_COL, SCORE_COL
+
+    settings = _located_settings(args)
+    tables = PublishedTables.from_settings(settings)
+    results = tables.for_session(args.items, k=args.k, version=args.version)
+    manifest = tables.manifest(args.version)
+    titles = _titles(settings, manifest["ds"])
+    print(f"after {', '.join(args.items)}, version {manifest['version']} ({manifest['model_version']}):")
+    for row in results.itertuples():
+        title = titles.get(getattr(row, ITEM_COL), "")
+        print(f"{getattr(row, RANK_COL):>3}. {getattr(row, ITEM_COL):<12} {getattr(row, SCORE_COL):.3f}  {title[:80]}")
+
+
+def _titles(settings, ds: str) -> dict[str, str]:
+    """Item id -> document from the work store when it is at hand (a service would join its own
+    catalogue); empty otherwise."""
+    from recsys_lib.schema import DOCUMENT_COL, ITEM_COL
+    from recsys_lib.storage import FeatureTable, Storage
+
+    try:
+        documents = Storage(settings).read_features(FeatureTable.ITEM_DOCUMENTS, ds)
+    except NotRetryable:
+        return {}
+    return dict(zip(documents[ITEM_COL], documents[DOCUMENT_COL]))
 
 
 def cmd_versions(args: argparse.Namespace) -> None:
@@ -426,11 +459,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("search", help="the items a text query finds in the live version (optionally for a user)")
     p.add_argument("text", help="the query, e.g. \"space adventure with robots\"")
     p.add_argument("--user", help="personalise for this user id")
-    p.add_argument("--k", type=int, default=10, help="how many items")
+    p.add_argument("--k", type=_count, default=10, help="how many items")
     p.add_argument("--version", help="a published version instead of the live one")
     p.add_argument("--config")
     _add_location(p)
     p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("session", help="the items for a history the nightly run has not seen, from the live vectors")
+    p.add_argument("items", nargs="+", help="item ids the user just used, e.g. 318 296")
+    p.add_argument("--k", type=_count, default=10, help="how many items")
+    p.add_argument("--version", help="a published version instead of the live one")
+    p.add_argument("--config")
+    _add_location(p)
+    p.set_defaults(func=cmd_session)
 
     p = sub.add_parser("versions", help="list the published versions")
     p.add_argument("--config")

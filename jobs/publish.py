@@ -20,6 +20,8 @@ log = logging.getLogger(__name__)
 
 
 def run(settings: Settings, ds: str, model_version: str | None = None) -> dict[str, Any]:
+    import json
+
     import pandas as pd
 
     from recsys_lib import publish as pub
@@ -30,7 +32,7 @@ def run(settings: Settings, ds: str, model_version: str | None = None) -> dict[s
     from recsys_lib.reader import PublishedTables
     from recsys_lib.rules import read_rules
     from recsys_lib.run_report import REPORT_FILE, RUN_REPORT
-    from recsys_lib.schema import ITEM_COL, QUERY_COL, SEEN_COL, USER_COL
+    from recsys_lib.schema import ITEM_COL, QUERY_COL, QUERY_CONFIG, SEEN_COL, USER_COL
     from recsys_lib.storage import FeatureTable, OutputTable, Storage
     from recsys_lib.tracking import CHAMPION, Tracker, code_version
 
@@ -68,8 +70,11 @@ def run(settings: Settings, ds: str, model_version: str | None = None) -> dict[s
     if forced:
         log.warning("quality gate failed but publish.force is set: %s", decision.refusal)
 
+    encoder_files = storage.read_output_files(Storage.QUERY_ENCODER, ds)
     metadata = {
         "evaluation": report.to_dict() if report else None,
+        # Readers that build a user from item vectors score it as user_topn does: cosine / T + bias.
+        "temperature": json.loads(encoder_files[QUERY_CONFIG]).get("temperature"),
         "index": storage.read_index_manifest(ds, mv.version),
         "ranking": _ranking(settings, tracker, mv),
         "forced": forced,
@@ -82,7 +87,7 @@ def run(settings: Settings, ds: str, model_version: str | None = None) -> dict[s
     # publish.backfill (or force) says so: last night's tables and champion stay.
     backfill = live is not None and ds < live["ds"]
     make_live = not backfill or cfg.backfill or cfg.force
-    artefacts = {Storage.QUERY_ENCODER: storage.read_output_files(Storage.QUERY_ENCODER, ds)}
+    artefacts = {Storage.QUERY_ENCODER: encoder_files}
     if report_html is not None:
         artefacts[RUN_REPORT] = {REPORT_FILE: report_html}
     manifest = pub.publish_version(storage.published, ds, tables, mv.label, metadata, make_live=make_live,

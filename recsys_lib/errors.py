@@ -38,6 +38,10 @@ class NothingPublished(NotRetryable, LookupError):
     """The published store has no version yet."""
 
 
+class NotInVersion(NotRetryable, LookupError):
+    """None of the ids a reader asked about is in the published version."""
+
+
 class PublishRefused(NotRetryable, RuntimeError):
     """A table check or the quality gate failed; the live tables were left as they are."""
 

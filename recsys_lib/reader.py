@@ -5,6 +5,7 @@
     tables.similar_items("318")
     tables.table("user_topn")             # the whole table as Arrow
     tables.search("space adventure", k=10, user_id="42")   # a text query, optionally personalised
+    tables.for_session(["318", "296"], k=10)  # items for a history the nightly run has not seen
 
 Every read resolves ``latest.json`` once per call, so a call sees one version, never a mix.
 Tests: tests/unit/recsys_lib/test_reader.py, tests/integration.
@@ -22,10 +23,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from recsys_lib.embedding import vectors_of
-from recsys_lib.errors import NothingPublished
+from recsys_lib.embedding import ItemVectors, vectors_of
+from recsys_lib.errors import NothingPublished, NotInVersion
 from recsys_lib.publish import read_latest
-from recsys_lib.schema import ITEM_COL, MODEL_VERSION_COL, RANK_COL, SCORE_COL, USER_COL, VECTOR_COL
+from recsys_lib.schema import BIAS_COL, ITEM_COL, MODEL_VERSION_COL, RANK_COL, SCORE_COL, USER_COL, VECTOR_COL
 from recsys_lib.settings import Settings
 from recsys_lib.storage import ObjectStore, OutputTable, Storage, open_store
 
@@ -40,7 +41,7 @@ class PublishedTables:
         self.store = store
         # Where a version's query encoder is downloaded to (once per version).
         self.cache_dir = Path(cache_dir or Path(tempfile.gettempdir()) / "recsys-published")
-        self._items: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self._items: dict[str, ItemVectors] = {}
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "PublishedTables":
@@ -115,6 +116,9 @@ class PublishedTables:
         pipeline's model places them. With ``user_id``, the user's vector is blended in
         (query + USER_WEIGHT x user, both unit vectors): among items that match the query, the
         ones the user would pick come first; a user without a vector gets the plain search."""
+        _check_k(k)
+        if not text.strip():
+            raise ValueError("the query is empty: search needs some text")
         manifest = self.manifest(version)
         version = manifest["version"]
         query = self.query_encoder(version).encode([text])[0]
@@ -127,16 +131,49 @@ class PublishedTables:
                 user = vectors_of(users)[0]
                 query = query + USER_WEIGHT * user / max(float(np.linalg.norm(user)), 1e-12)
                 query, personalised = query / np.linalg.norm(query), True
-        ids, vectors = self._item_vectors(version)
-        scores = vectors @ query
+        items = self._item_vectors(version)
+        scores = items.vectors @ query
         top = np.argsort(-scores, kind="stable")[:k]
         return pd.DataFrame({
-            RANK_COL: np.arange(1, len(top) + 1), ITEM_COL: ids[top], SCORE_COL: scores[top],
+            RANK_COL: np.arange(1, len(top) + 1), ITEM_COL: items.ids.to_numpy()[top], SCORE_COL: scores[top],
             MODEL_VERSION_COL: manifest["model_version"], PERSONALISED_COL: personalised,
         })  # fmt: skip
 
-    def _item_vectors(self, version: str) -> tuple[np.ndarray, np.ndarray]:
+    def for_session(self, item_ids: list[str], k: int = 10, version: str | None = None) -> pd.DataFrame:
+        """The ``k`` items for a history the nightly run has not seen (a session, a user who
+        arrived after it) from the published vectors alone: the user is the mean of those items'
+        vectors, scored as ``user_topn`` scores a user (cosine / temperature + item bias), the
+        given items left out. Brand-new items take part by their text, as they do in the
+        nightly lists (the cold-item table's ``item_vectors`` row measures this reading)."""
+        from recsys_lib.retrieval import profile_scores
+
+        _check_k(k)
+        manifest = self.manifest(version)
+        version = manifest["version"]
+        temperature = manifest.get("temperature")
+        if temperature is None:
+            raise NothingPublished(f"version {version} has no temperature (published by an older release); "
+                                   "the next run publishes one")  # fmt: skip
+        items = self._item_vectors(version)
+        history = items.ids.get_indexer([str(i) for i in item_ids])
+        history = history[history >= 0]
+        if not len(history):
+            raise NotInVersion(f"none of the {len(item_ids)} items is in version {version}'s item_vectors")
+        scores = profile_scores(items, temperature, [history], np.arange(len(items)))[0]
+        scores[history] = -np.inf
+        top = np.argsort(-scores, kind="stable")[: min(k, len(items) - len(np.unique(history)))]
+        return pd.DataFrame({
+            RANK_COL: np.arange(1, len(top) + 1), ITEM_COL: items.ids.to_numpy()[top], SCORE_COL: scores[top],
+            MODEL_VERSION_COL: manifest["model_version"],
+        })  # fmt: skip
+
+    def _item_vectors(self, version: str) -> ItemVectors:
         if version not in self._items:
-            table = self.table(OutputTable.ITEM_VECTORS, version, columns=[ITEM_COL, VECTOR_COL])
-            self._items = {version: (np.asarray(table.column(ITEM_COL).to_pylist(), dtype=object), vectors_of(table))}
+            table = self.table(OutputTable.ITEM_VECTORS, version, columns=[ITEM_COL, VECTOR_COL, BIAS_COL])
+            self._items = {version: ItemVectors.from_table(table)}
         return self._items[version]
+
+
+def _check_k(k: int) -> None:
+    if k < 1:
+        raise ValueError(f"k is how many items to return, at least 1; got {k}")

@@ -31,6 +31,27 @@ def retrieval_users(users: np.ndarray, temperature: float) -> np.ndarray:
     return np.hstack([users / temperature, np.ones((len(users), 1), users.dtype)]).astype(np.float32)
 
 
+def history_profiles(vectors: np.ndarray, histories: list[np.ndarray]) -> np.ndarray:
+    """Unit vectors [u, d]: the plain mean of each history's item vectors (catalogue indices),
+    zeros for an empty history. Users built from the item vectors alone, without the user tower:
+    a session the nightly run has not seen, or a service that holds only the published
+    ``item_vectors``; scored as a user vector is (``profile_scores``), trained for by the content
+    term of ``train.content_loss_weight``."""
+    profiles = np.zeros((len(histories), vectors.shape[1]), np.float32)
+    for row, history in enumerate(histories):
+        if len(history):
+            profiles[row] = vectors[history].mean(axis=0)
+    return profiles / np.maximum(np.linalg.norm(profiles, axis=1, keepdims=True), 1e-12)
+
+
+def profile_scores(items: ItemVectors, temperature: float, histories: list[np.ndarray], rows: np.ndarray) -> np.ndarray:
+    """Scores [u, len(rows)] of the catalogue items ``rows`` for users who are the mean of their
+    history's item vectors: cosine / T + item bias, the model's logit with the profile in the
+    user tower's place."""
+    queries = retrieval_users(history_profiles(items.vectors, histories), temperature)
+    return queries @ retrieval_items(items.vectors[rows], items.bias[rows]).T
+
+
 def retrieval_neighbours(vectors: np.ndarray) -> np.ndarray:
     """Item-to-item queries [n, d + 1] = [vector, 0]: inner product = cosine similarity."""
     return np.hstack([vectors, np.zeros((len(vectors), 1), vectors.dtype)]).astype(np.float32)

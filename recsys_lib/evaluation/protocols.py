@@ -38,7 +38,7 @@ from recsys_lib.evaluation.metrics import (
 from recsys_lib.evaluation.report import CATALOGUE, CHAMPION, ITEM_VECTORS, MODEL, EvaluationReport, Segment
 from recsys_lib.ranker import EventLog, Ranker
 from recsys_lib.recommend import rank_users
-from recsys_lib.retrieval import Retriever
+from recsys_lib.retrieval import Retriever, profile_scores
 from recsys_lib.schema import DOCUMENT_COL, HISTORY_COL, ITEM_COL, SEEN_COL, USER_COL, VALIDATION_COL
 from recsys_lib.settings import BaselineName
 
@@ -332,19 +332,13 @@ def evaluate_candidate(
     )
 
 
-def content_scores(vectors: np.ndarray, histories: list[np.ndarray], items: np.ndarray) -> np.ndarray:
-    """[u, len(items)] cosine of each history's mean item vector with ``items``' vectors."""
-    profiles = np.stack([vectors[h].mean(axis=0) for h in histories])
-    profiles /= np.maximum(np.linalg.norm(profiles, axis=1, keepdims=True), 1e-12)
-    return profiles @ vectors[items].T
-
-
 def cold_item_segment(
     split: EvaluationSplit, candidate: Retriever, served_lists: np.ndarray, k: int, depth: int, seed: int
 ) -> Segment:
     """Users with history rank only the cold items: the model (text-only vectors), the model's
-    item vectors used as content vectors (a user is the mean of their history's vectors, as a
-    downstream service can build from the published ``item_vectors`` alone), TF-IDF and random;
+    item vectors used as content vectors (a user is the mean of their history's vectors, scored
+    as ``PublishedTables.for_session`` scores from the published ``item_vectors`` alone), TF-IDF
+    and random;
     and the cold items' share of the served lists against their share of the catalogue."""
     n_cold = len(split.cold_idx)
     if n_cold <= MIN_COLD_ITEMS:
@@ -359,7 +353,7 @@ def cold_item_segment(
         content = bl.TfidfContent(split.documents).fit(split.train)
         scores = {
             MODEL: candidate.score_items(queries, split.cold_idx),
-            ITEM_VECTORS: content_scores(candidate.items.vectors, histories, split.cold_idx),
+            ITEM_VECTORS: profile_scores(candidate.items, candidate.temperature, histories, split.cold_idx),
             "tfidf": content.scores_for_histories(histories, items=split.cold_idx),
             "random": np.random.default_rng(seed).random((len(rows), n_cold)),
         }

@@ -34,11 +34,11 @@ import torch
 from torch import nn
 
 from recsys_lib.logs import Progress
+from recsys_lib.schema import QUERY_CONFIG, QUERY_GRAPH
 
 log = logging.getLogger(__name__)
 
 RUNTIMES = ("torch", "torch-bf16", "onnx", "onnx-int8")
-QUERY_GRAPH, QUERY_CONFIG = "query.onnx", "query_encoder.json"
 ONNX_RUNTIMES = ("onnx", "onnx-int8")
 
 
@@ -89,14 +89,16 @@ def export_pooler(model, path: Path) -> Path:
 def export_query_encoder(model, tokenizer, folder: Path) -> dict[str, bytes]:
     """The query side of the model for services: ``query.onnx`` (token ids and mask -> unit
     vector, the text path every item takes, so a query lands beside the items it describes),
-    the tokenizer's files, and ``query_encoder.json`` (max_length, dimension). Returns name ->
-    bytes of every file written to ``folder``."""
+    the tokenizer's files, and ``query_encoder.json`` (max_length, dimension, and the model's
+    learned temperature: scores are cosine / T + item bias). Returns name -> bytes of every file
+    written to ``folder``."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     _export(_TowerPath(model.item_tower, "text"), folder / QUERY_GRAPH, "vector")
     tokenizer.save_pretrained(folder)
     config = {"format": 1, "max_length": model.config.max_length, "dim": model.config.dim,
-              "inputs": ["input_ids", "attention_mask"], "output": "vector", "normalised": True}  # fmt: skip
+              "inputs": ["input_ids", "attention_mask"], "output": "vector", "normalised": True,
+              "temperature": float(model.temperature.item())}  # fmt: skip
     (folder / QUERY_CONFIG).write_text(json.dumps(config, indent=2))
     return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
 

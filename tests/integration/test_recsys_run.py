@@ -9,13 +9,14 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from jobs import cli
 from recsys_lib.data import synthetic, to_bytes
 from recsys_lib.reader import PublishedTables
-from recsys_lib.schema import USER_COL
+from recsys_lib.schema import ITEM_COL, USER_COL
 from recsys_lib.storage import LocalStore
 from tests.conftest import TINY_TRAIN, settings_toml
 
@@ -82,6 +83,17 @@ def test_recsys_run_publishes_tables_for_every_user(tmp_path, tiny_encoder, caps
     printed = capsys.readouterr().out.splitlines()
     assert printed[0].startswith(f"{title!r}, version ")
     assert [line.split()[0] for line in printed[1:]] == ["1.", "2.", "3."]
+    # A session from the published vectors alone, at the temperature the user vectors carry (unit / T).
+    user_vector = tables.table("user_vectors").column("vector")[0].as_py()
+    assert tables.manifest()["temperature"] == pytest.approx(1 / np.linalg.norm(user_vector), rel=1e-4)
+    used = interactions[ITEM_COL].astype(str).iloc[:3].tolist()
+    session = tables.for_session(used, k=4)
+    assert len(session) == 4 and not set(session["item_id"]) & set(used)
+    cli.main(["session", *used, "--k", "2", "--output", str(out), "--data-root", str(tmp_path / "work"),
+              "--config", str(config)])  # fmt: skip
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].startswith(f"after {', '.join(used)}, version ")
+    assert [line.split()[1] for line in printed[1:]] == session["item_id"].tolist()[:2]
 
 
 def test_recsys_benchmark_prints_one_table_on_the_random_item_split(tmp_path, tiny_encoder):

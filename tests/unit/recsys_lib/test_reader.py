@@ -66,9 +66,35 @@ def test_search_answers_a_text_query_from_the_versions_own_encoder(object_store,
     assert for_fan["item_id"].tolist().index("d") < plain.index("d")  # the fan's taste moves their item up
     assert for_fan["item_id"].iloc[0] == "c"  # ... but the query still decides what is relevant
     assert not reader.search("cartoon", user_id="stranger")["personalised"].any()  # no vector: plain search
+    with pytest.raises(ValueError, match="the query is empty"):
+        reader.search("   ")
 
 
 def test_search_on_a_version_without_an_encoder_says_so(object_store, tmp_path):
     publish(object_store, [("u1", 1, "a", 0.5)])
     with pytest.raises(NothingPublished, match="has no query encoder"):
         PublishedTables(object_store, cache_dir=tmp_path).search("anything")
+
+
+def test_a_session_is_the_mean_of_its_items_published_vectors_scored_as_a_user(object_store):
+    from recsys_lib.errors import NotInVersion
+    from recsys_lib.recommend import item_vectors_table
+    from tests.conftest import hand_made_items
+
+    items = hand_made_items(bias=(0.0, 0.0, 0.0, 0.0, 1.5))  # a = e0, b = e1, c = (a + b) / sqrt 2, d = -a, e = e2
+    tables = {"item_vectors": item_vectors_table(items, "m/1")}
+    pub.publish_version(object_store, "2026-01-01", tables, "m/1", {"temperature": 0.5})
+    reader = PublishedTables(object_store)
+    # The mean of a and b points at c: cosine 1 / T = 2; e: 0 + bias 1.5; d: -0.707 / T. a, b are the session.
+    session = reader.for_session(["a", "b", "not-in-catalogue"], k=5)
+    assert session["item_id"].tolist() == ["c", "e", "d"] and session["rank"].tolist() == [1, 2, 3]
+    assert session["score"].tolist() == pytest.approx([2.0, 1.5, -2**0.5], abs=1e-5)
+    assert (session["model_version"] == "m/1").all()
+    with pytest.raises(NotInVersion, match="none of the 1 items"):
+        reader.for_session(["zzz"])
+    with pytest.raises(ValueError, match="at least 1"):
+        reader.for_session(["a"], k=0)
+    # A version published before the temperature was: a named error, not a wrong score.
+    pub.publish_version(object_store, "2026-01-02", tables, "m/1", {})
+    with pytest.raises(NothingPublished, match="has no temperature"):
+        reader.for_session(["a"])

@@ -11,6 +11,8 @@ import torch.nn.functional as F
 from recsys_lib.retrieval import (
     Retriever,
     build_item_index,
+    history_profiles,
+    profile_scores,
     retrieval_items,
     retrieval_neighbours,
     retrieval_users,
@@ -34,6 +36,17 @@ def test_retrieval_rows_reproduce_the_model_scores(tiny_two_tower):
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
     # Item-to-item queries ignore the bias: plain cosine similarity.
     np.testing.assert_allclose(retrieval_neighbours(items.numpy()) @ rows.T, (items @ items.T).numpy(), atol=1e-6)
+
+
+def test_a_history_profile_is_the_mean_of_its_item_vectors_scored_as_a_user_vector():
+    items = hand_made_items()  # a = e0, b = e1, c = (a + b) / sqrt 2, d = -a, e = e2 with bias 15
+    histories = [np.array([0, 1]), np.array([3]), np.array([], np.int64)]
+    profiles = history_profiles(items.vectors, histories)
+    np.testing.assert_allclose(profiles[0], items.vectors[2], atol=1e-6)  # (a + b) / 2 points at c
+    assert not profiles[2].any()  # no history: no profile
+    scores = profile_scores(items, 0.5, histories, np.array([2, 4, 0]))
+    # cosine / T + bias: c 1 / 0.5, e 0 + 15, a 0.707 / 0.5; the second user is -a.
+    np.testing.assert_allclose(scores[:2], [[2.0, 15.0, np.sqrt(2)], [-np.sqrt(2), 15.0, -2.0]], atol=1e-5)
 
 
 def test_an_exact_index_reports_full_recall():

@@ -102,13 +102,6 @@ def test_the_cold_item_protocol(candidate, monkeypatch):
     assert segment.get("catalogue") == {"share_in_top_2": 0.2}
 
 
-def test_item_vectors_as_content_vectors_score_the_mean_of_a_history():
-    vectors = ITEMS.vectors  # a = e0, b = e1, c = (a + b) / sqrt 2, d = -a, e = e2
-    scores = protocols.content_scores(vectors, [np.array([0, 1]), np.array([3])], np.array([2, 4, 0]))
-    # (a + b) / 2 is c's direction: cosine 1 with c, 0 with e; -a scores a at -1.
-    np.testing.assert_allclose(scores, [[1.0, 0.0, 1 / np.sqrt(2)], [-1 / np.sqrt(2), 0.0, -1.0]], atol=1e-6)
-
-
 def test_untuned_baselines_take_the_middle_of_their_grid(candidate):
     baselines = {"item_knn": Baseline(bl.ItemKNN, {"neighbours": [1, 2, 3], "shrink": [0.0, 5.0]})}
     report = evaluate_candidate(split(), candidate, None, baselines, ks=(1,), seed=0, ds="2026-01-01",

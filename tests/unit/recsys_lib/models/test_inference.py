@@ -5,6 +5,7 @@ the int8 outputs apart in its cache."""
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pytest
 import torch
 
 from recsys_lib.embedding import embed_version
@@ -75,6 +76,7 @@ def test_the_exported_query_encoder_gives_the_models_text_vectors(tiny_encoder, 
     model, tokenizer = TwoTowerModel.from_encoder(str(tiny_encoder), 3, 16, 0.05)
     files = export_query_encoder(model, tokenizer, tmp_path / "query")
     assert {"query.onnx", "query_encoder.json", "tokenizer.json"} <= set(files)
+    assert QueryEncoder(tmp_path / "query").config["temperature"] == pytest.approx(0.05)  # scores: cosine / T + bias
     queries = ["", "heat", "space adventure with robots", TEXTS[-1] * 3]  # empty, short, long (truncated)
     vectors = QueryEncoder(tmp_path / "query").encode(queries)
     expected = embed_text(model, TokenizedDocuments.from_texts(tokenizer, queries, 16), 8, "cpu").numpy()
