@@ -106,7 +106,13 @@ def cmd_run(args: argparse.Namespace) -> None:
 
     settings = _located_settings(args)
     data_root = settings.data_root
-    open_store(settings.storage.publish_root, settings.storage)  # a bad --output fails now, not after training
+    # A bad --output or blocked-items file fails now, not after training.
+    open_store(settings.storage.publish_root, settings.storage)
+    if settings.rules.blocked_items_file:
+        from recsys_lib.rules import blocked_items_text
+        from recsys_lib.storage import Storage
+
+        blocked_items_text(settings.rules, Storage(settings).read_text)
     _land_files(args, settings)
     params = {"full_retrain": True} if args.full_retrain else None
     results = run_all(settings, args.ds, params)

@@ -146,7 +146,7 @@ def build_rules(
     n = len(item_index)
     blocked_ids = set(cfg.blocked_items)
     if cfg.blocked_items_file:
-        blocked_ids |= {line.strip() for line in read_text(cfg.blocked_items_file).splitlines() if line.strip()}
+        blocked_ids |= {line.strip() for line in blocked_items_text(cfg, read_text).splitlines() if line.strip()}
     blocked = np.asarray(pd.Index(item_index).isin(list(blocked_ids)), dtype=bool)
     is_new = ~np.asarray(pd.Index(item_index).isin(item_stats[ITEM_COL]), dtype=bool)
     category = first_categories(documents, item_index) if cfg.max_per_category > 0 else np.full(n, NO_CATEGORY)
@@ -172,6 +172,16 @@ def first_categories(documents: pd.DataFrame, item_index: pd.Index) -> np.ndarra
     names = [c[0] if c is not None and len(c) else None for c in first]
     codes, _ = pd.factorize(pd.Series(names), use_na_sentinel=True)
     return np.where(codes >= 0, codes, NO_CATEGORY).astype(np.int64)
+
+
+def blocked_items_text(cfg: RulesSettings, read_text) -> str:
+    """The text of ``rules.blocked_items_file``; a missing file is an error that names the setting."""
+    from recsys_lib.errors import StorageError
+
+    try:
+        return read_text(cfg.blocked_items_file)
+    except (StorageError, OSError) as e:
+        raise StorageError(f"rules.blocked_items_file: {e}") from None
 
 
 def read_rules(cfg: RulesSettings, storage, ds: str, item_index: pd.Index, vectors=None) -> BusinessRules:

@@ -30,7 +30,11 @@ def resolve_encoder(name: str) -> str:
         package = importlib.import_module(BUNDLED[key])
         return str(package.get_model_path())
     path = Path(name).expanduser()
-    return str(path.resolve()) if path.exists() else name
+    if path.exists():
+        return str(path.resolve())
+    if name.startswith(("/", "./", "../", "~")) or path.is_absolute():
+        raise SettingsError(f"model.encoder: no such folder {name} (a local path; hub names have no leading / . or ~)")
+    return name
 
 
 def load_encoder(name: str):

@@ -5,6 +5,7 @@ import pandas as pd
 import pytest
 
 from recsys_lib import recommend as rec
+from recsys_lib.errors import StorageError
 from recsys_lib.index import exact_search
 from recsys_lib.rules import NO_CATEGORY, BusinessRules, build_rules
 from tests.conftest import make_settings
@@ -87,6 +88,9 @@ def test_build_rules_from_settings(tmp_path):
     assert r.blocked.tolist() == [True, False, True, True, False]
     assert r.is_new.tolist() == [False, False, True, True, True]
     assert r.category[0] == r.category[3] != r.category[1] and r.category[2] == r.category[4] == NO_CATEGORY
+    (tmp_path / "blocked.txt").unlink()
+    with pytest.raises(StorageError, match="rules.blocked_items_file: .*blocked.txt"):  # names the setting
+        build_rules(settings.rules, items, stats, docs, read_text)
 
 
 def test_a_minimum_score_above_popularity_scores_still_leaves_every_user_a_list():

@@ -231,8 +231,8 @@ def test_an_encoder_that_cannot_be_loaded_is_a_settings_error(tmp_path):
 
     with pytest.raises(SettingsError, match="model.encoder is empty"):
         load_encoder(" ")
-    with pytest.raises(SettingsError, match=r"^model.encoder '.*not-a-model': cannot load a tokenizer and model from"):
-        load_encoder(str(tmp_path / "not-a-model"))  # no such folder, and no hub here
+    with pytest.raises(SettingsError, match=r"^model.encoder: no such folder .*not-a-model \(a local path"):
+        load_encoder(str(tmp_path / "not-a-model"))  # a path, not a hub name: never asks the hub
     (tmp_path / "not-a-model").mkdir()
     with pytest.raises(SettingsError, match="cannot load a tokenizer and model"):
         load_encoder(str(tmp_path / "not-a-model"))  # an empty folder
