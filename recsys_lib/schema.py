@@ -130,14 +130,14 @@ ITEM_SIMILAR_SCHEMA = pa.schema(
         pa.field(DS_COL, pa.string(), nullable=False),
     ]
 )
-# For online retrieval with the same model: score(user, item) = dot(user vector, item vector) +
-# item bias, exactly the model's score (user vectors are the user tower's unit vector divided by the
-# learned temperature); item-to-item similarity is dot(item vector, item vector), a cosine.
-# The manifest's ``temperature`` scores a user built from item vectors alone the same way.
 # The query encoder, published beside the tables: an ONNX graph (token ids, mask -> unit vector)
 # and its config (max_length, dim, temperature).
 QUERY_GRAPH, QUERY_CONFIG = "query.onnx", "query_encoder.json"
 
+# For online retrieval with the same model: score(user, item) = dot(user vector, item vector) +
+# item bias, exactly the model's score (user vectors are the user tower's unit vector divided by the
+# learned temperature); item-to-item similarity is dot(item vector, item vector), a cosine.
+# The manifest's ``temperature`` scores a user built from item vectors alone the same way.
 ITEM_VECTORS_SCHEMA = pa.schema(
     [
         pa.field(ITEM_COL, pa.string(), nullable=False),

@@ -128,9 +128,10 @@ def parse_time(col: Column) -> Column:
     """Epoch seconds (or milli-, micro-, nanoseconds), or an ISO-8601 string, to a timestamp;
     null if neither."""
     number = col.try_cast("double")
-    seconds = number
-    for threshold, per_second in reversed(EPOCH_UNITS):
-        seconds = F.when(number >= threshold, number / per_second).otherwise(seconds)
+    seconds = F
+    for threshold, per_second in EPOCH_UNITS:  # largest first: the first that holds decides
+        seconds = seconds.when(number >= threshold, number / per_second)
+    seconds = seconds.otherwise(number)
     return F.when(number.isNotNull(), F.timestamp_seconds(seconds)).otherwise(F.try_to_timestamp(col))
 
 

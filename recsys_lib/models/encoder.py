@@ -32,7 +32,7 @@ def resolve_encoder(name: str) -> str:
     path = Path(name).expanduser()
     if path.exists():
         return str(path.resolve())
-    if name.startswith(("/", "./", "../", "~")) or path.is_absolute():
+    if path.is_absolute() or name.startswith(("./", "../", "~")):
         raise SettingsError(f"model.encoder: no such folder {name} (a local path; hub names have no leading / . or ~)")
     return name
 

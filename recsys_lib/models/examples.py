@@ -109,7 +109,7 @@ def build_examples(
         rows = np.concatenate([rows, chosen])
         target = items[rows]
     weight = weight[rows] if weight is not None else None
-    if weight is not None and (weight == weight[0]).all():
+    if weight is not None and weight[0] > 0 and (weight == weight[0]).all():
         weight = None  # the plain mean, exactly as without weights
     return TrainingExamples(history, target, None if weight is None else relative_weights(weight))
 

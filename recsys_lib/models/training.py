@@ -514,11 +514,11 @@ def training_fingerprint(frames: Sequence[pd.DataFrame], settings: Settings) -> 
 
 @functools.cache
 def _code_digest() -> str:
-    """sha256 of the recsys_lib package's Python source: in a checkout or an installed wheel
-    alike, uncommitted edits included."""
-    package = Path(__file__).resolve().parents[1]
+    """sha256 of the Python source of the recsys_lib and jobs packages (the stages that assemble
+    training live in jobs): in a checkout or an installed wheel alike, uncommitted edits included."""
+    root = Path(__file__).resolve().parents[2]
     h = hashlib.sha256()
-    for path in sorted(package.rglob("*.py")):
-        h.update(str(path.relative_to(package)).encode())
+    for path in sorted(p for package in ("recsys_lib", "jobs") for p in (root / package).rglob("*.py")):
+        h.update(str(path.relative_to(root)).encode())
         h.update(path.read_bytes())
     return h.hexdigest()
