@@ -28,6 +28,8 @@ import logging
 import os
 import sys
 import typing
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from jobs._cli import logical_date
@@ -54,8 +56,10 @@ def _project_root(output: str) -> str:
     return str(Path(default_data_root()) / "projects" / slug)
 
 
-def _land_files(args: argparse.Namespace, settings) -> None:
-    """The --interactions, --items, --users and --queries files as the raw drop of --ds."""
+@contextmanager
+def _landed_files(args: argparse.Namespace, settings) -> Iterator[None]:
+    """The --interactions, --items, --users and --queries files as the raw drop of --ds while
+    the block runs; if it fails, the earlier drop of that ds is put back."""
     from recsys_lib.storage import Storage
 
     sources = {"interactions": args.interactions, "items": args.items, "users": args.users,
@@ -65,12 +69,12 @@ def _land_files(args: argparse.Namespace, settings) -> None:
             raise SystemExit(f"recsys {args.command}: --{entity} {path}: a directory, not a file")
         if path is not None and not Path(path).expanduser().is_file():
             raise SystemExit(f"recsys {args.command}: --{entity} {path}: no such file")
-    storage = Storage(settings)
-    args.landed = {}  # raw-drop URI -> the file the user named, for error messages
-    for entity, path in sources.items():
-        files = {} if path is None else {Path(path).name: Path(path).expanduser()}
-        for uri in storage.replace_raw_drop(entity, args.ds, files):
-            args.landed[uri] = path
+    files = {entity: {} if path is None else {Path(path).name: Path(path).expanduser()}
+             for entity, path in sources.items()}  # fmt: skip
+    with Storage(settings).trial_raw_drops(args.ds, files) as landed:
+        # raw-drop URI -> the file the user named, for error messages
+        args.landed = {uri: sources[entity] for entity, uris in landed.items() for uri in uris}
+        yield
 
 
 def _located_settings(args: argparse.Namespace):
@@ -113,9 +117,9 @@ def cmd_run(args: argparse.Namespace) -> None:
         from recsys_lib.storage import Storage
 
         blocked_items_text(settings.rules, Storage(settings).read_text)
-    _land_files(args, settings)
     params = {"full_retrain": True} if args.full_retrain else None
-    results = run_all(settings, args.ds, params)
+    with _landed_files(args, settings):
+        results = run_all(settings, args.ds, params)
     published = results["publish"]
     print(json.dumps(results, indent=2, default=str))
     print(f"\nPublished version {published['version']} at {published['location']}")
@@ -141,8 +145,8 @@ def cmd_benchmark(args: argparse.Namespace) -> None:
         overrides["evaluate.baselines"] = ",".join(BASELINES) if args.baselines == "all" else args.baselines
     env = {**os.environ, "RECSYS_DATA_ROOT": data_root}
     settings = load_settings(config_file=args.config, overrides=overrides, env=env)
-    _land_files(args, settings)
-    run_all(settings, args.ds, stages=EVALUATION_STAGES)
+    with _landed_files(args, settings):
+        run_all(settings, args.ds, stages=EVALUATION_STAGES)
     report = Storage(settings).read_evaluation(args.ds)
     print(f"\n{args.protocol} split, holdout {args.holdout_fraction:.0%}, ds {args.ds}\n\n{report.to_text()}")
     print(f"\nReport: {Storage(settings).work.uri(Storage.run_output(Storage.EVALUATION_REPORT, args.ds))}")

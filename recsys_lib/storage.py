@@ -21,10 +21,11 @@ import shutil
 import tempfile
 import uuid
 from abc import ABC, abstractmethod
+from contextlib import contextmanager
 from enum import StrEnum
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -495,6 +496,34 @@ class Storage:
             else:
                 self.work.write_bytes(f"{prefix}/{name}", data)
         return [self.work.uri(f"{prefix}/{name}") for name in files]
+
+    @contextmanager
+    def trial_raw_drops(self, ds: str, files: dict[str, dict[str, Path]]) -> Iterator[dict[str, list[str]]]:
+        """Make ``files`` (entity -> name -> local file) the raw drops of ds while the block
+        runs, and keep them only if it succeeds: a run that fails leaves each earlier drop as it
+        was, so the next run of ds (a scheduled one, say) does not read the rejected files.
+        Yields the landed URIs of each entity."""
+        token = uuid.uuid4().hex
+        set_aside: dict[str, str | None] = {}
+        try:
+            uris = {}
+            for entity, named in files.items():
+                prefix = self.raw(entity, ds)
+                set_aside[entity] = None
+                if self.work.list(prefix + "/"):
+                    set_aside[entity] = f"raw/{entity}/.replaced-{ds}-{token}"
+                    self.work.replace_prefix(prefix, set_aside[entity])
+                uris[entity] = self.replace_raw_drop(entity, ds, named)
+            yield uris
+        except BaseException:
+            for entity, aside in set_aside.items():
+                self.work.delete_prefix(self.raw(entity, ds) + "/")
+                if aside is not None:
+                    self.work.replace_prefix(aside, self.raw(entity, ds))
+            raise
+        for aside in set_aside.values():
+            if aside is not None:
+                self.work.delete_prefix(aside + "/")
 
     def raw_files(self, entity: str, ds: str) -> list[str]:
         """Keys of every file of the raw drop of ``entity`` for ds."""

@@ -68,7 +68,8 @@ def check_columns(columns: list[str], entity: str, source: str) -> None:
     missing: an empty file, a header naming one twice, JSON that is not one object per line)."""
     missing = [c for c in ENTITIES[entity].required if c not in columns]
     if missing and not columns:
-        raise SchemaError(f"{source}: empty file (no header row)")
+        what = "no header row" if re.search(r"\.csv(\.gz)?$", source.lower()) else "no records"
+        raise SchemaError(f"{source}: empty file ({what})")
     if missing and columns == [CORRUPT_RECORD]:
         raise SchemaError(
             f"{source}: not JSON lines (one object per line); a JSON array or an object spread over "

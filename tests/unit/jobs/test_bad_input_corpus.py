@@ -213,6 +213,11 @@ FILE_CASES = {
         SchemaError,
         r"items/ds=2026-01-02/items\.csv: empty file \(no header row\)$",
     ),
+    "an empty JSON-lines events file": (
+        {"interactions": {"events.jsonl": b""}},
+        SchemaError,
+        r"interactions/ds=2026-01-02/events\.jsonl: empty file \(no records\)$",
+    ),
     "a header naming item_id twice": (
         {"interactions": {"events.csv": b"user_id,item_id,timestamp,item_id\nu1,i1,1767225600,i2\n"}},
         SchemaError,

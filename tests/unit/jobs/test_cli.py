@@ -83,6 +83,7 @@ def test_a_user_error_is_one_line_naming_your_file_and_the_traceback_waits_for_v
     quiet = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
     assert quiet.returncode == 1
     assert quiet.stdout == ""  # Spark's JVM log goes to stderr
+    assert not list((tmp_path / "data").glob("projects/*/raw/*/*/*"))  # the failed run took its drop back
     assert "Traceback" not in quiet.stderr
     assert quiet.stderr.splitlines()[-1] == (
         f"recsys run: {tmp_path / 'items.csv'}: not valid utf-8 at byte 19 (invalid continuation byte); "

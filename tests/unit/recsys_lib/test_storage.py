@@ -145,6 +145,27 @@ def test_index_and_evaluation_roundtrip(settings):
     assert "ndcg_at_10" in storage.evaluation_table(report.ds) and storage.evaluation_table("2030-01-01") is None
 
 
+def test_a_trial_raw_drop_is_kept_only_when_its_block_succeeds(settings, object_store, tmp_path):
+    storage = Storage(settings)
+    storage.work = object_store
+    storage.replace_raw_drop("items", "2026-01-01", {"old.csv": b"earlier"})
+    new = tmp_path / "new.csv"
+    new.write_bytes(b"rejected")
+    with pytest.raises(RuntimeError, match="the run failed"):
+        with storage.trial_raw_drops("2026-01-01", {"items": {"new.csv": new}, "users": {"u.csv": new}}) as uris:
+            assert uris["items"] == [object_store.uri("raw/items/ds=2026-01-01/new.csv")]
+            assert storage.raw_files("users", "2026-01-01") == ["raw/users/ds=2026-01-01/u.csv"]
+            raise RuntimeError("the run failed")
+    assert storage.raw_files("items", "2026-01-01") == ["raw/items/ds=2026-01-01/old.csv"]
+    assert object_store.read_bytes("raw/items/ds=2026-01-01/old.csv") == b"earlier"
+    assert storage.raw_files("users", "2026-01-01") == []  # it had no drop before
+    assert object_store.list("raw/") == ["raw/items/ds=2026-01-01/old.csv"]  # nothing set aside is left
+
+    with storage.trial_raw_drops("2026-01-01", {"items": {"new.csv": new}}):
+        pass
+    assert object_store.list("raw/") == ["raw/items/ds=2026-01-01/new.csv"]
+
+
 def test_raw_drops_are_replaced_whole_and_text_settings_files_read(settings, tmp_path):
     storage = Storage(settings)
     storage.replace_raw_drop("items", "2026-01-01", {"a.csv": b"x", "b.csv": b"y"})
