@@ -8,6 +8,7 @@ Tests: tests/unit/recsys_lib/test_features.py (Spark on hand-written rows).
 
 from __future__ import annotations
 
+import logging
 import typing
 from dataclasses import dataclass
 
@@ -48,7 +49,9 @@ from recsys_lib.storage import FeatureTable
 
 HASH_BUCKETS = 10_000
 SEARCH_LOG_SCHEMA = "query string, timestamp timestamp, user_id string, item_id string"
-SPLITS = typing.get_args(Split)
+SPLITS = tuple(s for s in typing.get_args(Split) if s != "auto")  # what split_holdout runs
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,7 @@ class FeatureSet:
     """The features stage's tables for one ds (lazy Spark frames) and what they were cut from."""
 
     tables: dict[FeatureTable, DataFrame]
+    strategy: Split  # the split that ran (``features.split``, "auto" resolved)
     split: DataFrame  # warm events with is_holdout (persisted)
     cold: DataFrame  # the cold items (persisted)
     cold_events: DataFrame
@@ -72,7 +76,8 @@ class FeatureSet:
             F.countDistinct(ITEM_COL).alias("items"),
         ).first()  # fmt: skip
         learners = {"train_positives": learn["events"], "train_users": learn["users"], "train_items": learn["items"]}
-        return {"events": {**by_side, "cold": self.cold_events.count()}, "cold_items": self.cold.count(), **learners}
+        return {"split": self.strategy, "events": {**by_side, "cold": self.cold_events.count()},
+                "cold_items": self.cold.count(), **learners}  # fmt: skip
 
     def release(self) -> None:
         for df in (self.split, self.cold, self.events):
@@ -105,8 +110,11 @@ def build_features(
     cold = cold_items(events, cfg.cold_item_fraction, cfg.cold_item_seed).persist()
     warm_events = events.join(cold, ITEM_COL, "left_anti")
     cold_events = events.join(cold, ITEM_COL, "left_semi")
+    strategy = cfg.split
+    if strategy == "auto":
+        strategy = time_split(warm_events, cfg.holdout_fraction, cfg.min_time_split_users)
     split = split_holdout(
-        warm_events, cfg.split, cfg.holdout_fraction, cfg.min_user_interactions, cfg.split_seed
+        warm_events, strategy, cfg.holdout_fraction, cfg.min_user_interactions, cfg.split_seed
     ).persist()
     train_all = split.where(~F.col(HOLDOUT_COL))
     train_pos = positives(train_all, cfg.min_positive_rating)
@@ -125,7 +133,7 @@ def build_features(
         FeatureTable.INTERACTIONS_TRAIN: mark_validation(
             training_interactions(train_pos),
             cfg.min_user_interactions,
-            cfg.split_seed if cfg.split == "random_item" else None,
+            cfg.split_seed if strategy == "random_item" else None,
         ),
         FeatureTable.INTERACTIONS_ALL: training_interactions(all_pos),
         FeatureTable.INTERACTIONS_HOLDOUT: training_interactions(holdout_pos),
@@ -133,7 +141,7 @@ def build_features(
         FeatureTable.COLD_ITEMS: cold.orderBy(ITEM_COL),
         FeatureTable.INTERACTIONS_COLD: training_interactions(positives(cold_events, cfg.min_positive_rating)),
     }
-    return FeatureSet(tables, split, cold, cold_events, events, train_pos)
+    return FeatureSet(tables, strategy, split, cold, cold_events, events, train_pos)
 
 
 def latest_rows(rows: DataFrame, key: str) -> DataFrame:
@@ -241,6 +249,18 @@ def positives(interactions: DataFrame, min_rating: float | None) -> DataFrame:
     if min_rating is not None:
         liked &= F.col(RATING_COL).isNull() | (F.col(RATING_COL) >= min_rating)
     return interactions.where(liked)
+
+
+def time_split(interactions: DataFrame, holdout_fraction: float, min_users: int) -> Split:
+    """The "auto" split: "global_time" when at least ``min_users`` users have events on both
+    sides of its cut (the users it can score), else "user_chrono"."""
+    (cutoff,) = interactions.approxQuantile(TIMESTAMP_COL, [1 - holdout_fraction], 0.0)
+    spans = interactions.groupBy(USER_COL).agg(F.min(TIMESTAMP_COL).alias("first"), F.max(TIMESTAMP_COL).alias("last"))
+    returning = spans.where((F.col("first") <= F.lit(cutoff)) & (F.col("last") > F.lit(cutoff))).count()
+    chosen = "global_time" if returning >= min_users else "user_chrono"
+    log.info("features.split auto: %s (%d users have events on both sides of the global time cut; "
+             "features.min_time_split_users %d)", chosen, returning, min_users)  # fmt: skip
+    return chosen
 
 
 def split_holdout(

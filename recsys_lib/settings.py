@@ -35,7 +35,7 @@ ENV_PREFIX = "RECSYS__"
 # Field meanings and defaults live in conf/base.toml, the one place that sets every key.
 # Enum-like settings are Literal types: a value outside them is refused when settings load.
 Device = Literal["auto", "cpu", "cuda"]
-Split = Literal["user_chrono", "global_time", "random_item"]
+Split = Literal["auto", "user_chrono", "global_time", "random_item"]
 IndexKind = Literal["auto", "flat", "hnsw", "ivfpq"]
 BaselineName = Literal[
     "popularity", "item_knn", "ease", "als", "implicit_als", "implicit_bpr", "cornac_bpr", "cornac_bivae"
@@ -76,6 +76,7 @@ class FeatureSettings:
     split: Split
     split_seed: int
     holdout_fraction: float
+    min_time_split_users: int
     min_user_interactions: int
     min_training_users: int
     min_training_items: int

@@ -76,6 +76,14 @@ def test_global_time_split(spark):
         fx.split_holdout(events(spark, rows), "random", 0.3, 3)
 
 
+def test_the_auto_split_is_global_time_only_where_enough_users_return_after_its_cut(spark):
+    # Three users with events on both sides of the 70% time quantile (t=7), two who left before it.
+    rows = [(u, f"i{t}", t, None) for u in ("u1", "u2", "u3") for t in (1, 9)]
+    rows += [(u, f"i{t}", t, None) for u in ("u4", "u5") for t in (1, 2, 3)]
+    assert fx.time_split(events(spark, rows), 0.3, min_users=3) == "global_time"
+    assert fx.time_split(events(spark, rows), 0.3, min_users=4) == "user_chrono"
+
+
 def test_event_weights_scale_events_and_weight_zero_is_seen_not_liked(spark):
     rows = [("u1", "a", 1, None, "view"), ("u1", "b", 2, None, "purchase"), ("u1", "c", 3, None, "impression"),
             ("u1", "d", 4, None, "click")]  # fmt: skip
@@ -198,6 +206,7 @@ def test_build_features_makes_every_table_of_the_stage(spark, settings):
     features = fx.build_features(items, events, users, cfg)
     assert set(features.tables) == set(FeatureTable)
     assert features.counts() == {
+        "split": "user_chrono",  # auto: 2 users return after the global cut, below min_time_split_users
         "events": {"train": 8, "holdout": 2, "cold": 0},
         "cold_items": 0,
         "train_positives": 8,

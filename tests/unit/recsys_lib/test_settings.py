@@ -66,7 +66,7 @@ def test_profiles_stack_in_order(tmp_path):
         ({"RECSYS__TRAIN__NO_SUCH_KEY": "1"}, "unknown key(s) no_such_key"),
         ({"RECSYS__TRAIN__FULL_RETRAIN": "perhaps"}, "expected bool"),
         ({"RECSYS__INDEX__KIND": "annoy"}, "settings.index.kind: expected one of auto, flat, hnsw, ivfpq, got 'annoy'"),
-        ({"RECSYS__FEATURES__SPLIT": "random"}, "settings.features.split: expected one of user_chrono, global_time"),
+        ({"RECSYS__FEATURES__SPLIT": "random"}, "settings.features.split: expected one of auto, user_chrono"),
         ({"RECSYS__TRAIN__DEVICE": "gpu"}, "settings.train.device: expected one of auto, cpu, cuda"),
         ({"RECSYS__EVALUATE__K": ""}, "evaluate.k must list cut-offs of at least 1"),
         ({"RECSYS__RECOMMEND__TOP_N": "-3"}, "recommend.top_n must be at least 1, got -3"),
