@@ -351,18 +351,36 @@ def cmd_cluster_local(args: argparse.Namespace) -> None:
 
 def cmd_rollback(args: argparse.Namespace) -> None:
     from recsys_lib import publish as pub
+    from recsys_lib.errors import RollbackRefused
     from recsys_lib.storage import open_store
     from recsys_lib.tracking import CHAMPION, Tracker
 
     settings = _located_settings(args)
     store = open_store(settings.storage.publish_root, settings.storage)
-    before, restored = pub.rollback(store, args.to)
+
+    def champion_of(manifest) -> str | None:
+        """The registry version to make champion with the tables (None: the tables alone)."""
+        name, _, version = manifest["model_version"].rpartition("/")
+        return None if args.keep_champion or name != settings.tracking.registered_model else version
+
+    def model_is_registered(target) -> None:
+        # Before the pointer moves: a registry that lacks the model must not leave the tables
+        # switched and the champion not.
+        version = champion_of(target)
+        if version is None:
+            return
+        if not Path(settings.data_root).is_dir() or not Tracker(settings).has_version(version):
+            raise RollbackRefused(
+                f"model {target['model_version']} is not in the MLflow store of {settings.data_root}: pass the "
+                "--data-root of the run that published it, or --keep-champion to move the tables alone"
+            )
+
+    before, restored = pub.rollback(store, args.to, check=model_is_registered)
     print(f"latest: {before['version']} -> {restored['version']} (model {restored['model_version']})")
-    name, _, version = restored["model_version"].rpartition("/")
-    if args.keep_champion or name != settings.tracking.registered_model:
-        return
-    Tracker(settings).set_alias(CHAMPION, version)
-    print(f"MLflow alias '{CHAMPION}' -> {restored['model_version']}")
+    version = champion_of(restored)
+    if version is not None:
+        Tracker(settings).set_alias(CHAMPION, version)
+        print(f"MLflow alias '{CHAMPION}' -> {restored['model_version']}")
 
 
 def _natural(value: str):

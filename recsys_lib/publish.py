@@ -24,7 +24,7 @@ import datetime as dt
 import hashlib
 import io
 import json
-from typing import Any
+from typing import Any, Callable
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -172,11 +172,14 @@ def verify_version(store: ObjectStore, manifest: dict[str, Any]) -> list[str]:
     return bad
 
 
-def rollback(store: ObjectStore, to: str | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+def rollback(
+    store: ObjectStore, to: str | None = None, check: Callable[[dict[str, Any]], None] | None = None
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """Point ``latest`` back at version ``to`` (default: the one published before the live one).
 
-    The version's files are checked against its manifest first; they are immutable, so readers
-    get exactly the bytes that were live before. Returns (previous live manifest, restored one).
+    The version's files are checked against its manifest first, then ``check`` (the target's
+    manifest) may refuse by raising; they are immutable, so readers get exactly the bytes that
+    were live before. Returns (previous live manifest, restored one).
     """
     live = read_latest(store)
     if live is None:
@@ -194,6 +197,8 @@ def rollback(store: ObjectStore, to: str | None = None) -> tuple[dict[str, Any],
     damaged = verify_version(store, target)
     if damaged:
         raise RollbackRefused(f"version {to} does not match its manifest checksums: {damaged}")
+    if check is not None:
+        check(target)
     switch_latest(store, target)
     return live, target
 

@@ -42,6 +42,27 @@ BaselineName = Literal[
 ]
 
 
+def _require(section: str, settings: Any, rule: str, test, names: tuple[str, ...]) -> None:
+    """Refuse, when settings load, a value that would fail deep inside a stage or quietly do
+    harm (``publish.keep_versions = 0`` deletes every version but the live one); NaN fails too."""
+    for name in names:
+        value = getattr(settings, name)
+        if not test(value):
+            raise SettingsError(f"{section}.{name} must be {rule}, got {value!r}")
+
+
+def _positive_count(settings: Any, section: str, *names: str) -> None:
+    _require(section, settings, "at least 1", lambda v: v >= 1, names)
+
+
+def _count(settings: Any, section: str, *names: str) -> None:
+    _require(section, settings, "0 or more", lambda v: v >= 0, names)
+
+
+def _share(settings: Any, section: str, *names: str) -> None:
+    _require(section, settings, "between 0 and 1", lambda v: 0 <= v <= 1, names)
+
+
 @dataclass(frozen=True)
 class StorageSettings:
     """Where data lives. Roots are local directories or ``s3://bucket/prefix`` URIs."""
@@ -53,6 +74,10 @@ class StorageSettings:
     s3_max_attempts: int
     s3_connect_timeout_s: float
     s3_read_timeout_s: float
+
+    def __post_init__(self):
+        roots = ("work_root", "publish_root")
+        _require("storage", self, "a directory or an s3:// URI", lambda v: bool(v.strip()), roots)
 
 
 @dataclass(frozen=True)
@@ -92,6 +117,10 @@ class FeatureSettings:
 
     def __post_init__(self):
         self.event_weight_map()  # refuse a malformed entry when settings load
+        _require("features", self, "between 0 and 1, both excluded", lambda v: 0 < v < 1, ("holdout_fraction",))
+        _share(self, "features", "cold_item_fraction", "search_holdout_fraction")
+        _positive_count(self, "features", "min_user_interactions", "max_history")
+        _count(self, "features", "min_time_split_users", "min_training_users", "min_training_items", "top_queries")
 
     def event_weight_map(self) -> dict[str, float]:
         """``event_weights`` as {event type: weight}; unlisted types weigh 1."""
@@ -149,6 +178,17 @@ class TrainSettings:
     full_retrain: bool
     finetune_every_days: int
     profile_share: float
+
+    def __post_init__(self):
+        _positive_count(self, "train", "batch_size", "encoder_batch_size", "refresh_every", "patience",
+                        "search_batch_size")  # fmt: skip
+        _count(self, "train", "extra_negatives", "frozen_steps", "max_steps", "refit_steps", "max_validation_users",
+               "finetune_every_days", "lora_rank")  # fmt: skip
+        _share(self, "train", "id_dropout", "warmup_fraction", "profile_share")
+        _require("train", self, "above 0", lambda v: v > 0, ("temperature", "learning_rate", "head_learning_rate",
+                                                               "id_learning_rate"))  # fmt: skip
+        _count(self, "train", "weight_decay", "text_loss_weight", "content_loss_weight", "search_loss_weight",
+               "interests_loss_weight")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -254,6 +294,10 @@ class PublishSettings:
     min_coverage: float
     max_coverage_drop: float
     min_overlap: float
+
+    def __post_init__(self):
+        _positive_count(self, "publish", "keep_versions")
+        _share(self, "publish", "max_ndcg_drop", "min_coverage", "max_coverage_drop", "min_overlap")
 
 
 @dataclass(frozen=True)

@@ -243,6 +243,16 @@ class Tracker:
         mv = self.client.get_model_version(self.model_name, str(version))
         return ModelVersion(self.model_name, str(mv.version), mv.run_id, dict(mv.tags))
 
+    def has_version(self, version: str) -> bool:
+        """Whether the registered model has this version (False too when it is not registered)."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.get_model_version(self.model_name, str(version))
+        except MlflowException:
+            return False
+        return True
+
     def version_for_run(self, run_id: str) -> ModelVersion | None:
         versions = self.client.search_model_versions(f"name = '{self.model_name}' and run_id = '{run_id}'")
         if not versions:

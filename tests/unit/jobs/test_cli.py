@@ -46,6 +46,13 @@ def test_versions_and_rollback_move_the_pointer_and_the_champion(settings, tmp_p
     listed = capsys.readouterr().out.splitlines()
     assert listed[0].startswith(f"  {manifests[0]['version']}") and listed[1].startswith(f"* {manifests[1]['version']}")
 
+    # Another data root's MLflow store lacks the model: refused before the pointer moves.
+    elsewhere = ["--output", settings.storage.publish_root, "--data-root", str(tmp_path / "elsewhere")]
+    with pytest.raises(SystemExit, match=r"^recsys rollback: model \S+/1 is not in the MLflow store of .*elsewhere: "):
+        cli.main(["rollback", "--config", str(config), *elsewhere])
+    assert PublishedTables(store).manifest()["version"] == manifests[1]["version"]
+    assert not (tmp_path / "elsewhere").exists()
+
     cli.main(["rollback", "--config", str(config)])
     out = capsys.readouterr().out
     assert f"{manifests[1]['version']} -> {manifests[0]['version']}" in out
