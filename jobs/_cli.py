@@ -13,7 +13,7 @@ import json
 import logging
 from typing import Any, Callable
 
-from recsys_lib.errors import NotRetryable
+from recsys_lib.errors import NotRetryable, SettingsError
 from recsys_lib.settings import Settings, load_settings
 
 
@@ -28,8 +28,8 @@ def parse_overrides(pairs: list[str]) -> dict[str, str]:
     overrides = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
-        if not sep:
-            raise argparse.ArgumentTypeError(f"--set expects section.key=value, got {pair!r}")
+        if not sep or not key.strip():
+            raise SettingsError(f"--set expects section.key=value, got {pair!r}")
         overrides[key.strip()] = value.strip()
     return overrides
 

@@ -42,7 +42,7 @@ def cmd_land_sample(args: argparse.Namespace) -> None:
     from recsys_lib.storage import Storage
 
     settings = load_settings(config_file=args.config)
-    folder = args.source or movielens.BUNDLED_SAMPLE
+    folder = _source_folder(args) or movielens.BUNDLED_SAMPLE
     interactions, items = movielens.load(folder)
     written = land_raw_drop(Storage(settings), args.ds, interactions, items, users=movielens.load_users(folder))
     print(f"Landed {len(interactions):,} interactions and {len(items):,} items as the raw drop of {args.ds}:")
@@ -64,11 +64,16 @@ def _landed_files(args: argparse.Namespace, settings) -> Iterator[None]:
 
     sources = {"interactions": args.interactions, "items": args.items, "users": args.users,
                "queries": getattr(args, "queries", None)}  # fmt: skip
+    from recsys_lib.lake import RAW_FORMATS, raw_format
+
     for entity, path in sources.items():
         if path is not None and Path(path).expanduser().is_dir():
             raise SystemExit(f"recsys {args.command}: --{entity} {path}: a directory, not a file")
         if path is not None and not Path(path).expanduser().is_file():
             raise SystemExit(f"recsys {args.command}: --{entity} {path}: no such file")
+        if path is not None and raw_format(path) is None:
+            raise SystemExit(f"recsys {args.command}: --{entity} {path}: the name must end in one of "
+                             f"{', '.join(RAW_FORMATS)} (CSV, Parquet or JSON lines)")  # fmt: skip
     files = {entity: {} if path is None else {Path(path).name: Path(path).expanduser()}
              for entity, path in sources.items()}  # fmt: skip
     with Storage(settings).trial_raw_drops(args.ds, files) as landed:
@@ -99,6 +104,35 @@ def _count(value: str) -> int:
     return int(value)
 
 
+def _count_or_zero(value: str) -> int:
+    """A whole number, 0 or more (argparse type)."""
+    if not value.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a whole number of 0 or more, got {value!r}")
+    return int(value)
+
+
+def _positive(value: str) -> float:
+    """A number above 0 (argparse type)."""
+    try:
+        number = float(value)
+    except ValueError:
+        number = float("nan")
+    if not number > 0:
+        raise argparse.ArgumentTypeError(f"expected a number above 0, got {value!r}")
+    return number
+
+
+def _share(value: str) -> float:
+    """A number strictly between 0 and 1 (argparse type)."""
+    try:
+        share = float(value)
+    except ValueError:
+        share = float("nan")
+    if not 0 < share < 1:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1 (both excluded), got {value!r}")
+    return share
+
+
 def _add_location(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output", help="the published location `recsys run --output` wrote (a directory or s3:// URI)")
     p.add_argument("--data-root", help="the work data and MLflow store (default: as `recsys run` chose it)")
@@ -111,7 +145,7 @@ def cmd_run(args: argparse.Namespace) -> None:
     settings = _located_settings(args)
     data_root = settings.data_root
     # A bad --output or blocked-items file fails now, not after training.
-    open_store(settings.storage.publish_root, settings.storage)
+    open_store(settings.storage.publish_root, settings.storage).check_reachable()
     if settings.rules.blocked_items_file:
         from recsys_lib.rules import blocked_items_text
         from recsys_lib.storage import Storage
@@ -183,10 +217,13 @@ def cmd_show(args: argparse.Namespace) -> None:
     by_user = dict(zip(histories[USER_COL], histories[HISTORY_COL]))
     for user in users:
         history = list(by_user.get(user, []))
+        recs = tables.recommendations_for(user)
+        if not history and recs.empty:
+            print(f"\nUser {user}: not in version {manifest['version']} (no history, no list)")
+            continue
         print(f"\nUser {user}: {len(history)} items in history; most recent:")
         for item in reversed(history[-5:]):
             print(f"    - {titles.get(item, item)}")
-        recs = tables.recommendations_for(user)
         print(f"  Top {min(10, len(recs))} recommendations:")
         for row in recs.head(10).itertuples():
             print(
@@ -207,7 +244,8 @@ def cmd_search(args: argparse.Namespace) -> None:
     manifest = tables.manifest(args.version)
     titles = _titles(settings, manifest["ds"])
     who = f" for user {args.user}" + ("" if results["personalised"].any() else " (no vector: not personalised)")
-    print(f"{args.text!r}{who if args.user else ''}, version {manifest['version']} ({manifest['model_version']}):")
+    shown = args.text if len(args.text) <= 80 else args.text[:77] + "..."
+    print(f"{shown!r}{who if args.user else ''}, version {manifest['version']} ({manifest['model_version']}):")
     for row in results.itertuples():
         title = titles.get(getattr(row, ITEM_COL), "")
         print(f"{getattr(row, RANK_COL):>3}. {getattr(row, ITEM_COL):<12} {getattr(row, SCORE_COL):.3f}  {title[:80]}")
@@ -222,7 +260,11 @@ def cmd_session(args: argparse.Namespace) -> None:
     results = tables.for_session(args.items, k=args.k, version=args.version)
     manifest = tables.manifest(args.version)
     titles = _titles(settings, manifest["ds"])
-    print(f"after {', '.join(args.items)}, version {manifest['version']} ({manifest['model_version']}):")
+    known = set(tables.known_items(args.items, version=args.version))
+    unknown = [i for i in args.items if i not in known]
+    skipped = f" (not in this version, left out: {', '.join(unknown)})" if unknown else ""
+    print(f"after {', '.join(i for i in args.items if i in known)}{skipped}, version {manifest['version']} "
+          f"({manifest['model_version']}):")  # fmt: skip
     for row in results.itertuples():
         title = titles.get(getattr(row, ITEM_COL), "")
         print(f"{getattr(row, RANK_COL):>3}. {getattr(row, ITEM_COL):<12} {getattr(row, SCORE_COL):.3f}  {title[:80]}")
@@ -390,10 +432,11 @@ def _natural(value: str):
 def cmd_movielens(args: argparse.Namespace) -> None:
     from recsys_lib.data import movielens
 
-    folder = Path(args.source) if args.source else movielens.download(args.release, args.dest)
+    dest = _dest_folder(args)
+    folder = _source_folder(args) or movielens.download(args.release, dest)
     interactions, items = movielens.load(folder)
     _write_frames(
-        Path(args.dest), args.format, interactions=interactions, items=items, users=movielens.load_users(folder)
+        dest, args.format, interactions=interactions, items=items, users=movielens.load_users(folder)
     )
     print(f"MovieLens from {folder} in the input contract")
 
@@ -401,14 +444,16 @@ def cmd_movielens(args: argparse.Namespace) -> None:
 def cmd_atomic(args: argparse.Namespace) -> None:
     from recsys_lib.data import atomic
 
-    interactions, items, users = atomic.load(args.source)
-    _write_frames(Path(args.dest), args.format, interactions=interactions, items=items, users=users)
+    dest = _dest_folder(args)
+    interactions, items, users = atomic.load(_source_folder(args))
+    _write_frames(dest, args.format, interactions=interactions, items=items, users=users)
     print(f"RecBole atomic dataset from {args.source} in the input contract")
 
 
 def cmd_synthetic(args: argparse.Namespace) -> None:
     from recsys_lib.data import synthetic
 
+    dest = _dest_folder(args)
     data = synthetic.generate_dataset(
         n_users=args.users,
         n_items=args.items,
@@ -416,8 +461,27 @@ def cmd_synthetic(args: argparse.Namespace) -> None:
         seed=args.seed,
         new_users=args.new_users,
     )
-    _write_frames(Path(args.dest), args.format, interactions=data.interactions, items=data.items, users=data.users)
+    _write_frames(dest, args.format, interactions=data.interactions, items=data.items, users=data.users)
     print(f"Latest event on {synthetic.last_day(data.interactions)} (use it as --ds)")
+
+
+def _source_folder(args: argparse.Namespace) -> Path | None:
+    """``--source`` as an existing folder (None when not given)."""
+    if not args.source:
+        return None
+    folder = Path(args.source).expanduser()
+    if not folder.is_dir():
+        raise SystemExit(f"recsys {args.command}: --source {args.source}: "
+                         f"{'a file, not a folder' if folder.exists() else 'no such folder'}")  # fmt: skip
+    return folder
+
+
+def _dest_folder(args: argparse.Namespace) -> Path:
+    """``--dest`` as a local folder to write into (checked before any work)."""
+    dest = Path(args.dest).expanduser()
+    if not args.dest.strip() or "://" in args.dest or dest.is_file():
+        raise SystemExit(f"recsys {args.command}: --dest {args.dest!r}: expected a local folder to write into")
+    return dest
 
 
 def _write_frames(dest: Path, fmt: str, **frames) -> None:
@@ -459,7 +523,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--protocol", choices=typing.get_args(Split), default="user_chrono",
         help="the split (features.split); random_item is the Microsoft Recommenders benchmark's",
     )  # fmt: skip
-    p.add_argument("--holdout-fraction", type=float, default=0.2, help="share held out (0.25 for random_item's 75/25)")
+    p.add_argument("--holdout-fraction", type=_share, default=0.2, help="share held out (0.25 for random_item's 75/25)")
     p.add_argument("--interactions", required=True, help="CSV / Parquet / JSON-lines file")
     p.add_argument("--items", required=True, help="CSV / Parquet / JSON-lines file")
     p.add_argument("--users", help="optional: registered users, their segments and interests")
@@ -477,7 +541,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_land_sample)
 
     p = sub.add_parser("show", help="print the published tables and a few users' recommendations")
-    p.add_argument("--users", type=int, default=3)
+    p.add_argument("--users", type=_count, default=3)
     p.add_argument("--user", action="append", help="a user id to show (repeatable)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--config")
@@ -553,11 +617,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_atomic)
 
     p = sub.add_parser("synthetic", help="write a seeded synthetic dataset in the input contract")
-    p.add_argument("--users", type=int, default=2000)
-    p.add_argument("--items", type=int, default=1000)
-    p.add_argument("--per-user", type=float, default=20.0, help="mean interactions per user")
+    p.add_argument("--users", type=_count, default=2000)
+    p.add_argument("--items", type=_count, default=1000)
+    p.add_argument("--per-user", type=_positive, default=20.0, help="mean interactions per user")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--new-users", type=int, default=0, help="registered users without interactions (users file)")
+    p.add_argument("--new-users", type=_count_or_zero, default=0,
+                   help="registered users without interactions (users file)")  # fmt: skip
     p.add_argument("--format", choices=("csv", "parquet", "jsonl"), default="parquet")
     p.add_argument("--dest", required=True)
     p.set_defaults(func=cmd_synthetic)
@@ -571,10 +636,14 @@ def main(argv: list[str] | None = None) -> None:
     from recsys_lib.logs import quiet_library_logs
 
     quiet_library_logs()
+    from botocore.exceptions import BotoCoreError, ClientError
+
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except NotRetryable as e:
+    except (NotRetryable, BotoCoreError, ClientError) as e:
+        # An S3 store that cannot be reached (no credentials, no server) is the user's to fix,
+        # too; the jobs that Airflow runs keep such errors retryable.
         if args.verbose:
             raise
         message = str(e)

@@ -167,6 +167,12 @@ class PublishedTables:
             MODEL_VERSION_COL: manifest["model_version"],
         })  # fmt: skip
 
+    def known_items(self, item_ids: list[str], version: str | None = None) -> list[str]:
+        """Those of ``item_ids`` that the version's ``item_vectors`` hold (``for_session`` leaves
+        the others out)."""
+        items = self._item_vectors(self.manifest(version)["version"])
+        return [str(i) for i in item_ids if str(i) in items.ids]
+
     def _item_vectors(self, version: str) -> ItemVectors:
         if version not in self._items:
             table = self.table(OutputTable.ITEM_VECTORS, version, columns=[ITEM_COL, VECTOR_COL, BIAS_COL])

@@ -370,7 +370,9 @@ def _read_toml(path: Path) -> dict[str, Any]:
             return tomllib.load(f)
     except FileNotFoundError:
         raise SettingsError(f"settings file not found: {path}") from None
-    except tomllib.TOMLDecodeError as e:
+    except IsADirectoryError:
+        raise SettingsError(f"settings file {path} is a directory") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError, OSError) as e:
         raise SettingsError(f"{path}: {e}") from None
 
 

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from recsys_lib.errors import MissingInput, StorageError
+from recsys_lib.errors import MissingInput, SettingsError, StorageError
 from recsys_lib.schema import ITEM_COL
 from recsys_lib.settings import Settings, StorageSettings
 
@@ -78,6 +78,10 @@ class ObjectStore(ABC):
     @abstractmethod
     def replace_prefix(self, staged: str, prefix: str) -> None:
         """Make ``prefix`` hold exactly what ``staged`` holds (``staged`` is then gone)."""
+
+    def check_reachable(self) -> None:
+        """Raise StorageError where the store cannot be used (a local directory always can)."""
+        return None
 
     @abstractmethod
     def spark_path(self, key: str) -> str:
@@ -338,6 +342,22 @@ class S3Store(ObjectStore):
     def arrow_file(self, key: str):
         return self._arrow_fs, f"{self.bucket}/{self._key(key)}"
 
+    def check_reachable(self) -> None:
+        """Fail now, in one line, where the bucket cannot be used (no credentials, no server, no
+        such bucket, no access), not at the end of a night's work."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+        except ClientError as e:
+            error = e.response.get("Error", {})
+            code, message = error.get("Code"), error.get("Message") or "no reason given"
+            missing = code in ("404", "NoSuchBucket", "NotFound")
+            why = "no such bucket" if missing else f"the server answered {code} ({message})"
+            raise StorageError(f"{self.root}: {why}") from None
+        except BotoCoreError as e:
+            raise StorageError(f"{self.root}: {e}") from None
+
     def ensure_bucket(self) -> None:
         """Create the bucket if it does not exist (for local S3 servers and first deployments)."""
         from botocore.exceptions import ClientError
@@ -358,7 +378,7 @@ def open_store(root: str, settings: StorageSettings) -> ObjectStore:
             timeouts_s=(settings.s3_connect_timeout_s, settings.s3_read_timeout_s),
         )
     if "://" in root and not root.startswith("file://"):
-        raise ValueError(f"unsupported storage root {root!r}: use a local path or s3://bucket/prefix")
+        raise SettingsError(f"unsupported storage root {root!r}: use a local path or s3://bucket/prefix")
     return LocalStore(root.removeprefix("file://"))
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 from recsys_lib.data.movielens import gender_age_segments
+from recsys_lib.errors import MissingInput
 from recsys_lib.schema import (
     CATEGORIES_COL,
     EVENT_TYPE_COL,
@@ -47,11 +48,11 @@ def load(folder: str | Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame |
     folder = Path(folder)
     inter = sorted(folder.glob("*.inter"))
     if not inter:
-        raise FileNotFoundError(f"{folder}: no *.inter file (not a RecBole atomic dataset folder)")
+        raise MissingInput(f"{folder}: no *.inter file (not a RecBole atomic dataset folder)")
     stem = inter[0].with_suffix("")
     item_file = stem.with_suffix(".item")
     if not item_file.exists():
-        raise FileNotFoundError(f"{item_file}: missing; the item tower needs item text")
+        raise MissingInput(f"{item_file}: missing; the item tower needs item text")
     user_file = stem.with_suffix(".user")
     users = to_users(read_atomic(user_file)) if user_file.exists() else None
     return to_interactions(read_atomic(inter[0]), inter[0]), to_items(read_atomic(item_file), item_file), users

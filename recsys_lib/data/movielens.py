@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from recsys_lib.errors import MissingInput
 from recsys_lib.schema import (
     CATEGORIES_COL,
     EVENT_TYPE_COL,
@@ -55,14 +56,19 @@ ML100K_GENRES = [
 def download(release: str, dest: str | Path) -> Path:
     """Download and unpack a MovieLens release; returns the folder holding its files."""
     if release not in RELEASES:
-        raise ValueError(f"unknown MovieLens release {release!r}; known: {', '.join(RELEASES)}")
+        raise MissingInput(f"unknown MovieLens release {release!r}; known: {', '.join(RELEASES)}")
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     archive = dest / f"{RELEASES[release]}.zip"
     if not archive.exists():
         tmp = archive.with_suffix(".part")
-        with urllib.request.urlopen(f"{BASE_URL}/{archive.name}", timeout=60) as response, open(tmp, "wb") as f:
-            shutil.copyfileobj(response, f)
+        url = f"{BASE_URL}/{archive.name}"
+        try:
+            with urllib.request.urlopen(url, timeout=60) as response, open(tmp, "wb") as f:
+                shutil.copyfileobj(response, f)
+        except OSError as e:  # URLError and socket timeouts are OSErrors
+            raise MissingInput(f"could not download {url} ({getattr(e, 'reason', e)}); "
+                               "unpack a release yourself and pass --source") from None  # fmt: skip
         tmp.rename(archive)
     with zipfile.ZipFile(archive) as z:
         z.extractall(dest)
@@ -74,6 +80,9 @@ def download(release: str, dest: str | Path) -> Path:
 def load(folder: str | Path, max_tags: int = 10) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Read a MovieLens folder as (interactions, items) frames in the input contract."""
     folder = Path(folder)
+    for ratings, movies in (("ratings.csv", "movies.csv"), ("ratings.dat", "movies.dat"), ("u.data", "u.item")):
+        if (folder / ratings).exists() and not (folder / movies).exists():
+            raise MissingInput(f"{folder}: {ratings} without {movies} (the items' titles and genres)")
     if (folder / "ratings.csv").exists():
         ratings = pd.read_csv(folder / "ratings.csv")
         movies = pd.read_csv(folder / "movies.csv")
@@ -94,7 +103,7 @@ def load(folder: str | Path, max_tags: int = 10) -> tuple[pd.DataFrame, pd.DataF
         })
         tags = None
     else:
-        raise FileNotFoundError(f"{folder}: no ratings.csv, ratings.dat or u.data (not a MovieLens folder)")
+        raise MissingInput(f"{folder}: no ratings.csv, ratings.dat or u.data (not a MovieLens folder)")
     return to_interactions(ratings), to_items(movies, tags, max_tags)
 
 

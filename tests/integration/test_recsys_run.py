@@ -94,6 +94,15 @@ def test_recsys_run_publishes_tables_for_every_user(tmp_path, tiny_encoder, caps
     printed = capsys.readouterr().out.splitlines()
     assert printed[0].startswith(f"after {', '.join(used)}, version ")
     assert [line.split()[1] for line in printed[1:]] == session["item_id"].tolist()[:2]
+    # An id the version does not hold is named, not silently dropped; a user it lacks is said so.
+    cli.main(["session", *used, "no-such-item", "--k", "2", "--output", str(out), "--data-root",
+              str(tmp_path / "work"), "--config", str(config)])  # fmt: skip
+    assert capsys.readouterr().out.splitlines()[0].startswith(
+        f"after {', '.join(used)} (not in this version, left out: no-such-item), version "
+    )
+    cli.main(["show", "--user", "nobody", "--output", str(out), "--data-root", str(tmp_path / "work"),
+              "--config", str(config)])  # fmt: skip
+    assert capsys.readouterr().out.splitlines()[-1].startswith("User nobody: not in version ")
 
 
 def test_recsys_benchmark_prints_one_table_on_the_random_item_split(tmp_path, tiny_encoder):

@@ -101,3 +101,40 @@ def test_a_user_error_is_one_line_naming_your_file_and_the_traceback_waits_for_v
     assert "Traceback" in verbose.stderr
     assert verbose.stderr.splitlines()[-1].startswith("recsys_lib.errors.SchemaError: ")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["synthetic", "--users", "-5", "--dest", "{tmp}/syn"], "--users: expected a whole number of at least 1"),
+        (["synthetic", "--per-user", "0", "--dest", "{tmp}/syn"], "argument --per-user: expected a number above 0"),
+        (["synthetic", "--dest", "s3://bucket/x"], "--dest 's3://bucket/x': expected a local folder"),
+        (["movielens", "--source", "{tmp}/nowhere", "--dest", "{tmp}/ml"], "--source {tmp}/nowhere: no such folder"),
+        (["movielens", "--source", "{tmp}/ratings-only", "--dest", "{tmp}/ml"], "ratings.csv without movies.csv"),
+        (["atomic", "--source", "{tmp}/ratings-only", "--dest", "{tmp}/ml"], "no *.inter file"),
+        (["land-sample", "--ds", "2026-01-01", "--source", "{tmp}/nowhere"], "--source {tmp}/nowhere: no such folder"),
+        (["show", "--users", "-3"], "argument --users: expected a whole number of at least 1"),
+        (["benchmark", "--protocol", "global_time", "--holdout-fraction", "1.5", "--interactions", "a.csv",
+          "--items", "b.csv", "--ds", "2026-01-01"], "argument --holdout-fraction: expected a number between 0 and 1"),
+        (["run", "--interactions", "{tmp}/ratings-only/events", "--items", "{tmp}/ratings-only/ratings.csv",
+          "--output", "{tmp}/out", "--ds", "2026-01-01"], "events: the name must end in one of .csv"),
+    ],
+)
+def test_bad_arguments_are_one_line_before_any_work(tmp_path, monkeypatch, capsys, argv, message):
+    monkeypatch.setenv("RECSYS_DATA_ROOT", str(tmp_path / "data"))
+    (tmp_path / "ratings-only").mkdir()
+    (tmp_path / "ratings-only" / "ratings.csv").write_text("userId,movieId,rating,timestamp\n1,1,4.0,0\n")
+    (tmp_path / "ratings-only" / "events").write_text("user_id,item_id,timestamp\n")
+    with pytest.raises(SystemExit) as exit_:
+        cli.main([a.replace("{tmp}", str(tmp_path)) for a in argv])
+    code = exit_.value.code
+    said = str(code) if code not in (None, 2) else capsys.readouterr().err.strip().splitlines()[-1]  # argparse: 2
+    assert message.replace("{tmp}", str(tmp_path)) in said
+    assert not (tmp_path / "out").exists() and not list((tmp_path / "data").glob("**/raw/*/*/*"))
+
+
+def test_a_job_refuses_a_set_without_a_value_in_one_line(tmp_path):
+    from jobs import publish
+
+    with pytest.raises(SystemExit, match=r"--set expects section\.key=value, got 'train\.max_steps'"):
+        publish.main(["--ds", "2026-01-01", "--set", "train.max_steps"])

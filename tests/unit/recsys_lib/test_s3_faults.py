@@ -7,6 +7,7 @@ import itertools
 import pytest
 
 from recsys_lib import publish as pub
+from recsys_lib.errors import StorageError
 from recsys_lib.reader import PublishedTables
 from recsys_lib.recommend import item_similar_table, user_topn_table
 from recsys_lib.settings import load_settings
@@ -65,3 +66,14 @@ def test_an_outage_at_any_request_of_a_publish_leaves_the_previous_version_live(
             assert pub.verify_version(direct, new) == []
             if not proxy.faults:  # the outage began after the last request: every cut was tried
                 break
+
+
+def test_a_bucket_that_cannot_be_used_is_one_line_before_any_work(s3_bucket, tmp_path):
+    endpoint, bucket = s3_bucket
+    S3Store(f"s3://{bucket}/out", endpoint_url=endpoint).check_reachable()
+    with pytest.raises(StorageError, match=r"^s3://no-such-bucket/out: no such bucket$"):
+        S3Store("s3://no-such-bucket/out", endpoint_url=endpoint).check_reachable()
+    with FaultyProxy(endpoint, from_request(0)) as proxy:  # a server that answers nothing but 503
+        flaky = S3Store(f"s3://{bucket}/out", endpoint_url=proxy.url, max_attempts=2)
+        with pytest.raises(StorageError, match=rf"^s3://{bucket}/out: the server answered 503 "):
+            flaky.check_reachable()

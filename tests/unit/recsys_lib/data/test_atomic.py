@@ -3,6 +3,7 @@
 import pytest
 
 from recsys_lib.data import atomic
+from recsys_lib.errors import MissingInput
 
 
 def test_recbole_atomic_files(tmp_path):
@@ -34,5 +35,5 @@ def test_recbole_atomic_files(tmp_path):
 
 def test_recbole_folder_without_items_names_the_missing_file(tmp_path):
     (tmp_path / "x.inter").write_text("user_id:token\titem_id:token\ttimestamp:float\n1\t2\t3\n")
-    with pytest.raises(FileNotFoundError, match="x.item: missing"):
+    with pytest.raises(MissingInput, match="x.item: missing"):
         atomic.load(tmp_path)

@@ -3,6 +3,7 @@
 import pytest
 
 from recsys_lib.data import movielens
+from recsys_lib.errors import MissingInput
 from recsys_lib.schema import INTERACTIONS, ITEMS
 
 
@@ -53,5 +54,5 @@ def test_movielens_users_segments(tmp_path):
 
 
 def test_not_a_movielens_folder(tmp_path):
-    with pytest.raises(FileNotFoundError, match="not a MovieLens folder"):
+    with pytest.raises(MissingInput, match="not a MovieLens folder"):
         movielens.load(tmp_path)
