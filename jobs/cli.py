@@ -285,12 +285,17 @@ def _titles(settings, ds: str) -> dict[str, str]:
 
 def cmd_versions(args: argparse.Namespace) -> None:
     from recsys_lib import publish as pub
+    from recsys_lib.errors import StorageError
     from recsys_lib.evaluation.report import EvaluationReport
     from recsys_lib.storage import OutputTable, open_store
 
     settings = _located_settings(args)
     store = open_store(settings.storage.publish_root, settings.storage)
-    live = pub.read_latest(store)
+    try:
+        live = pub.read_latest(store)
+    except StorageError as e:  # still list what is kept: the repair names one of them
+        print(f"recsys versions: {e}", file=sys.stderr)
+        live = None
     versions = pub.list_versions(store)
     if not versions:
         raise NothingPublished(

@@ -29,7 +29,7 @@ from typing import Any, Callable
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from recsys_lib.errors import NothingPublished, RollbackRefused
+from recsys_lib.errors import NothingPublished, RollbackRefused, StorageError
 from recsys_lib.schema import ITEM_COL, QUERY_COL, RANK_COL, USER_COL
 from recsys_lib.storage import ObjectStore, OutputTable, Storage
 
@@ -181,7 +181,12 @@ def rollback(
     manifest) may refuse by raising; they are immutable, so readers get exactly the bytes that
     were live before. Returns (previous live manifest, restored one).
     """
-    live = read_latest(store)
+    try:
+        live = read_latest(store)
+    except StorageError:
+        if to is None:
+            raise
+        live = {"version": "(unreadable)"}  # repaired by pointing it at a version by name
     if live is None:
         raise NothingPublished(f"nothing published at {store.uri('')}: nothing to roll back")
     versions = list_versions(store)
@@ -204,11 +209,18 @@ def rollback(
 
 
 def read_latest(store: ObjectStore) -> dict[str, Any] | None:
-    """The live manifest, or None before the first publish."""
+    """The live manifest, or None before the first publish. A pointer that cannot be read, or
+    that names a manifest that is gone, is a StorageError that says how to repair it."""
     if not store.exists(Storage.LATEST):
         return None
-    pointer = json.loads(store.read_bytes(Storage.LATEST))
-    return json.loads(store.read_bytes(pointer["manifest"]))
+    try:
+        pointer = json.loads(store.read_bytes(Storage.LATEST))
+        return json.loads(store.read_bytes(pointer["manifest"]))
+    except (ValueError, KeyError, TypeError, StorageError) as e:
+        raise StorageError(
+            f"{store.uri(Storage.LATEST)} is unreadable or names a version that is gone ({e}); "
+            "`recsys rollback --to VERSION` points it at a kept version (`recsys versions` lists them)"
+        ) from None
 
 
 def _parquet_parts(

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from recsys_lib import publish as pub
-from recsys_lib.errors import NothingPublished, RollbackRefused
+from recsys_lib.errors import NothingPublished, RollbackRefused, StorageError
 from recsys_lib.reader import PublishedTables
 from recsys_lib.recommend import item_similar_table, user_topn_table
 from recsys_lib.storage import Storage
@@ -128,6 +128,19 @@ def test_rollback_refuses_what_it_cannot_restore(object_store):
     with pytest.raises(RollbackRefused, match="checksums"):
         pub.rollback(object_store)
     assert PublishedTables(object_store).manifest()["version"] == second["version"]  # still live
+
+
+@pytest.mark.parametrize("pointer", [b'{"manifest": "versions/2', b'{"manifest": "versions/gone/_manifest.json"}'])
+def test_a_broken_pointer_is_one_line_and_rollback_by_name_repairs_it(object_store, pointer):
+    first, second = publish_days(object_store, ["b", "d"])
+    object_store.write_bytes(Storage.LATEST, pointer)
+    with pytest.raises(StorageError, match=r"latest\.json is unreadable or names a version that is gone .*--to"):
+        PublishedTables(object_store).manifest()
+    with pytest.raises(StorageError, match="rollback --to"):
+        pub.rollback(object_store)  # which version is "the one before" is unknown
+    live, restored = pub.rollback(object_store, to=first["version"])
+    assert (live["version"], restored["version"]) == ("(unreadable)", first["version"])
+    assert PublishedTables(object_store).recommendations_for("u1")["item_id"].tolist() == ["b"]
 
 
 def test_prune_keeps_the_newest_versions_and_the_live_one(object_store):
