@@ -254,7 +254,10 @@ def positives(interactions: DataFrame, min_rating: float | None) -> DataFrame:
 def time_split(interactions: DataFrame, holdout_fraction: float, min_users: int) -> Split:
     """The "auto" split: "global_time" when at least ``min_users`` users have events on both
     sides of its cut (the users it can score), else "user_chrono"."""
-    (cutoff,) = interactions.approxQuantile(TIMESTAMP_COL, [1 - holdout_fraction], 0.0)
+    cut = interactions.approxQuantile(TIMESTAMP_COL, [1 - holdout_fraction], 0.0)
+    if not cut:  # no events: the features stage says so next
+        return "user_chrono"
+    cutoff = cut[0]
     spans = interactions.groupBy(USER_COL).agg(F.min(TIMESTAMP_COL).alias("first"), F.max(TIMESTAMP_COL).alias("last"))
     returning = spans.where((F.col("first") <= F.lit(cutoff)) & (F.col("last") > F.lit(cutoff))).count()
     chosen = "global_time" if returning >= min_users else "user_chrono"
@@ -283,8 +286,8 @@ def split_holdout(
     if not 0 < holdout_fraction < 1:
         raise ValueError(f"features.holdout_fraction must be in (0, 1), got {holdout_fraction}")
     if strategy == "global_time":
-        (cutoff,) = interactions.approxQuantile(TIMESTAMP_COL, [1 - holdout_fraction], 0.0)
-        return interactions.withColumn(HOLDOUT_COL, F.col(TIMESTAMP_COL) > F.lit(cutoff))
+        cut = interactions.approxQuantile(TIMESTAMP_COL, [1 - holdout_fraction], 0.0)
+        return interactions.withColumn(HOLDOUT_COL, F.col(TIMESTAMP_COL) > F.lit(cut[0]) if cut else F.lit(False))
     if strategy == "random_item":
         by_item = Window.partitionBy(ITEM_COL)
         shuffled = by_item.orderBy(F.xxhash64(F.lit(seed), USER_COL, ITEM_COL, TIMESTAMP_COL))
