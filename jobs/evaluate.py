@@ -50,7 +50,10 @@ def run(settings: Settings, ds: str, model_version: str | None = None) -> dict[s
     storage, tracker = Storage(settings), Tracker(settings)
     mv = tracker.resolve(model_version)
     candidate, tokenizer = _evaluation_retriever(settings, storage, tracker, mv, ds)
-    champion, champion_ranker = _champion_retriever(settings, storage, tracker, mv, ds)
+    split_name = storage.read_split(ds) or settings.features.split
+    champion_split = _champion_split(tracker, mv, split_name)
+    champion, champion_ranker = (None, None) if champion_split else _champion_retriever(settings, storage, tracker,
+                                                                                        mv, ds)  # fmt: skip
     item_ids = candidate.items.ids
     train = storage.read_features(FeatureTable.INTERACTIONS_TRAIN, ds,
                                   columns=[USER_COL, ITEM_COL, TIMESTAMP_COL, VALIDATION_COL])  # fmt: skip
@@ -80,8 +83,12 @@ def run(settings: Settings, ds: str, model_version: str | None = None) -> dict[s
     report = evaluate_candidate(split, candidate, champion, rankers, cfg.k, cfg.seed, ds, mv.label,
                                 cfg.tune_baselines, ranking, (tracker.load_ranker(mv), champion_ranker))  # fmt: skip
     pairs = storage.read_features(FeatureTable.SEARCH_PAIRS, ds)
+    titled = report.all_users.title.replace("all users (", f"all users ({split_name} split, ")
     report = dataclasses.replace(
         report,
+        split=split_name,
+        champion_split=champion_split,
+        all_users=dataclasses.replace(report.all_users, title=titled),
         search=_search_segment(settings, storage, ds, candidate, tokenizer, split, pairs),
         text_users=text_user_segment(split, candidate, pairs, cfg.k, tracker.run_metrics(mv.run_id).get(
             "interests.l2", DEFAULT_WORDS_L2), cfg.seed),
@@ -153,6 +160,24 @@ def _search_segment(settings: Settings, storage, ds: str, candidate, tokenizer, 
     segment = search_segment(queries, scorers, len(item_ids), settings.evaluate.k)
     candidate.model.cpu()
     return segment
+
+
+def _champion_split(tracker, candidate, split: str) -> str:
+    """The split the champion's evaluation model trained under, where it is not tonight's (a
+    changed ``features.split``, or "auto" turning to global_time as users return): that model
+    may have trained on tonight's holdout, so it is not compared. "" otherwise (the same split,
+    no champion, or one trained before the split was recorded)."""
+    from recsys_lib.tracking import CHAMPION
+
+    champion = tracker.alias(CHAMPION)
+    if champion is None or champion.version == candidate.version:
+        return ""
+    trained = tracker.run_params(champion.run_id).get("data.split", "")
+    if trained and trained != split:
+        log.warning("the champion %s trained on the %s split, tonight's is %s: it may have seen tonight's holdout, "
+                    "so it is not compared tonight", champion.label, trained, split)  # fmt: skip
+        return trained
+    return ""
 
 
 def _champion_retriever(settings: Settings, storage, tracker, candidate, ds: str):

@@ -65,6 +65,7 @@ def run(settings: Settings, ds: str) -> dict[str, Any]:
     summary: dict[str, Any] = {"ds": ds}
     for name, df in split.tables.items():
         summary[name] = lake.write_table(df, storage, Storage.features(name, ds))
+    storage.write_split(ds, split.strategy)
     summary["items"] = spark.read.parquet(storage.spark_path(Storage.features(FeatureTable.ITEM_DOCUMENTS, ds))).count()
     summary |= counts
     split.release()

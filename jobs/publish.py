@@ -56,6 +56,10 @@ def run(settings: Settings, ds: str, model_version: str | None = None) -> dict[s
         champion, decision = None, GateDecision(None, NO_CHAMPION)
     elif report is None:
         raise MissingInput(f"no evaluation of {mv.label} for {ds}, and the gate needs one: run evaluate first")
+    elif report.champion_split:
+        # Its numbers, re-measured or recorded, are on another split and may include tonight's holdout.
+        decision = GateDecision(None, f"the champion trained on the {report.champion_split} split, tonight's is "
+                                      f"{report.split}: nothing comparable to gate against")  # fmt: skip
     else:
         recorded = None if report.model_metrics(CHAMPION_ROW) else tracker.evaluation_of(champion.run_id)
         decision = decide(report, recorded, cfg.max_ndcg_drop)

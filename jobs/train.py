@@ -162,7 +162,7 @@ def run(settings: Settings, ds: str) -> dict[str, Any]:
             "data.ds": ds, "data.items": len(item_ids), "data.train_interactions": n_interactions,
             "data.examples": len(train.examples), "data.validation_users": len(train.validation),
             "data.id_vocab": len(train.id_vocab), "data.all_examples": len(everything.examples),
-            "train.encoder_ds": encoder_ds,
+            "train.encoder_ds": encoder_ds, "data.split": storage.read_split(ds) or settings.features.split,
         })  # fmt: skip
         models = train_nightly(model, evaluation_docs, item_ids, train, everything, night, device, settings.evaluate.k,
                                on_step=lambda step, m: tracker.log_metrics(run_id, m, step),

@@ -297,7 +297,9 @@ class PublishSettings:
 
     def __post_init__(self):
         _positive_count(self, "publish", "keep_versions")
-        _share(self, "publish", "max_ndcg_drop", "min_coverage", "max_coverage_drop", "min_overlap")
+        _share(self, "publish", "min_coverage", "max_coverage_drop", "min_overlap")
+        # Negative: the candidate must beat the champion by that share.
+        _require("publish", self, "at most 1", lambda v: v <= 1, ("max_ndcg_drop",))
 
 
 @dataclass(frozen=True)

@@ -457,6 +457,10 @@ class Storage:
         return f"features/ds={ds}/{FeatureTable(name)}"
 
     @staticmethod
+    def features_split(ds: str) -> str:
+        return f"features/ds={ds}/split.json"
+
+    @staticmethod
     def item_embeddings(ds: str, model_version: str) -> str:
         return f"embeddings/ds={ds}/model_version={model_version}"
 
@@ -555,6 +559,15 @@ class Storage:
         if not self.work.table_exists(key):
             raise MissingInput(f"no {name} features for {ds} at {self.work.uri(key)}: run the features stage first")
         return self.work.read_table(key, columns=columns).to_pandas()
+
+    def write_split(self, ds: str, split: str) -> None:
+        """The holdout split the features stage ran for ds (``features.split``, "auto" resolved)."""
+        self.write_json(self.features_split(ds), {"split": split})
+
+    def read_split(self, ds: str) -> str | None:
+        """The split the features stage ran for ds; None for features written before it said."""
+        key = self.features_split(ds)
+        return json.loads(self.work.read_bytes(key))["split"] if self.work.exists(key) else None
 
     # Item embeddings.
     def write_item_embeddings(self, ds: str, model_version: str, table: pa.Table) -> str:

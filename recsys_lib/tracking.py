@@ -158,6 +158,9 @@ class Tracker:
             return None
         return EvaluationReport.from_dict(json.loads(text))
 
+    def run_params(self, run_id: str) -> dict[str, str]:
+        return dict(self.client.get_run(run_id).data.params)
+
     def run_metrics(self, run_id: str) -> dict[str, float]:
         return dict(self.client.get_run(run_id).data.metrics)
 

@@ -61,6 +61,10 @@ class EvaluationReport:
     # ranker -> [model minus ranker, 95% low, 95% high] in the primary metric on all users
     # (a paired bootstrap over the users): whether a gap is more than noise.
     gaps: dict[str, list[float]] = field(default_factory=dict)
+    split: str = ""  # the holdout split that ran (features.split, "auto" resolved); "" before it was recorded
+    # The split the champion's evaluation model trained under, when it differs: that model may
+    # have trained on tonight's holdout, so it is not compared (nor its recorded numbers).
+    champion_split: str = ""
 
     @property
     def primary_metric(self) -> str:

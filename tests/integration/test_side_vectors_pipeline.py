@@ -38,6 +38,9 @@ def test_side_vectors_reach_the_served_item_vectors(tmp_path, tiny_encoder):
     night = run_all(settings, ds)  # every stage: evaluate embeds the evaluation model with them too
     assert night["publish"]["live"]
     mv = tracker.alias(CANDIDATE)
+    # features.split auto on a few dozen users: user_chrono, recorded with the model and its evaluation.
+    assert night["features"]["split"] == storage.read_split(ds) == "user_chrono"
+    assert tracker.run_params(mv.run_id)["data.split"] == storage.read_evaluation(ds).split == "user_chrono"
     served, _ = tracker.load_model(mv)
     assert served.config.side_dim == 6
     rejected = storage.work.read_table(storage.quarantine(ENTITY, ds)).to_pandas()

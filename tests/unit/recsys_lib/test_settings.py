@@ -71,7 +71,7 @@ def test_profiles_stack_in_order(tmp_path):
         ({"RECSYS__EVALUATE__K": ""}, "evaluate.k must list cut-offs of at least 1"),
         ({"RECSYS__RECOMMEND__TOP_N": "-3"}, "recommend.top_n must be at least 1, got -3"),
         ({"RECSYS__PUBLISH__KEEP_VERSIONS": "0"}, "publish.keep_versions must be at least 1, got 0"),
-        ({"RECSYS__PUBLISH__MAX_NDCG_DROP": "nan"}, "publish.max_ndcg_drop must be between 0 and 1, got nan"),
+        ({"RECSYS__PUBLISH__MAX_NDCG_DROP": "nan"}, "publish.max_ndcg_drop must be at most 1, got nan"),
         ({"RECSYS__TRAIN__MAX_STEPS": "-5"}, "train.max_steps must be 0 or more, got -5"),
         ({"RECSYS__STORAGE__PUBLISH_ROOT": " "}, "storage.publish_root must be a directory or an s3:// URI"),
         ({"RECSYS__EVALUATE__BASELINES": "als,lightfm"}, "settings.evaluate.baselines: expected one of popularity"),
