@@ -56,7 +56,6 @@ def run(settings: Settings, ds: str) -> dict[str, Any]:
     from recsys_lib.storage import FeatureTable, Storage
     from recsys_lib.tracking import (
         CANDIDATE,
-        CHAMPION,
         ENCODER_DS_TAG,
         EVALUATION_MODEL_ARTIFACT,
         QUERY_ENCODER_ARTIFACT,
@@ -116,13 +115,8 @@ def run(settings: Settings, ds: str) -> dict[str, Any]:
     served_popularity = _popularity(item_ids, all_interactions.drop_duplicates([USER_COL, ITEM_COL]))
     example_histories = _example_histories(all_interactions)
     del interactions, all_interactions  # the examples hold what training needs: gigabytes at scale
-    champion = None if cfg.full_retrain else tracker.alias(CHAMPION)
-    if champion is not None and champion.tags.get("ds", "") > ds:
-        # A backfill: the champion learned from days after ds, and its evaluation split's
-        # holdout may be in tonight's training side. Start from the pretrained encoder.
-        log.info("champion %s was trained for %s, after %s: not warm-starting from it", champion.label,
-                 champion.tags["ds"], ds)  # fmt: skip
-        champion = None
+    split = storage.read_split(ds) or settings.features.split
+    champion = _warm_start_champion(tracker, cfg.full_retrain, ds, split)
     side_dim = 0 if side is None else side.shape[1]
     model, tokenizer, warm_started = initial_model(settings.model, cfg, train.id_vocab, _warm_start(tracker, champion),
                                                    side_dim)  # fmt: skip
@@ -162,7 +156,7 @@ def run(settings: Settings, ds: str) -> dict[str, Any]:
             "data.ds": ds, "data.items": len(item_ids), "data.train_interactions": n_interactions,
             "data.examples": len(train.examples), "data.validation_users": len(train.validation),
             "data.id_vocab": len(train.id_vocab), "data.all_examples": len(everything.examples),
-            "train.encoder_ds": encoder_ds, "data.split": storage.read_split(ds) or settings.features.split,
+            "train.encoder_ds": encoder_ds, "data.split": split,
         })  # fmt: skip
         models = train_nightly(model, evaluation_docs, item_ids, train, everything, night, device, settings.evaluate.k,
                                on_step=lambda step, m: tracker.log_metrics(run_id, m, step),
@@ -307,6 +301,28 @@ def _ranker_metrics(ranker) -> dict[str, float]:
     if ranker is None:
         return {}
     return {"ranker.used": float(ranker.use), **{f"ranker.{k}": float(v) for k, v in ranker.check.items()}}
+
+
+def _warm_start_champion(tracker, full_retrain: bool, ds: str, split: str):
+    """The champion tonight's models start from, or None: none with ``full_retrain``, and none
+    whose evaluation model may have learned tonight's holdout: one trained for a later ds (a
+    backfill), or under another split (user_chrono's training side holds most of global_time's
+    holdout)."""
+    from recsys_lib.tracking import CHAMPION
+
+    champion = None if full_retrain else tracker.alias(CHAMPION)
+    if champion is None:
+        return None
+    if champion.tags.get("ds", "") > ds:
+        log.info("champion %s was trained for %s, after %s: not warm-starting from it", champion.label,
+                 champion.tags["ds"], ds)  # fmt: skip
+        return None
+    trained = tracker.run_params(champion.run_id).get("data.split", "")
+    if trained and trained != split:
+        log.info("champion %s trained on the %s split, tonight's is %s: not warm-starting from it", champion.label,
+                 trained, split)  # fmt: skip
+        return None
+    return champion
 
 
 def _warm_start(tracker, champion):
