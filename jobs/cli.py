@@ -87,6 +87,9 @@ def _located_settings(args: argparse.Namespace):
     resolves them (so ``versions``, ``rollback`` and ``show`` address what ``run`` wrote)."""
     output = getattr(args, "output", None)
     data_root = getattr(args, "data_root", None)
+    for flag, value in (("--output", output), ("--data-root", data_root)):
+        if value is not None and not value.strip():
+            raise SystemExit(f"recsys {args.command}: {flag} is empty: give a directory or an s3:// URI")
     overrides, env = {}, dict(os.environ)
     if output:
         output = output if "://" in output else str(Path(output).expanduser().resolve())
