@@ -50,7 +50,7 @@ def run(settings: Settings, ds: str, model_version: str | None = None) -> dict[s
     storage, tracker = Storage(settings), Tracker(settings)
     mv = tracker.resolve(model_version)
     candidate, tokenizer = _evaluation_retriever(settings, storage, tracker, mv, ds)
-    split_name = storage.read_split(ds) or settings.features.split
+    split_name = storage.read_split(ds)
     champion_split = _champion_split(tracker, mv, split_name)
     champion, champion_ranker = (None, None) if champion_split else _champion_retriever(settings, storage, tracker,
                                                                                         mv, ds)  # fmt: skip
@@ -83,7 +83,8 @@ def run(settings: Settings, ds: str, model_version: str | None = None) -> dict[s
     report = evaluate_candidate(split, candidate, champion, rankers, cfg.k, cfg.seed, ds, mv.label,
                                 cfg.tune_baselines, ranking, (tracker.load_ranker(mv), champion_ranker))  # fmt: skip
     pairs = storage.read_features(FeatureTable.SEARCH_PAIRS, ds)
-    titled = report.all_users.title.replace("all users (", f"all users ({split_name} split, ")
+    named = f"all users ({split_name} split, " if split_name else "all users ("
+    titled = report.all_users.title.replace("all users (", named)
     report = dataclasses.replace(
         report,
         split=split_name,
@@ -173,7 +174,7 @@ def _champion_split(tracker, candidate, split: str) -> str:
     if champion is None or champion.version == candidate.version:
         return ""
     trained = tracker.run_params(champion.run_id).get("data.split", "")
-    if trained and trained != split:
+    if trained and split and trained != split:  # "": unknown (recorded by an older release)
         log.warning("the champion %s trained on the %s split, tonight's is %s: it may have seen tonight's holdout, "
                     "so it is not compared tonight", champion.label, trained, split)  # fmt: skip
         return trained

@@ -115,7 +115,7 @@ def run(settings: Settings, ds: str) -> dict[str, Any]:
     served_popularity = _popularity(item_ids, all_interactions.drop_duplicates([USER_COL, ITEM_COL]))
     example_histories = _example_histories(all_interactions)
     del interactions, all_interactions  # the examples hold what training needs: gigabytes at scale
-    split = storage.read_split(ds) or settings.features.split
+    split = storage.read_split(ds)
     champion = _warm_start_champion(tracker, cfg.full_retrain, ds, split)
     side_dim = 0 if side is None else side.shape[1]
     model, tokenizer, warm_started = initial_model(settings.model, cfg, train.id_vocab, _warm_start(tracker, champion),
@@ -318,7 +318,7 @@ def _warm_start_champion(tracker, full_retrain: bool, ds: str, split: str):
                  champion.tags["ds"], ds)  # fmt: skip
         return None
     trained = tracker.run_params(champion.run_id).get("data.split", "")
-    if trained and trained != split:
+    if trained and split and trained != split:  # "": unknown (recorded by an older release)
         log.info("champion %s trained on the %s split, tonight's is %s: not warm-starting from it", champion.label,
                  trained, split)  # fmt: skip
         return None

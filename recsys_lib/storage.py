@@ -564,10 +564,13 @@ class Storage:
         """The holdout split the features stage ran for ds (``features.split``, "auto" resolved)."""
         self.write_json(self.features_split(ds), {"split": split})
 
-    def read_split(self, ds: str) -> str | None:
-        """The split the features stage ran for ds; None for features written before it said."""
+    def read_split(self, ds: str) -> str:
+        """The split the features stage ran for ds. For features written before it was recorded:
+        ``features.split`` where that names one, else "" (unknown, which any split matches)."""
         key = self.features_split(ds)
-        return json.loads(self.work.read_bytes(key))["split"] if self.work.exists(key) else None
+        if self.work.exists(key):
+            return json.loads(self.work.read_bytes(key))["split"]
+        return "" if self.settings.features.split == "auto" else self.settings.features.split
 
     # Item embeddings.
     def write_item_embeddings(self, ds: str, model_version: str, table: pa.Table) -> str:

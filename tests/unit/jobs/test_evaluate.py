@@ -24,5 +24,6 @@ def test_a_champion_trained_on_another_split_is_not_compared(settings, tmp_path)
     assert _champion_split(tracker, candidate, "global_time") == "user_chrono"
     assert _champion_split(tracker, candidate, "user_chrono") == ""
     assert _champion_split(tracker, champion, "global_time") == ""  # the candidate is the champion
+    assert _champion_split(tracker, candidate, "") == ""  # tonight's unknown (features of an older release)
     tracker.set_alias(CHAMPION, older.version)
     assert _champion_split(tracker, candidate, "global_time") == ""  # unknown: compared as before

@@ -166,6 +166,14 @@ def test_a_trial_raw_drop_is_kept_only_when_its_block_succeeds(settings, object_
     assert object_store.list("raw/") == ["raw/items/ds=2026-01-01/new.csv"]
 
 
+def test_the_split_that_ran_is_read_back_and_an_unrecorded_auto_one_is_unknown(settings):
+    storage = Storage(settings)
+    assert settings.features.split == "auto" and storage.read_split("2026-01-01") == ""
+    assert Storage(settings.with_overrides({"features.split": "global_time"})).read_split("2026-01-01") == "global_time"
+    storage.write_split("2026-01-01", "user_chrono")
+    assert storage.read_split("2026-01-01") == "user_chrono"
+
+
 def test_raw_drops_are_replaced_whole_and_text_settings_files_read(settings, tmp_path):
     storage = Storage(settings)
     storage.replace_raw_drop("items", "2026-01-01", {"a.csv": b"x", "b.csv": b"y"})
