@@ -60,12 +60,11 @@ def _project_root(output: str) -> str:
 def _landed_files(args: argparse.Namespace, settings) -> Iterator[None]:
     """The --interactions, --items, --users and --queries files as the raw drop of --ds while
     the block runs; if it fails, the earlier drop of that ds is put back."""
+    from recsys_lib.lake import RAW_FORMATS, raw_format
     from recsys_lib.storage import Storage
 
     sources = {"interactions": args.interactions, "items": args.items, "users": args.users,
                "queries": getattr(args, "queries", None)}  # fmt: skip
-    from recsys_lib.lake import RAW_FORMATS, raw_format
-
     for entity, path in sources.items():
         if path is not None and Path(path).expanduser().is_dir():
             raise SystemExit(f"recsys {args.command}: --{entity} {path}: a directory, not a file")
@@ -114,26 +113,23 @@ def _count_or_zero(value: str) -> int:
     return int(value)
 
 
-def _positive(value: str) -> float:
-    """A number above 0 (argparse type)."""
-    try:
-        number = float(value)
-    except ValueError:
-        number = float("nan")
-    if not number > 0:
-        raise argparse.ArgumentTypeError(f"expected a number above 0, got {value!r}")
-    return number
+def _number(rule: str, holds: typing.Callable[[float], bool]) -> typing.Callable[[str], float]:
+    """An argparse type: a number for which ``holds`` (text and NaN never do)."""
+
+    def parse(value: str) -> float:
+        try:
+            number = float(value)
+        except ValueError:
+            number = float("nan")
+        if not holds(number):
+            raise argparse.ArgumentTypeError(f"expected {rule}, got {value!r}")
+        return number
+
+    return parse
 
 
-def _share(value: str) -> float:
-    """A number strictly between 0 and 1 (argparse type)."""
-    try:
-        share = float(value)
-    except ValueError:
-        share = float("nan")
-    if not 0 < share < 1:
-        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1 (both excluded), got {value!r}")
-    return share
+_positive = _number("a number above 0", lambda v: v > 0)
+_share = _number("a number between 0 and 1 (both excluded)", lambda v: 0 < v < 1)
 
 
 def _add_location(p: argparse.ArgumentParser) -> None:

@@ -173,12 +173,11 @@ def _champion_split(tracker, candidate, split: str) -> str:
     champion = tracker.alias(CHAMPION)
     if champion is None or champion.version == candidate.version:
         return ""
-    trained = tracker.run_params(champion.run_id).get("data.split", "")
-    if trained and split and trained != split:  # "": unknown (recorded by an older release)
+    trained = tracker.other_split(champion, split)
+    if trained:
         log.warning("the champion %s trained on the %s split, tonight's is %s: it may have seen tonight's holdout, "
                     "so it is not compared tonight", champion.label, trained, split)  # fmt: skip
-        return trained
-    return ""
+    return trained
 
 
 def _champion_retriever(settings: Settings, storage, tracker, candidate, ds: str):

@@ -317,8 +317,8 @@ def _warm_start_champion(tracker, full_retrain: bool, ds: str, split: str):
         log.info("champion %s was trained for %s, after %s: not warm-starting from it", champion.label,
                  champion.tags["ds"], ds)  # fmt: skip
         return None
-    trained = tracker.run_params(champion.run_id).get("data.split", "")
-    if trained and split and trained != split:  # "": unknown (recorded by an older release)
+    trained = tracker.other_split(champion, split)
+    if trained:
         log.info("champion %s trained on the %s split, tonight's is %s: not warm-starting from it", champion.label,
                  trained, split)  # fmt: skip
         return None

@@ -110,11 +110,11 @@ def build_features(
     cold = cold_items(events, cfg.cold_item_fraction, cfg.cold_item_seed).persist()
     warm_events = events.join(cold, ITEM_COL, "left_anti")
     cold_events = events.join(cold, ITEM_COL, "left_semi")
-    strategy = cfg.split
-    if strategy == "auto":
-        strategy = time_split(warm_events, cfg.holdout_fraction, cfg.min_time_split_users)
+    # The global time cut, computed once: "auto" counts the users on both sides of it.
+    cutoff = time_cutoff(warm_events, cfg.holdout_fraction) if cfg.split in ("auto", "global_time") else None
+    strategy = time_split(warm_events, cutoff, cfg.min_time_split_users) if cfg.split == "auto" else cfg.split
     split = split_holdout(
-        warm_events, strategy, cfg.holdout_fraction, cfg.min_user_interactions, cfg.split_seed
+        warm_events, strategy, cfg.holdout_fraction, cfg.min_user_interactions, cfg.split_seed, cutoff
     ).persist()
     train_all = split.where(~F.col(HOLDOUT_COL))
     train_pos = positives(train_all, cfg.min_positive_rating)
@@ -251,13 +251,18 @@ def positives(interactions: DataFrame, min_rating: float | None) -> DataFrame:
     return interactions.where(liked)
 
 
-def time_split(interactions: DataFrame, holdout_fraction: float, min_users: int) -> Split:
-    """The "auto" split: "global_time" when at least ``min_users`` users have events on both
-    sides of its cut (the users it can score), else "user_chrono"."""
+def time_cutoff(interactions: DataFrame, holdout_fraction: float) -> float | None:
+    """The global time split's cut: the ``1 - holdout_fraction`` quantile of the timestamps
+    (None without events)."""
     cut = interactions.approxQuantile(TIMESTAMP_COL, [1 - holdout_fraction], 0.0)
-    if not cut:  # no events: the features stage says so next
+    return cut[0] if cut else None
+
+
+def time_split(interactions: DataFrame, cutoff: float | None, min_users: int) -> Split:
+    """The "auto" split: "global_time" when at least ``min_users`` users have events on both
+    sides of its ``cutoff`` (the users it can score), else "user_chrono"."""
+    if cutoff is None:  # no events: the features stage says so next
         return "user_chrono"
-    cutoff = cut[0]
     spans = interactions.groupBy(USER_COL).agg(F.min(TIMESTAMP_COL).alias("first"), F.max(TIMESTAMP_COL).alias("last"))
     returning = spans.where((F.col("first") <= F.lit(cutoff)) & (F.col("last") > F.lit(cutoff))).count()
     chosen = "global_time" if returning >= min_users else "user_chrono"
@@ -267,7 +272,8 @@ def time_split(interactions: DataFrame, holdout_fraction: float, min_users: int)
 
 
 def split_holdout(
-    interactions: DataFrame, strategy: Split, holdout_fraction: float, min_user_interactions: int, seed: int = 42
+    interactions: DataFrame, strategy: Split, holdout_fraction: float, min_user_interactions: int, seed: int = 42,
+    cutoff: float | None = None,
 ) -> DataFrame:
     """Mark the holdout with a boolean ``is_holdout`` column.
 
@@ -280,14 +286,16 @@ def split_holdout(
             ``n - round(n * (1 - fraction))`` in a hash order), the stratified random split of
             the Microsoft Recommenders benchmarks: for comparisons, not for gating nights (an
             event near an item's cut can change sides as the item gains events).
+        cutoff: global_time's cut (``time_cutoff``) when the caller has it already.
     """
     if strategy not in SPLITS:
         raise ValueError(f"features.split must be one of {SPLITS}, got {strategy!r}")
     if not 0 < holdout_fraction < 1:
         raise ValueError(f"features.holdout_fraction must be in (0, 1), got {holdout_fraction}")
     if strategy == "global_time":
-        cut = interactions.approxQuantile(TIMESTAMP_COL, [1 - holdout_fraction], 0.0)
-        return interactions.withColumn(HOLDOUT_COL, F.col(TIMESTAMP_COL) > F.lit(cut[0]) if cut else F.lit(False))
+        cutoff = time_cutoff(interactions, holdout_fraction) if cutoff is None else cutoff
+        held = F.lit(False) if cutoff is None else F.col(TIMESTAMP_COL) > F.lit(cutoff)
+        return interactions.withColumn(HOLDOUT_COL, held)
     if strategy == "random_item":
         by_item = Window.partitionBy(ITEM_COL)
         shuffled = by_item.orderBy(F.xxhash64(F.lit(seed), USER_COL, ITEM_COL, TIMESTAMP_COL))

@@ -161,6 +161,14 @@ class Tracker:
     def run_params(self, run_id: str) -> dict[str, str]:
         return dict(self.client.get_run(run_id).data.params)
 
+    def other_split(self, mv: ModelVersion, split: str) -> str:
+        """The holdout split ``mv`` trained under (its ``data.split``) where that is known and is
+        not ``split``, else "". Its evaluation model may then have trained on ``split``'s
+        holdout (user_chrono's training side holds most of global_time's). "" is unknown: a
+        model or features of an older release, which any split matches."""
+        trained = self.run_params(mv.run_id).get("data.split", "")
+        return trained if trained and split and trained != split else ""
+
     def run_metrics(self, run_id: str) -> dict[str, float]:
         return dict(self.client.get_run(run_id).data.metrics)
 

@@ -80,8 +80,10 @@ def test_the_auto_split_is_global_time_only_where_enough_users_return_after_its_
     # Three users with events on both sides of the 70% time quantile (t=7), two who left before it.
     rows = [(u, f"i{t}", t, None) for u in ("u1", "u2", "u3") for t in (1, 9)]
     rows += [(u, f"i{t}", t, None) for u in ("u4", "u5") for t in (1, 2, 3)]
-    assert fx.time_split(events(spark, rows), 0.3, min_users=3) == "global_time"
-    assert fx.time_split(events(spark, rows), 0.3, min_users=4) == "user_chrono"
+    cutoff = fx.time_cutoff(events(spark, rows), 0.3)
+    assert cutoff == 3
+    assert fx.time_split(events(spark, rows), cutoff, min_users=3) == "global_time"
+    assert fx.time_split(events(spark, rows), cutoff, min_users=4) == "user_chrono"
 
 
 def test_event_weights_scale_events_and_weight_zero_is_seen_not_liked(spark):
