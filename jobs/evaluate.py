@@ -105,7 +105,9 @@ def _evaluation_retriever(settings: Settings, storage, tracker, mv, ds: str):
     """(a registered version's evaluation model over the evaluation documents of ds, with an
     index of its own built as ``[index]`` says, its tokenizer). Vectors come through the
     encoder-output cache: the transformer runs only for texts its encoder has not seen."""
-    from recsys_lib.embedding import embed_version
+    import torch
+
+    from recsys_lib.embedding import CachedTexts, embed_version
     from recsys_lib.models.two_tower import resolve_device
     from recsys_lib.retrieval import Retriever
     from recsys_lib.storage import FeatureTable
@@ -116,7 +118,8 @@ def _evaluation_retriever(settings: Settings, storage, tracker, mv, ds: str):
                              table=FeatureTable.EVALUATION_DOCUMENTS)  # fmt: skip
     log.info("evaluating %s (its evaluation model) on the split of %s", mv.label, ds)
     batch_size = settings.recommend.user_batch_size
-    return Retriever.with_index(model.cpu(), items, settings.index, batch_size, tokenizer), tokenizer
+    words = CachedTexts(storage, model.cpu(), tokenizer, settings.embed, torch.device("cpu"))  # as the retriever
+    return Retriever.with_index(model, items, settings.index, batch_size, tokenizer, words), tokenizer
 
 
 def _search_segment(settings: Settings, storage, ds: str, candidate, tokenizer, split, pairs):

@@ -31,9 +31,10 @@ def run(settings: Settings, ds: str, model_version: str | None = None) -> dict[s
     from pathlib import Path
 
     import numpy as np
+    import torch
 
     from recsys_lib import recommend as rec
-    from recsys_lib.embedding import ItemVectors
+    from recsys_lib.embedding import CachedTexts, ItemVectors
     from recsys_lib.models.inference import export_query_encoder
     from recsys_lib.retrieval import Retriever
     from recsys_lib.rules import read_rules
@@ -46,7 +47,9 @@ def run(settings: Settings, ds: str, model_version: str | None = None) -> dict[s
     cfg = settings.recommend
     items = ItemVectors.from_table(storage.read_item_embeddings(ds, mv.version))
     model, tokenizer = tracker.load_model(mv, "cpu")
-    retriever = Retriever(model, items, storage.read_index(ds, mv.version), cfg.user_batch_size, tokenizer)
+    words = CachedTexts(storage, model, tokenizer, settings.embed, torch.device("cpu"))
+    retriever = Retriever(model, items, storage.read_index(ds, mv.version), cfg.user_batch_size, tokenizer,
+                          pooled=words)  # fmt: skip
     histories = storage.read_features(FeatureTable.USER_HISTORIES, ds).sort_values(USER_COL, kind="stable")
     popularity = rec.popularity_vector(items.ids, storage.read_features(FeatureTable.ITEM_STATS, ds))
     words = _words_model(storage, tracker, mv, ds, retriever, histories, popularity)

@@ -164,7 +164,7 @@ def run(settings: Settings, ds: str) -> dict[str, Any]:
                                pooled=known, side=None if side is None else torch.from_numpy(side))  # fmt: skip
         models.report |= {"fine_tuned": float(fine_tune),
                           "transformer_documents": float(len(new_outputs) if not fine_tune else len(documents))}
-        retriever = _evaluation_retriever(settings, models, item_ids, tokenizer, side)
+        retriever = _evaluation_retriever(settings, storage, models, item_ids, tokenizer, side)
         ranker = _fit_ranker(settings, retriever, documents, ranker_events, ranker_pairs, train.ranking)
         interests = check_interests(retriever, train.validation, pairs, _popularity(item_ids, ranker_events),
                                     settings.evaluate.primary_k, cfg.seed)  # fmt: skip
@@ -266,13 +266,17 @@ def _example_histories(events, users: int = 3, length: int = 5) -> list[list[str
     return [list(map(str, items)) for _, items in latest.groupby(USER_COL, sort=True)[ITEM_COL]]
 
 
-def _evaluation_retriever(settings: Settings, models, item_ids, tokenizer, side=None):
+def _evaluation_retriever(settings: Settings, storage, models, item_ids, tokenizer, side=None):
     """The evaluation model (on the CPU) over its own item vectors, for the checks below."""
+    import torch
+
+    from recsys_lib.embedding import CachedTexts
     from recsys_lib.retrieval import Retriever
 
     model = models.evaluation.cpu()
     items = _item_vectors(model, models.evaluation_pooled, item_ids, side)
-    return Retriever.with_index(model, items, settings.index, settings.recommend.user_batch_size, tokenizer)
+    words = CachedTexts(storage, model, tokenizer, settings.embed, torch.device("cpu"))
+    return Retriever.with_index(model, items, settings.index, settings.recommend.user_batch_size, tokenizer, words)
 
 
 def _fit_ranker(settings: Settings, retriever, documents, events, pairs, validation):

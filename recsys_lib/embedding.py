@@ -11,6 +11,7 @@ Tests: tests/unit/recsys_lib/test_embedding.py (cached == fully re-encoded).
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -216,6 +217,55 @@ def encoder_pooler(model, runtime: str, cfg, device):
     return lambda docs: embed_text(model, docs, cfg.batch_size, device, pooled=True, cpu_bf16=bf16).cpu().numpy()
 
 
+def text_pool(model, tokenizer, runtime: str, cfg, device):
+    """texts -> pooled transformer outputs [n, d] in ``runtime``, for ``pooled_outputs``; None for
+    fp32 torch, ``pooled_outputs``'s own path. cfg: ``EmbedSettings``."""
+    from recsys_lib.models.two_tower import TokenizedDocuments
+
+    if runtime == "torch":
+        return None
+    local = encoder_pooler(model, runtime, cfg, device)
+
+    def pool(texts: list[str]) -> np.ndarray:
+        return local(TokenizedDocuments.from_texts(tokenizer, texts, model.config.max_length))
+
+    return pool
+
+
+def text_hashes(texts: list[str]) -> list[str]:
+    """Content hashes of texts as the features stage hashes documents: SHA-256 of the UTF-8 text, hex."""
+    return [hashlib.sha256(text.encode("utf-8")).hexdigest() for text in texts]
+
+
+class CachedTexts:
+    """Texts -> the transformer's pooled outputs [n, d], through a cache of their own beside the
+    documents' (``<encoder key>-texts``): the words users say they like go through the
+    transformer once per (text, encoder), however many stages and nights read them. Before, a
+    frozen night's evaluation at 100k users encoded 25,000 of them again, 2.3 of its 4.7 minutes.
+    ``runtime`` as ``embed.runtime`` (``cfg``: ``EmbedSettings``) resolves on ``device``."""
+
+    def __init__(self, storage, model, tokenizer, cfg, device):
+        from recsys_lib.models.inference import cache_key, resolve_runtime
+
+        runtime = resolve_runtime(cfg.runtime, device)
+        self.key = cache_key(model.encoder_fingerprint(), runtime) + "-texts"
+        self.storage, self.model, self.tokenizer, self.device = storage, model, tokenizer, device
+        self.batch_size = cfg.batch_size
+        self.pool = text_pool(model, tokenizer, runtime, cfg, device)
+        self.known: EncoderOutputs | None = None
+
+    def __call__(self, texts: list[str]) -> np.ndarray:
+        if self.known is None:
+            self.known = self.storage.read_encoder_outputs(self.key) or EncoderOutputs.empty(self.model.config.dim)
+        frame = pd.DataFrame({DOCUMENT_COL: list(texts), CONTENT_HASH_COL: text_hashes(texts)})
+        pooled, computed = pooled_outputs(self.model, self.tokenizer, frame, self.batch_size, self.device, self.known,
+                                          self.pool)  # fmt: skip
+        if len(computed):
+            self.storage.add_encoder_outputs(self.key, computed.to_table())
+            self.known = self.known.concat(computed)
+        return pooled
+
+
 def embed_version(
     storage, ds: str, model, tokenizer, model_version: str, cfg, device, write: bool = True, table=None, encoder=None
 ) -> tuple[ItemVectors, dict]:
@@ -234,7 +284,6 @@ def embed_version(
         (the vectors, {"items", "encoded", "cached", "runtime", "embeddings": URI or None}).
     """
     from recsys_lib.models.inference import cache_key, resolve_runtime
-    from recsys_lib.models.two_tower import TokenizedDocuments
     from recsys_lib.storage import FeatureTable
 
     table = FeatureTable.ITEM_DOCUMENTS if table is None else table
@@ -243,16 +292,7 @@ def embed_version(
     runtime = resolve_runtime(cfg.runtime, device)
     key = cache_key(model.encoder_fingerprint(), runtime)
     cached = storage.read_encoder_outputs(key)
-    if encoder is not None:
-        pool = encoder(runtime)
-    elif runtime == "torch":
-        pool = None  # fp32 torch: embed_catalogue's own path
-    else:
-        local = encoder_pooler(model, runtime, cfg, device)
-
-        def pool(texts: list[str]) -> np.ndarray:
-            return local(TokenizedDocuments.from_texts(tokenizer, texts, model.config.max_length))
-
+    pool = encoder(runtime) if encoder is not None else text_pool(model, tokenizer, runtime, cfg, device)
     side = None
     if model.config.side_dim:
         from recsys_lib.side_vectors import read_side_vectors

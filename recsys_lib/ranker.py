@@ -538,19 +538,30 @@ def retrieve(retriever, histories: list[np.ndarray], exclude: list[np.ndarray], 
     scores = np.full((len(histories), width), -np.inf, dtype=np.float32)
     ids = np.full((len(histories), width), -1, dtype=np.int64)
     rows = np.flatnonzero(~fallback)
+    index_rows = None if also is None else retrieval_items(retriever.items.vectors, retriever.items.bias)
     for start in range(0, len(rows), retriever.batch_size):
         batch = rows[start : start + retriever.batch_size]
         s, i = top_n(retriever.search, queries[batch], [exclude[r] for r in batch], m, len(retriever.items))
         if also is not None:
             extra = np.where((also[batch, :, None] == i[:, None, :]).any(2), -1, also[batch])
-            rows_of = retrieval_items(retriever.items.vectors, retriever.items.bias)[extra.clip(min=0)]
-            extra_scores = np.einsum("ud,ued->ue", queries[batch], rows_of).astype(np.float32)
+            extra_scores = _scores_of(queries[batch], index_rows, extra)
             s = np.concatenate([s, np.where(extra >= 0, extra_scores, -np.inf)], axis=1)
             i = np.concatenate([i, extra], axis=1)
             order = np.argsort(-s, axis=1, kind="stable")
             s, i = np.take_along_axis(s, order, axis=1), np.take_along_axis(i, order, axis=1)
         scores[batch], ids[batch] = s, i
     return scores, ids
+
+
+def _scores_of(queries: np.ndarray, index_rows: np.ndarray, ids: np.ndarray, chunk: int = 256) -> np.ndarray:
+    """Exact scores [u, e] of each user's query against its items ``ids`` [u, e] (-1 pads: any
+    score), a ``chunk`` of users at a time: the gathered rows of a whole batch of users took
+    hundreds of megabytes, and a quarter of re-ranking's time, to be read once."""
+    out = np.empty(ids.shape, np.float32)
+    for start in range(0, len(ids), chunk):
+        part = slice(start, start + chunk)
+        out[part] = np.einsum("ud,ued->ue", queries[part], index_rows[ids[part].clip(min=0)])
+    return out
 
 
 def ranker_candidates(retriever, ease: EASE | UsersEASE | None, histories, exclude, m: int, ease_candidates: int):

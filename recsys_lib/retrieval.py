@@ -100,10 +100,12 @@ class Retriever:
         tokenizer: the model's tokenizer, for texts as users (``text_vectors``); None: none.
         banned: catalogue indices ``search`` never returns (``without``); None: none.
         rows: the catalogue index of each index row (``without``); None: row i is item i.
+        pooled: texts -> the transformer's pooled outputs, for ``words_vectors``
+            (``embedding.CachedTexts``); None: the model's fp32 torch encoder, nothing cached.
     """
 
     def __init__(self, model, items: ItemVectors, index, batch_size: int = 4096, tokenizer=None, banned=None,
-                 rows=None):  # fmt: skip
+                 rows=None, pooled=None):  # fmt: skip
         self.model = model
         self.items = items
         self.index = index
@@ -111,6 +113,7 @@ class Retriever:
         self.tokenizer = tokenizer
         self.banned = banned
         self.rows = rows
+        self.pooled = pooled
 
     def without(self, items: np.ndarray) -> "Retriever":
         """The same model with ``items`` (catalogue indices) never retrieved: how the evaluation
@@ -123,20 +126,21 @@ class Retriever:
         if self.banned is not None:
             items = np.union1d(items, self.banned)
         if index_kind(self.index) != "flat":
-            return Retriever(self.model, self.items, self.index, self.batch_size, self.tokenizer, items)
+            return Retriever(self.model, self.items, self.index, self.batch_size, self.tokenizer, items,
+                             pooled=self.pooled)  # fmt: skip
         keep = np.setdiff1d(np.arange(len(self.items)), items)
         index = flat_index(retrieval_items(self.items.vectors[keep], self.items.bias[keep]))
-        return Retriever(self.model, self.items, index, self.batch_size, self.tokenizer, items, keep)
+        return Retriever(self.model, self.items, index, self.batch_size, self.tokenizer, items, keep, self.pooled)
 
     @classmethod
     def with_index(
-        cls, model, items: ItemVectors, cfg: IndexSettings, batch_size: int = 4096, tokenizer=None
+        cls, model, items: ItemVectors, cfg: IndexSettings, batch_size: int = 4096, tokenizer=None, pooled=None
     ) -> "Retriever":
         """A retriever over a new in-memory index of ``items``, built as ``cfg`` says."""
         from recsys_lib.index import build_index
 
         index = build_index(retrieval_items(items.vectors, items.bias), cfg)
-        return cls(model, items, index, batch_size, tokenizer)
+        return cls(model, items, index, batch_size, tokenizer, pooled=pooled)
 
     @property
     def temperature(self) -> float:
@@ -170,9 +174,12 @@ class Retriever:
         against 0.103 through the projection)."""
         from recsys_lib.models.two_tower import TokenizedDocuments, embed_text
 
-        docs = TokenizedDocuments.from_texts(self.tokenizer, texts, self.model.config.max_length)
-        device = next(self.model.parameters()).device
-        pooled = embed_text(self.model, docs, 256, device, pooled=True).cpu().numpy()
+        if self.pooled is not None:
+            pooled = self.pooled(list(texts))
+        else:
+            docs = TokenizedDocuments.from_texts(self.tokenizer, texts, self.model.config.max_length)
+            device = next(self.model.parameters()).device
+            pooled = embed_text(self.model, docs, 256, device, pooled=True).cpu().numpy()
         return pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
 
     def user_queries(self, history_idx: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:

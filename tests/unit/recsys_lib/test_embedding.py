@@ -5,9 +5,17 @@ import copy
 
 import numpy as np
 import pandas as pd
+import pytest
 import torch
 
-from recsys_lib.embedding import EncoderOutputs, ItemVectors, catalogue_indices, embed_catalogue, embeddings_table
+from recsys_lib.embedding import (
+    CachedTexts,
+    EncoderOutputs,
+    ItemVectors,
+    catalogue_indices,
+    embed_catalogue,
+    embeddings_table,
+)
 from recsys_lib.models.two_tower import TwoTowerModel
 
 
@@ -51,6 +59,32 @@ def test_outputs_are_shared_by_models_with_one_encoder_and_only_by_them(tiny_enc
     with torch.no_grad():
         next(tuned.item_tower.encoder.parameters()).add_(1e-3)  # fine-tuned a little: new outputs
     assert tuned.encoder_fingerprint() != model.encoder_fingerprint()
+
+
+def test_users_words_go_through_the_transformer_once_per_encoder(settings, tiny_encoder):
+    """Words users say they like are cached like documents: a second stage (or night) with the
+    same encoder reads them back, equal to a fresh fp32 pass; another encoder does not."""
+    from recsys_lib.retrieval import Retriever
+    from recsys_lib.storage import Storage
+
+    storage = Storage(settings)
+    model, tokenizer = TwoTowerModel.from_encoder(str(tiny_encoder), 3, 16, 0.05)
+    texts = ["space operas, heist films", "jazz", "space operas, heist films"]
+    words = CachedTexts(storage, model, tokenizer, settings.embed, torch.device("cpu"))
+    first = words(texts)
+    assert len(storage.read_encoder_outputs(words.key)) == 2  # one row per distinct text
+    plain, cached = Retriever(model, None, None, tokenizer=tokenizer), Retriever(model, None, None, pooled=words)
+    np.testing.assert_allclose(cached.words_vectors(texts), plain.words_vectors(texts), atol=1e-2)  # bf16 or fp32
+
+    later = CachedTexts(storage, model, tokenizer, settings.embed, torch.device("cpu"))  # tomorrow's stage
+    later.pool = lambda batch: pytest.fail(f"encoded again: {batch}")  # nothing but the cache may answer
+    np.testing.assert_array_equal(later(texts[:2]), first[:2])
+    assert len(later(["jazz", "space operas, heist films"])) == 2
+
+    tuned = copy.deepcopy(model)
+    with torch.no_grad():
+        next(tuned.item_tower.encoder.parameters()).add_(1e-3)
+    assert CachedTexts(storage, tuned, tokenizer, settings.embed, torch.device("cpu")).key != words.key
 
 
 def test_encoder_outputs_roundtrip_through_a_table():
