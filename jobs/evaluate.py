@@ -118,7 +118,8 @@ def _evaluation_retriever(settings: Settings, storage, tracker, mv, ds: str):
                              table=FeatureTable.EVALUATION_DOCUMENTS)  # fmt: skip
     log.info("evaluating %s (its evaluation model) on the split of %s", mv.label, ds)
     batch_size = settings.recommend.user_batch_size
-    words = CachedTexts(storage, model.cpu(), tokenizer, settings.embed, torch.device("cpu"))  # as the retriever
+    model = model.cpu()
+    words = CachedTexts(storage, model, tokenizer, settings.embed, torch.device("cpu"))
     return Retriever.with_index(model, items, settings.index, batch_size, tokenizer, words), tokenizer
 
 

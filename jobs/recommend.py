@@ -47,9 +47,9 @@ def run(settings: Settings, ds: str, model_version: str | None = None) -> dict[s
     cfg = settings.recommend
     items = ItemVectors.from_table(storage.read_item_embeddings(ds, mv.version))
     model, tokenizer = tracker.load_model(mv, "cpu")
-    words = CachedTexts(storage, model, tokenizer, settings.embed, torch.device("cpu"))
+    texts = CachedTexts(storage, model, tokenizer, settings.embed, torch.device("cpu"))
     retriever = Retriever(model, items, storage.read_index(ds, mv.version), cfg.user_batch_size, tokenizer,
-                          pooled=words)  # fmt: skip
+                          pooled=texts)  # fmt: skip
     histories = storage.read_features(FeatureTable.USER_HISTORIES, ds).sort_values(USER_COL, kind="stable")
     popularity = rec.popularity_vector(items.ids, storage.read_features(FeatureTable.ITEM_STATS, ds))
     words = _words_model(storage, tracker, mv, ds, retriever, histories, popularity)

