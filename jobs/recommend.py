@@ -99,7 +99,7 @@ def _words_model(storage, tracker, mv, ds: str, retriever, histories, popularity
     and someone without a history said something; else None (the popularity fallback)."""
     import numpy as np
 
-    from recsys_lib.schema import HISTORY_COL, INTERESTS_COL, SEEN_COL
+    from recsys_lib.schema import HISTORY_COL, INTERESTS_COL, SEEN_COL, USER_COL
     from recsys_lib.storage import FeatureTable
     from recsys_lib.words import DEFAULT_WORDS_L2, WordsModel, reference_users
 
@@ -112,7 +112,7 @@ def _words_model(storage, tracker, mv, ds: str, retriever, histories, popularity
         return None
     pairs = storage.read_features(FeatureTable.SEARCH_PAIRS, ds)
     seen_idx = retriever.items.indices(histories[SEEN_COL])
-    _, vectors, used = reference_users(retriever, history_idx, seen_idx, pairs)
+    _, vectors, used = reference_users(retriever, history_idx, seen_idx, pairs, histories[USER_COL].to_numpy())
     return WordsModel.fit(vectors, used, trained.get("interests.l2", DEFAULT_WORDS_L2), popularity)
 
 

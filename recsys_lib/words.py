@@ -29,6 +29,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from recsys_lib.index import best_k
+from recsys_lib.sampling import stable_sample
 
 log = logging.getLogger(__name__)
 
@@ -106,16 +107,19 @@ def used_matrix(item_idx: list[np.ndarray], n_items: int) -> sp.csr_matrix:
 
 
 def reference_users(
-    retriever, history_idx: list[np.ndarray], seen_idx: list[np.ndarray], pairs: pd.DataFrame, seed: int = 0
+    retriever, history_idx: list[np.ndarray], seen_idx: list[np.ndarray], pairs: pd.DataFrame, users=None,
+    seed: int = 0,
 ) -> tuple[np.ndarray, np.ndarray, sp.csr_matrix]:
     """(rows, text vectors [R, d], items [R, n_items]) of the reference users among these users
-    (catalogue indices: the history their words describe, every item they used): at most
-    ``REFERENCE_USERS`` of those whose history has words (a sample drawn with ``seed``)."""
+    (catalogue indices: the history their words describe, every item they used; ``users``: their
+    ids, None: positions): at most ``REFERENCE_USERS`` of those with a history, a
+    ``stable_sample`` by id, so that their words stay cached from night to night."""
     from recsys_lib.models.examples import interest_texts
 
     rows = np.flatnonzero([len(h) > 0 for h in history_idx])
     if len(rows) > REFERENCE_USERS:
-        rows = np.sort(np.random.default_rng(seed).choice(rows, size=REFERENCE_USERS, replace=False))
+        keys = rows if users is None else np.asarray(users)[rows]
+        rows = rows[stable_sample(keys, REFERENCE_USERS, seed)]
     texts = interest_texts([history_idx[r] for r in rows], pairs, retriever.items.ids)
     said = np.array([bool(t) for t in texts], dtype=bool)
     rows = rows[said]

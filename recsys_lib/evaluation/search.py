@@ -32,6 +32,7 @@ from recsys_lib.evaluation.metrics import PAD, ranking_metrics
 from recsys_lib.evaluation.report import MODEL, Segment
 from recsys_lib.index import best_k
 from recsys_lib.models.examples import interest_texts
+from recsys_lib.sampling import stable_sample
 from recsys_lib.schema import HOLDOUT_COL, ITEM_COL, QUERY_COL
 from recsys_lib.words import DEFAULT_WORDS_L2, WORDS_L2, fold_scores, reference_users
 
@@ -110,8 +111,8 @@ def text_user_segment(split, candidate, pairs: pd.DataFrame, ks: Sequence[int], 
     hidden) through the served path for users known by their words (a ``WordsModel`` with the
     ``l2`` train chose, fitted on the other users: five folds, none learns from its own scored
     users) against most-popular, on the warm protocol's answers (cold items excluded). At most
-    ``MAX_INTEREST_USERS`` of them (a sample drawn with ``seed``): their words go through the
-    transformer every night."""
+    ``MAX_INTEREST_USERS`` of them (a ``stable_sample`` by user id): their words go through the
+    transformer (and its cache: the sample stays the same from night to night)."""
     from recsys_lib.evaluation.protocols import WarmUsers
     from recsys_lib.recommend import rank_users
 
@@ -123,13 +124,13 @@ def text_user_segment(split, candidate, pairs: pd.DataFrame, ks: Sequence[int], 
         return Segment(title, int(said.sum()), {}, "too few users whose history has tags or categories")
     rows = np.flatnonzero(said)
     if len(rows) > MAX_INTEREST_USERS:
-        rows = np.sort(np.random.default_rng(seed).choice(rows, size=MAX_INTEREST_USERS, replace=False))
+        rows = rows[stable_sample(split.users[np.asarray(warm.rows)[rows]], MAX_INTEREST_USERS, seed)]
         title = f"users described in words, history hidden (n={len(rows)}, a sample of {int(said.sum())})"
     seen = [warm.seen[r] for r in rows]
     relevant = [warm.relevant[r] for r in rows]
     depth = max(ks)
     popularity = split.popularity()
-    reference, vectors, used = reference_users(candidate, split.history_idx, split.seen_idx, pairs, seed)
+    reference, vectors, used = reference_users(candidate, split.history_idx, split.seen_idx, pairs, split.users, seed)
     position = pd.Index(reference).get_indexer(np.asarray(warm.rows)[rows])
     words = candidate.words_vectors([texts[r] for r in rows])
     lists = np.full((len(rows), depth), PAD, dtype=np.int64)
@@ -155,7 +156,7 @@ def check_interests(
     strength in ``WORDS_L2``, and by popularity. The best strength (``interests.l2``) is used
     (``interests.used``) only where it wins, as the ranker is: on a catalogue whose words say
     little beyond popularity, such users keep the popularity fallback. At most
-    ``MAX_INTEREST_USERS`` users (a sample drawn with ``seed``) take part."""
+    ``MAX_INTEREST_USERS`` users (a ``stable_sample`` by user id) take part."""
     from recsys_lib.models.two_tower import PAD as NO_ITEM
     from recsys_lib.recommend import rank_users
 
@@ -163,7 +164,7 @@ def check_interests(
         return {"interests.used": 0.0}
     validation = validation.sample(MAX_INTEREST_USERS, seed)
     histories = [h[h != NO_ITEM] for h in validation.history]
-    rows, vectors, used = reference_users(retriever, histories, validation.exclude, pairs, seed)
+    rows, vectors, used = reference_users(retriever, histories, validation.exclude, pairs, validation.users, seed)
     if len(rows) < MIN_INTEREST_USERS:
         return {"interests.used": 0.0, "interests.users": float(len(rows))}
     exclude = [validation.exclude[r] for r in rows]

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from recsys_lib.models.two_tower import PAD, history_matrix
+from recsys_lib.sampling import stable_sample
 from recsys_lib.schema import HOLDOUT_COL, ITEM_COL, QUERY_COL, TIMESTAMP_COL, USER_COL, VALIDATION_COL, WEIGHT_COL
 
 
@@ -32,13 +33,15 @@ class ValidationSet:
     target: np.ndarray  # [u] the held-out item
     exclude: list[np.ndarray]  # per user, the other items seen in training (not ranked)
     time: np.ndarray | None = None  # [u] epoch seconds of the held-out event (the ranker's cut-off)
+    users: np.ndarray | None = None  # [u] user ids (what samples are drawn by); None: positions
 
     def __len__(self) -> int:
         return len(self.target)
 
     def subset(self, rows: np.ndarray) -> "ValidationSet":
         time = None if self.time is None else self.time[rows]
-        return ValidationSet(self.history[rows], self.target[rows], [self.exclude[r] for r in rows], time)
+        users = None if self.users is None else self.users[rows]
+        return ValidationSet(self.history[rows], self.target[rows], [self.exclude[r] for r in rows], time, users)
 
     def split(self, share: float, seed: int) -> tuple["ValidationSet", "ValidationSet"]:
         """(the rest, a seeded ``share`` of the users)."""
@@ -46,11 +49,11 @@ class ValidationSet:
         return self.subset(np.flatnonzero(~taken)), self.subset(np.flatnonzero(taken))
 
     def sample(self, n: int, seed: int) -> "ValidationSet":
-        """At most ``n`` users, drawn with ``seed``: scoring every user against the whole
-        catalogue at each refresh costs users x items, too much at millions of each."""
+        """At most ``n`` users, a ``stable_sample`` by user id: scoring every user against the
+        whole catalogue at each refresh costs users x items, too much at millions of each."""
         if n <= 0 or len(self) <= n:
             return self
-        return self.subset(np.sort(np.random.default_rng(seed).choice(len(self), size=n, replace=False)))
+        return self.subset(stable_sample(np.arange(len(self)) if self.users is None else self.users, n, seed))
 
 
 @dataclass(frozen=True)
@@ -180,7 +183,7 @@ def build_validation(
     target = item_ids.get_indexer(held[ITEM_COL]).astype(np.int64)
     exclude = [np.unique(h) for h, k in zip(histories, keep) if k]
     time = held[TIMESTAMP_COL].to_numpy(np.int64)[keep]
-    return train, ValidationSet(history[keep], target[keep], exclude, time)
+    return train, ValidationSet(history[keep], target[keep], exclude, time, held[USER_COL].to_numpy()[keep])
 
 
 def prepare_training_data(
@@ -198,7 +201,7 @@ def prepare_training_data(
         item_ids: the catalogue in row order.
         interactions: user_id, item_id, timestamp, is_validation (the features stage's
             ``interactions_train``).
-        max_validation_users: validation users early stopping scores (a sample drawn with ``seed``).
+        max_validation_users: validation users early stopping scores (a ``stable_sample`` by user id).
         ranking_share: the share of validation users set aside for the ranker, so that no event
             both picks the model (early stopping) and teaches or judges the ranker (on events
             that chose it, the retrieval order looks better than it is); 0: the ranker learns
