@@ -654,6 +654,10 @@ def main(argv: list[str] | None = None) -> None:
         for uri, path in getattr(args, "landed", {}).items():
             message = message.replace(uri, path)
         raise SystemExit(f"recsys {args.command}: {message}") from None
+    except KeyboardInterrupt:
+        if args.verbose:
+            raise
+        raise SystemExit(f"recsys {args.command}: interrupted (--verbose shows where)") from None
 
 
 if __name__ == "__main__":

@@ -129,14 +129,17 @@ def pooled_outputs(
     pooled[rows >= 0] = cached.pooled[rows[rows >= 0]]
     computed = EncoderOutputs.empty(model.config.dim)
     if len(todo):
-        texts = documents[DOCUMENT_COL].iloc[todo].tolist()
+        # A text that repeats (users' words often do) goes through the transformer once.
+        codes, todo_hashes = pd.factorize(hashes[todo])
+        first = todo[np.unique(codes, return_index=True)[1]]
+        texts = documents[DOCUMENT_COL].iloc[first].tolist()
         if pool is not None:
             fresh = pool(texts)
         else:
             docs = TokenizedDocuments.from_texts(tokenizer, texts, model.config.max_length)
             fresh = embed_text(model, docs, batch_size, device, pooled=True).cpu().numpy()
-        pooled[todo] = fresh
-        computed = EncoderOutputs(pd.Index(hashes[todo], dtype=object), fresh).unique()
+        pooled[todo] = fresh[codes]
+        computed = EncoderOutputs(pd.Index(todo_hashes, dtype=object), fresh)
     return pooled, computed
 
 
@@ -252,7 +255,7 @@ class CachedTexts:
         self.storage, self.model, self.tokenizer, self.cfg, self.device = storage, model, tokenizer, cfg, device
         self.pool = None if self.runtime == "torch" else self._pool  # None: pooled_outputs' own fp32 path
         self.pooler = None
-        self.known: EncoderOutputs | None = None
+        self.known = EncoderOutputs.empty(model.config.dim)  # what this object has read or computed
 
     def _pool(self, texts: list[str]) -> np.ndarray:
         if self.pooler is None:  # built on first need (an ONNX runtime exports the model): all may be cached
@@ -260,9 +263,13 @@ class CachedTexts:
         return self.pooler(texts)
 
     def __call__(self, texts: list[str]) -> np.ndarray:
-        if self.known is None:
-            self.known = self.storage.read_encoder_outputs(self.key) or EncoderOutputs.empty(self.model.config.dim)
-        frame = pd.DataFrame({DOCUMENT_COL: list(texts), CONTENT_HASH_COL: text_hashes(texts)})
+        hashes = text_hashes(texts)
+        wanted = pd.Index(hashes, dtype=object).unique()
+        # Only these texts' rows are read: the cache also holds every typed interest recommend saw.
+        stored = self.storage.read_encoder_outputs(self.key, wanted[self.known.rows(wanted) < 0])
+        if stored is not None:
+            self.known = self.known.concat(stored)
+        frame = pd.DataFrame({DOCUMENT_COL: list(texts), CONTENT_HASH_COL: hashes})
         pooled, computed = pooled_outputs(self.model, self.tokenizer, frame, self.cfg.batch_size, self.device,
                                           self.known, self.pool)  # fmt: skip
         if len(computed):

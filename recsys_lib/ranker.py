@@ -48,7 +48,6 @@ import scipy.sparse as sp
 from recsys_lib.baselines import EASE, ItemKNN, UsersEASE, interaction_matrix
 from recsys_lib.embedding import ItemVectors
 from recsys_lib.logs import Progress
-from recsys_lib.retrieval import retrieval_items
 from recsys_lib.schema import ITEM_COL, TIMESTAMP_COL, USER_COL
 from recsys_lib.settings import RankSettings
 
@@ -538,13 +537,12 @@ def retrieve(retriever, histories: list[np.ndarray], exclude: list[np.ndarray], 
     scores = np.full((len(histories), width), -np.inf, dtype=np.float32)
     ids = np.full((len(histories), width), -1, dtype=np.int64)
     rows = np.flatnonzero(~fallback)
-    index_rows = None if also is None else retrieval_items(retriever.items.vectors, retriever.items.bias)
     for start in range(0, len(rows), retriever.batch_size):
         batch = rows[start : start + retriever.batch_size]
         s, i = top_n(retriever.search, queries[batch], [exclude[r] for r in batch], m, len(retriever.items))
         if also is not None:
             extra = np.where((also[batch, :, None] == i[:, None, :]).any(2), -1, also[batch])
-            extra_scores = _scores_of(queries[batch], index_rows, extra)
+            extra_scores = _scores_of(queries[batch], retriever.items, extra)
             s = np.concatenate([s, np.where(extra >= 0, extra_scores, -np.inf)], axis=1)
             i = np.concatenate([i, extra], axis=1)
             order = np.argsort(-s, axis=1, kind="stable")
@@ -553,14 +551,19 @@ def retrieve(retriever, histories: list[np.ndarray], exclude: list[np.ndarray], 
     return scores, ids
 
 
-def _scores_of(queries: np.ndarray, index_rows: np.ndarray, ids: np.ndarray, chunk: int = 256) -> np.ndarray:
-    """Exact scores [u, e] of each user's query against its items ``ids`` [u, e] (-1 pads: any
-    score), a ``chunk`` of users at a time: the gathered rows of a whole batch of users took
-    hundreds of megabytes, to be read once (re-ranking 8,192 users at 100k items: 19 s -> 15-17 s)."""
+def _scores_of(queries: np.ndarray, items: ItemVectors, ids: np.ndarray, chunk: int = 256) -> np.ndarray:
+    """Exact scores [u, e] of each user's index query [u, d + 1] against its items ``ids`` [u, e]
+    (-1 pads: any score): the inner product with the items' index rows, [vector, bias], read
+    from the vectors and biases themselves, a ``chunk`` of users at a time. Gathering the rows
+    of a whole batch of users took hundreds of megabytes, and building the index rows for each
+    batch copied the catalogue twice (re-ranking 8,192 users at 100k items: 19 s -> 15-17 s)."""
     out = np.empty(ids.shape, np.float32)
+    d = items.vectors.shape[1]
     for start in range(0, len(ids), chunk):
         part = slice(start, start + chunk)
-        out[part] = np.einsum("ud,ued->ue", queries[part], index_rows[ids[part].clip(min=0)])
+        safe = ids[part].clip(min=0)
+        cosine = np.einsum("ud,ued->ue", queries[part, :d], items.vectors[safe])
+        out[part] = cosine + queries[part, d:] * items.bias[safe]
     return out
 
 

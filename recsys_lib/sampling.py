@@ -19,10 +19,21 @@ import pandas as pd
 
 
 def stable_sample(keys, n: int, seed: int) -> np.ndarray:
-    """Sorted positions in ``keys`` of at most ``n`` of them (``n`` <= 0: all): those whose hash
-    (SipHash of the key's text under ``seed``) is smallest."""
-    keys = np.asarray(keys)
+    """Sorted positions in ``keys`` of at most ``n`` of them (``n`` <= 0: all): those whose
+    ``key_hashes`` are smallest."""
     if n <= 0 or len(keys) <= n:
         return np.arange(len(keys))
-    hashes = pd.util.hash_array(keys.astype(str).astype(object), hash_key=str(seed).rjust(16, "0")[-16:])
-    return np.sort(np.argpartition(hashes, n - 1)[:n])
+    return np.sort(np.argpartition(key_hashes(keys, seed), n - 1)[:n])
+
+
+def stable_share(keys, share: float, seed: int) -> np.ndarray:
+    """[n] bool: about ``share`` of the keys, each chosen by its own hash alone (``seed``), so a
+    key keeps its side of the split however many others come and go."""
+    hashes = key_hashes(keys, seed)
+    return np.ones(len(hashes), bool) if share >= 1 else hashes < np.uint64(int(max(share, 0.0) * 2**64))
+
+
+def key_hashes(keys, seed: int) -> np.ndarray:
+    """[n] uint64: SipHash of each key's text under ``seed`` (the id 30 and the id "30" hash alike)."""
+    text = pd.Index(keys).astype(str).to_numpy(dtype=object)  # no copy of what is text already
+    return pd.util.hash_array(text, hash_key=str(seed).rjust(16, "0")[-16:], categorize=False)

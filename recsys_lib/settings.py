@@ -17,11 +17,13 @@ Tests: tests/unit/recsys_lib/test_settings.py.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import tomllib
 import types
 import typing
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
@@ -63,6 +65,13 @@ def _share(settings: Any, section: str, *names: str) -> None:
     _require(section, settings, "between 0 and 1", lambda v: 0 <= v <= 1, names)
 
 
+def _iso_or_empty(value: str) -> bool:
+    try:
+        return not value or bool(datetime.fromisoformat(value))
+    except ValueError:
+        return False
+
+
 @dataclass(frozen=True)
 class StorageSettings:
     """Where data lives. Roots are local directories or ``s3://bucket/prefix`` URIs."""
@@ -94,6 +103,11 @@ class IngestSettings:
     require_known_items: bool
     encoding: str
     min_timestamp: str
+
+    def __post_init__(self):
+        _share(self, "ingest", "max_reject_fraction")
+        _require("ingest", self, "an ISO-8601 date or time (e.g. 1990-01-01) or empty", _iso_or_empty,
+                 ("min_timestamp",))  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -277,6 +291,12 @@ class RulesSettings:
     diversity: float
     fallback_by_segment: bool
     min_segment_users: int
+
+    def __post_init__(self):
+        _share(self, "rules", "diversity")
+        _count(self, "rules", "max_per_category", "min_segment_users")
+        _require("rules", self, "a finite number", math.isfinite, ("new_item_boost",))
+        _require("rules", self, "a finite number or empty", lambda v: v is None or math.isfinite(v), ("min_score",))
 
 
 @dataclass(frozen=True)

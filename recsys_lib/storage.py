@@ -19,6 +19,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 import uuid
 from abc import ABC, abstractmethod
 from contextlib import contextmanager
@@ -31,7 +32,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from recsys_lib.errors import MissingInput, SettingsError, StorageError
-from recsys_lib.schema import ITEM_COL
+from recsys_lib.schema import CONTENT_HASH_COL, ENTITIES, ITEM_COL
 from recsys_lib.settings import Settings, StorageSettings
 
 if TYPE_CHECKING:
@@ -113,12 +114,13 @@ class ObjectStore(ABC):
             if k.endswith(PARQUET_SUFFIX) and not os.path.basename(k).startswith(("_", "."))
         ]
 
-    def read_table(self, key: str, columns: list[str] | None = None) -> pa.Table:
-        """Read every Parquet part under ``key`` into one table."""
+    def read_table(self, key: str, columns: list[str] | None = None, filters=None) -> pa.Table:
+        """Read every Parquet part under ``key`` into one table (``filters``: rows kept, as
+        ``pyarrow.parquet.read_table`` takes them)."""
         parts = self.parquet_parts(key)
         if not parts:
             raise StorageError(f"no Parquet table at {self.uri(key)}")
-        tables = [pq.read_table(self._parquet_source(p), columns=columns) for p in parts]
+        tables = [pq.read_table(self._parquet_source(p), columns=columns, filters=filters) for p in parts]
         return pa.concat_tables(tables, promote_options="default") if len(tables) > 1 else tables[0]
 
     def replace_table(self, key: str, table: pa.Table, **parquet_options) -> str:
@@ -525,25 +527,33 @@ class Storage:
     def trial_raw_drops(self, ds: str, files: dict[str, dict[str, Path]]) -> Iterator[dict[str, list[str]]]:
         """Make ``files`` (entity -> name -> local file) the raw drops of ds while the block
         runs, and keep them only if it succeeds: a run that fails leaves each earlier drop as it
-        was, so the next run of ds (a scheduled one, say) does not read the rejected files.
-        Yields the landed URIs of each entity."""
+        was, so the next run of ds (a scheduled one, say) does not read the rejected files. What
+        the stages derive from the drop for ds is kept the same way: the lake partitions of ds
+        (every later night's training reads them) and its features (``recsys show`` reads their
+        titles), so a run refused in train leaves the lake as it found it. The quarantine keeps
+        the failed run's rows: they say why it failed. Yields the landed URIs of each entity."""
         token = uuid.uuid4().hex
-        set_aside: dict[str, str | None] = {}
+        set_aside: dict[str, str | None] = {}  # prefix -> where its earlier content waits (None: it had none)
+
+        def put_aside(prefix: str, aside: str) -> None:
+            set_aside[prefix] = None
+            if self.work.list(prefix + "/"):
+                set_aside[prefix] = aside
+                self.work.replace_prefix(prefix, aside)
+
         try:
             uris = {}
             for entity, named in files.items():
-                prefix = self.raw(entity, ds)
-                set_aside[entity] = None
-                if self.work.list(prefix + "/"):
-                    set_aside[entity] = f"raw/{entity}/.replaced-{ds}-{token}"
-                    self.work.replace_prefix(prefix, set_aside[entity])
+                put_aside(self.raw(entity, ds), f"raw/{entity}/.replaced-{ds}-{token}")
                 uris[entity] = self.replace_raw_drop(entity, ds, named)
+            for derived in [*(self.lake_partition(entity, ds) for entity in ENTITIES), f"features/ds={ds}"]:
+                put_aside(derived, f"staging/replaced-{token}/{derived}")
             yield uris
         except BaseException:
-            for entity, aside in set_aside.items():
-                self.work.delete_prefix(self.raw(entity, ds) + "/")
+            for prefix, aside in set_aside.items():
+                self.work.delete_prefix(prefix + "/")
                 if aside is not None:
-                    self.work.replace_prefix(aside, self.raw(entity, ds))
+                    self.work.replace_prefix(aside, prefix)
             raise
         for aside in set_aside.values():
             if aside is not None:
@@ -585,17 +595,26 @@ class Storage:
         return self.work.read_table(key)
 
     # The encoder-output cache.
-    def read_encoder_outputs(self, fingerprint: str) -> "EncoderOutputs | None":
+    def read_encoder_outputs(self, fingerprint: str, hashes=None) -> "EncoderOutputs | None":
+        """The cached outputs of an encoder (``hashes``: only those, whatever the cache holds)."""
         from recsys_lib.embedding import EncoderOutputs
 
         key = self.encoder_outputs(fingerprint)
-        return EncoderOutputs.from_table(self.work.read_table(key)) if self.work.table_exists(key) else None
+        if not self.work.table_exists(key) or (hashes is not None and not len(hashes)):
+            return None
+        filters = None if hashes is None else [(CONTENT_HASH_COL, "in", list(hashes))]
+        return EncoderOutputs.from_table(self.work.read_table(key, filters=filters))
 
     def add_encoder_outputs(self, fingerprint: str, table: pa.Table) -> None:
         """Append outputs as a new part (parts are never rewritten: readers keep the first row of
-        a hash)."""
-        key = self.encoder_outputs(fingerprint)
-        self.work.write_table(key, table, part=len(self.work.parquet_parts(key)))
+        a hash). Each part's name is its own (write time, then a random suffix): recommend and
+        evaluate run side by side and add to the same cache, and numbered parts would let one
+        overwrite the other's."""
+        key = self.encoder_outputs(fingerprint).rstrip("/")
+        buf = io.BytesIO()
+        pq.write_table(table, buf)
+        part = f"part-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}{PARQUET_SUFFIX}"
+        self.work.write_bytes(f"{key}/{part}", buf.getvalue())
 
     # The FAISS index: the index file, its id map (row -> item id) and its manifest.
     def write_index(self, ds: str, model_version: str, index, item_ids: list[str], manifest: dict[str, Any]) -> str:

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from recsys_lib.models.two_tower import PAD, history_matrix
-from recsys_lib.sampling import stable_sample
+from recsys_lib.sampling import stable_sample, stable_share
 from recsys_lib.schema import HOLDOUT_COL, ITEM_COL, QUERY_COL, TIMESTAMP_COL, USER_COL, VALIDATION_COL, WEIGHT_COL
 
 
@@ -44,8 +44,8 @@ class ValidationSet:
         return ValidationSet(self.history[rows], self.target[rows], [self.exclude[r] for r in rows], time, users)
 
     def split(self, share: float, seed: int) -> tuple["ValidationSet", "ValidationSet"]:
-        """(the rest, a seeded ``share`` of the users)."""
-        taken = np.random.default_rng(seed).random(len(self)) < share
+        """(the rest, a ``share`` of the users, a ``stable_share`` by user id)."""
+        taken = stable_share(np.arange(len(self)) if self.users is None else self.users, share, seed)
         return self.subset(np.flatnonzero(~taken)), self.subset(np.flatnonzero(taken))
 
     def sample(self, n: int, seed: int) -> "ValidationSet":

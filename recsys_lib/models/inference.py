@@ -206,9 +206,12 @@ def onnx_pooler(model, runtime: str, cache_dir: str | Path) -> OnnxPooler:
 
 
 def cache_key(fingerprint: str, runtime: str) -> str:
-    """The encoder-output cache key: int8 outputs are not the fp32 ones, so they are kept apart;
-    ONNX fp32 and bf16 outputs are the fp32 ones to within 1e-5 (as a GPU's bf16 ones have
-    always been) and share their cache."""
+    """The encoder-output cache key: int8 outputs are not the fp32 ones, so they are kept apart.
+    ONNX fp32 outputs are the fp32 ones to within 1e-5; bf16 autocast ones (a GPU's, and a CPU's
+    that runs bf16) to a cosine of 0.99997 (the bundled MiniLM over 400 sample titles: largest
+    component difference 0.01 at a scale of 0.25, 99% of each title's 10 nearest the same). They
+    share their cache, so a night reuses what any of them computed; an entry is what its first
+    writer computed, and every later reader, on any host, reads that."""
     return f"{fingerprint}-int8" if runtime == "onnx-int8" else fingerprint
 
 

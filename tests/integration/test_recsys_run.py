@@ -104,6 +104,22 @@ def test_recsys_run_publishes_tables_for_every_user(tmp_path, tiny_encoder, caps
               "--config", str(config)])  # fmt: skip
     assert capsys.readouterr().out.splitlines()[-1].startswith("User nobody: not in version ")
 
+    # A refused run of the same ds (its events file has none: train has nothing to learn from)
+    # changes nothing the next night or a reader sees: the drop, the lake and the features of ds
+    # are as they were, though ingest and features ran before train refused.
+    def derived() -> dict:
+        work = tmp_path / "work"
+        kept = [p for p in work.rglob("*") if p.is_file() and {"raw", "lake", "features"} & set(p.parts)]
+        return {str(p.relative_to(work)): p.read_bytes() for p in kept if "mlflow" not in p.parts}
+
+    before = derived()
+    assert any("lake" in key for key in before) and any("features" in key for key in before)
+    (tmp_path / "none.parquet").write_bytes(to_bytes(interactions.iloc[:0], "parquet"))
+    command[command.index("--interactions") + 1] = str(tmp_path / "none.parquet")
+    refused = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
+    assert refused.returncode != 0 and "nothing to train on" in refused.stderr, refused.stderr[-2000:]
+    assert derived() == before
+
 
 def test_recsys_benchmark_prints_one_table_on_the_random_item_split(tmp_path, tiny_encoder):
     data = synthetic.generate_dataset(n_users=40, n_items=30, interactions_per_user=8, seed=6)

@@ -88,6 +88,25 @@ def test_users_words_go_through_the_transformer_once_per_encoder(settings, tiny_
     assert CachedTexts(storage, tuned, tokenizer, settings.embed, torch.device("cpu")).key != words.key
 
 
+def test_a_text_that_repeats_goes_through_the_transformer_once(tiny_encoder):
+    from recsys_lib.embedding import pooled_outputs
+    from recsys_lib.models.two_tower import TokenizedDocuments, embed_text
+
+    model, tokenizer = TwoTowerModel.from_encoder(str(tiny_encoder), 3, 16, 0.05)
+    encoded = []
+
+    def pool(texts):  # the fp32 path, recording what it is given
+        encoded.extend(texts)
+        docs = TokenizedDocuments.from_texts(tokenizer, texts, model.config.max_length)
+        return embed_text(model, docs, 8, torch.device("cpu"), pooled=True).numpy()
+
+    frame = documents(["jazz", "drama", "jazz", "jazz"])
+    pooled, computed = pooled_outputs(model, tokenizer, frame, 8, torch.device("cpu"), None, pool)
+    assert encoded == ["jazz", "drama"] and len(computed) == 2
+    np.testing.assert_array_equal(pooled[0], pooled[3])
+    np.testing.assert_allclose(pooled, pool(frame["document"].tolist()), atol=1e-6)
+
+
 def test_encoder_outputs_roundtrip_through_a_table():
     outputs = EncoderOutputs(pd.Index(["h1", "h2", "h1"], dtype=object), np.arange(6, dtype=np.float32).reshape(3, 2))
     again = EncoderOutputs.from_table(outputs.to_table())

@@ -1,6 +1,6 @@
 import numpy as np
 
-from recsys_lib.sampling import stable_sample
+from recsys_lib.sampling import stable_sample, stable_share
 
 
 def test_a_stable_sample_is_the_same_keys_whatever_their_order_and_survives_new_keys():
@@ -26,3 +26,12 @@ def test_a_sample_as_large_as_the_keys_is_every_position():
     # A key is hashed as text: the id 30 and the id "30" are the same user.
     as_text = stable_sample(np.array(["30", "10", "20"]), 2, seed=0)
     assert stable_sample(np.array([30, 10, 20]), 2, seed=0).tolist() == as_text.tolist()
+
+
+def test_a_stable_share_keeps_each_key_on_its_side():
+    users = np.array([f"u{i}" for i in range(2_000)])
+    taken = stable_share(users, 0.25, seed=3)
+    assert 0.2 < taken.mean() < 0.3
+    grown = np.concatenate([users[::-1], [f"new{i}" for i in range(100)]])
+    np.testing.assert_array_equal(stable_share(grown, 0.25, seed=3)[:2_000], taken[::-1])
+    assert not stable_share(users, 0.0, seed=3).any() and stable_share(users, 1.0, seed=3).all()

@@ -76,6 +76,11 @@ def test_profiles_stack_in_order(tmp_path):
         ({"RECSYS__STORAGE__PUBLISH_ROOT": " "}, "storage.publish_root must be a directory or an s3:// URI"),
         ({"RECSYS__EVALUATE__BASELINES": "als,lightfm"}, "settings.evaluate.baselines: expected one of popularity"),
         ({"RECSYS__FEATURES__EVENT_WEIGHTS": "view=0.2,click"}, "expected event_type=weight (>= 0), got 'click'"),
+        ({"RECSYS__INGEST__MAX_REJECT_FRACTION": "nan"}, "ingest.max_reject_fraction must be between 0 and 1, got nan"),
+        ({"RECSYS__INGEST__MIN_TIMESTAMP": "yesterday"}, "ingest.min_timestamp must be an ISO-8601 date or time"),
+        ({"RECSYS__RULES__DIVERSITY": "7"}, "rules.diversity must be between 0 and 1, got 7.0"),
+        ({"RECSYS__RULES__MAX_PER_CATEGORY": "-3"}, "rules.max_per_category must be 0 or more, got -3"),
+        ({"RECSYS__RULES__NEW_ITEM_BOOST": "nan"}, "rules.new_item_boost must be a finite number, got nan"),
     ],
 )
 def test_bad_values_name_the_key(tmp_path, env, message):

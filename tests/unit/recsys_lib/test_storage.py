@@ -126,6 +126,26 @@ def test_item_embeddings_and_encoder_outputs(settings):
         outputs = EncoderOutputs(pd.Index(hashes, dtype=object), np.ones((2, 4), np.float32))
         storage.add_encoder_outputs("f00d", outputs.to_table())
     assert sorted(storage.read_encoder_outputs("f00d").hashes) == ["h1", "h2", "h3"]
+    # Only the rows asked for: the cache may hold far more than a reader needs.
+    assert list(storage.read_encoder_outputs("f00d", hashes=["h3", "h9"]).hashes) == ["h3"]
+    assert storage.read_encoder_outputs("f00d", hashes=[]) is None
+
+
+def test_two_stages_adding_to_one_cache_at_once_lose_nothing(settings):
+    """Recommend and evaluate run side by side and may add to the same cache: each part is
+    named for itself, so neither write replaces the other's (numbered parts did, when both
+    listed the same parts before writing)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def add(name: str) -> None:
+        storage = Storage(settings)
+        for n in range(25):
+            outputs = EncoderOutputs(pd.Index([f"{name}{n}"], dtype=object), np.ones((1, 2), np.float32))
+            storage.add_encoder_outputs("beef", outputs.to_table())
+
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(add, ["recommend", "evaluate"]))
+    assert len(Storage(settings).read_encoder_outputs("beef")) == 50
 
 
 def test_index_and_evaluation_roundtrip(settings):
@@ -146,24 +166,35 @@ def test_index_and_evaluation_roundtrip(settings):
 
 
 def test_a_trial_raw_drop_is_kept_only_when_its_block_succeeds(settings, object_store, tmp_path):
+    """And so is what the stages derived from it: a run refused after ingest (in train, say, or
+    interrupted) leaves the lake and the features of ds as it found them."""
     storage = Storage(settings)
     storage.work = object_store
     storage.replace_raw_drop("items", "2026-01-01", {"old.csv": b"earlier"})
+    lake, features = "lake/items/ds=2026-01-01/part-00000.parquet", "features/ds=2026-01-01/split.json"
+    object_store.write_bytes(lake, b"earlier rows")
+    object_store.write_bytes(features, b"earlier split")
     new = tmp_path / "new.csv"
     new.write_bytes(b"rejected")
     with pytest.raises(RuntimeError, match="the run failed"):
         with storage.trial_raw_drops("2026-01-01", {"items": {"new.csv": new}, "users": {"u.csv": new}}) as uris:
             assert uris["items"] == [object_store.uri("raw/items/ds=2026-01-01/new.csv")]
             assert storage.raw_files("users", "2026-01-01") == ["raw/users/ds=2026-01-01/u.csv"]
-            raise RuntimeError("the run failed")
+            object_store.write_bytes(lake, b"rejected rows")  # ingest ran
+            object_store.write_bytes("lake/users/ds=2026-01-01/part-00000.parquet", b"rejected users")
+            object_store.write_bytes(features, b"rejected split")  # so did features
+            raise RuntimeError("the run failed")  # then train refused
     assert storage.raw_files("items", "2026-01-01") == ["raw/items/ds=2026-01-01/old.csv"]
     assert object_store.read_bytes("raw/items/ds=2026-01-01/old.csv") == b"earlier"
     assert storage.raw_files("users", "2026-01-01") == []  # it had no drop before
     assert object_store.list("raw/") == ["raw/items/ds=2026-01-01/old.csv"]  # nothing set aside is left
+    assert object_store.list("lake/") == [lake] and object_store.read_bytes(lake) == b"earlier rows"
+    assert object_store.read_bytes(features) == b"earlier split" and object_store.list("staging/") == []
 
     with storage.trial_raw_drops("2026-01-01", {"items": {"new.csv": new}}):
-        pass
+        object_store.write_bytes(lake, b"new rows")
     assert object_store.list("raw/") == ["raw/items/ds=2026-01-01/new.csv"]
+    assert object_store.read_bytes(lake) == b"new rows" and object_store.list("staging/") == []
 
 
 def test_the_split_that_ran_is_read_back_and_an_unrecorded_auto_one_is_unknown(settings):
