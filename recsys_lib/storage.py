@@ -603,7 +603,8 @@ class Storage:
         if not self.work.table_exists(key) or (hashes is not None and not len(hashes)):
             return None
         filters = None if hashes is None else [(CONTENT_HASH_COL, "in", list(hashes))]
-        return EncoderOutputs.from_table(self.work.read_table(key, filters=filters))
+        table = self.work.read_table(key, filters=filters)
+        return EncoderOutputs.from_table(table) if table.num_rows else None
 
     def add_encoder_outputs(self, fingerprint: str, table: pa.Table) -> None:
         """Append outputs as a new part (parts are never rewritten: readers keep the first row of

@@ -129,6 +129,7 @@ def test_item_embeddings_and_encoder_outputs(settings):
     # Only the rows asked for: the cache may hold far more than a reader needs.
     assert list(storage.read_encoder_outputs("f00d", hashes=["h3", "h9"]).hashes) == ["h3"]
     assert storage.read_encoder_outputs("f00d", hashes=[]) is None
+    assert storage.read_encoder_outputs("f00d", hashes=["h9"]) is None  # none of them there
 
 
 def test_two_stages_adding_to_one_cache_at_once_lose_nothing(settings):
