@@ -554,9 +554,9 @@ def retrieve(retriever, histories: list[np.ndarray], exclude: list[np.ndarray], 
 def _scores_of(queries: np.ndarray, items: ItemVectors, ids: np.ndarray, chunk: int = 256) -> np.ndarray:
     """Exact scores [u, e] of each user's index query [u, d + 1] against its items ``ids`` [u, e]
     (-1 pads: any score): the inner product with the items' index rows, [vector, bias], read
-    from the vectors and biases themselves, a ``chunk`` of users at a time. Gathering the rows
-    of a whole batch of users took hundreds of megabytes, and building the index rows for each
-    batch copied the catalogue twice (re-ranking 8,192 users at 100k items: 19 s -> 15-17 s)."""
+    from the vectors and biases themselves (building the index rows copied the catalogue twice
+    for every batch re-ranked), a ``chunk`` of users at a time (gathering a whole batch's rows
+    took hundreds of megabytes: re-ranking 8,192 users at 100k items, 19 s -> 15-17 s)."""
     out = np.empty(ids.shape, np.float32)
     d = items.vectors.shape[1]
     for start in range(0, len(ids), chunk):

@@ -100,10 +100,12 @@ class ObjectStore(ABC):
         return sorted(names)
 
     # Parquet: tables are folders of part files, as Spark writes them.
-    def write_table(self, key: str, table: pa.Table, part: int = 0, **parquet_options) -> str:
+    def write_table(self, key: str, table: pa.Table, part: int | str = 0, **parquet_options) -> str:
+        """Write ``table`` as the part named ``part`` (a number, or a name of its own) under ``key``."""
         buf = io.BytesIO()
         pq.write_table(table, buf, **parquet_options)
-        part_key = f"{key.rstrip('/')}/part-{part:05d}{PARQUET_SUFFIX}"
+        name = f"{part:05d}" if isinstance(part, int) else part
+        part_key = f"{key.rstrip('/')}/part-{name}{PARQUET_SUFFIX}"
         self.write_bytes(part_key, buf.getvalue())
         return part_key
 
@@ -455,12 +457,17 @@ class Storage:
         return f"quarantine/{entity}/ds={ds}"
 
     @staticmethod
+    def features_partition(ds: str) -> str:
+        """Every feature table of ds."""
+        return f"features/ds={ds}"
+
+    @staticmethod
     def features(name: FeatureTable, ds: str) -> str:
-        return f"features/ds={ds}/{FeatureTable(name)}"
+        return f"{Storage.features_partition(ds)}/{FeatureTable(name)}"
 
     @staticmethod
     def features_split(ds: str) -> str:
-        return f"features/ds={ds}/split.json"
+        return f"{Storage.features_partition(ds)}/split.json"
 
     @staticmethod
     def item_embeddings(ds: str, model_version: str) -> str:
@@ -546,7 +553,7 @@ class Storage:
             for entity, named in files.items():
                 put_aside(self.raw(entity, ds), f"raw/{entity}/.replaced-{ds}-{token}")
                 uris[entity] = self.replace_raw_drop(entity, ds, named)
-            for derived in [*(self.lake_partition(entity, ds) for entity in ENTITIES), f"features/ds={ds}"]:
+            for derived in [*(self.lake_partition(entity, ds) for entity in ENTITIES), self.features_partition(ds)]:
                 put_aside(derived, f"staging/replaced-{token}/{derived}")
             yield uris
         except BaseException:
@@ -611,11 +618,8 @@ class Storage:
         a hash). Each part's name is its own (write time, then a random suffix): recommend and
         evaluate run side by side and add to the same cache, and numbered parts would let one
         overwrite the other's."""
-        key = self.encoder_outputs(fingerprint).rstrip("/")
-        buf = io.BytesIO()
-        pq.write_table(table, buf)
-        part = f"part-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}{PARQUET_SUFFIX}"
-        self.work.write_bytes(f"{key}/{part}", buf.getvalue())
+        part = f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}"
+        self.work.write_table(self.encoder_outputs(fingerprint), table, part=part)
 
     # The FAISS index: the index file, its id map (row -> item id) and its manifest.
     def write_index(self, ds: str, model_version: str, index, item_ids: list[str], manifest: dict[str, Any]) -> str:

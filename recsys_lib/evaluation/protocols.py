@@ -144,7 +144,7 @@ def scored_sample(
     if max_users <= 0 or len(users) <= max_users:
         return holdout, cold_events
     chosen = users[stable_sample(users, max_users, seed)]
-    log.info("scoring a seeded sample of %d of the %d users with held-out events", max_users, len(users))
+    log.info("scoring a stable sample of %d of the %d users with held-out events", max_users, len(users))
     return holdout[holdout[USER_COL].isin(chosen)], cold_events[cold_events[USER_COL].isin(chosen)]
 
 

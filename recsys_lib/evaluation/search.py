@@ -164,7 +164,7 @@ def check_interests(
         return {"interests.used": 0.0}
     validation = validation.sample(MAX_INTEREST_USERS, seed)
     histories = [h[h != NO_ITEM] for h in validation.history]
-    rows, vectors, used = reference_users(retriever, histories, validation.exclude, pairs, validation.users, seed)
+    rows, vectors, used = reference_users(retriever, histories, validation.exclude, pairs, validation.keys, seed)
     if len(rows) < MIN_INTEREST_USERS:
         return {"interests.used": 0.0, "interests.users": float(len(rows))}
     exclude = [validation.exclude[r] for r in rows]

@@ -38,6 +38,11 @@ class ValidationSet:
     def __len__(self) -> int:
         return len(self.target)
 
+    @property
+    def keys(self) -> np.ndarray:
+        """What samples and splits are drawn by: user ids, else positions."""
+        return np.arange(len(self)) if self.users is None else self.users
+
     def subset(self, rows: np.ndarray) -> "ValidationSet":
         time = None if self.time is None else self.time[rows]
         users = None if self.users is None else self.users[rows]
@@ -45,7 +50,7 @@ class ValidationSet:
 
     def split(self, share: float, seed: int) -> tuple["ValidationSet", "ValidationSet"]:
         """(the rest, a ``share`` of the users, a ``stable_share`` by user id)."""
-        taken = stable_share(np.arange(len(self)) if self.users is None else self.users, share, seed)
+        taken = stable_share(self.keys, share, seed)
         return self.subset(np.flatnonzero(~taken)), self.subset(np.flatnonzero(taken))
 
     def sample(self, n: int, seed: int) -> "ValidationSet":
@@ -53,7 +58,7 @@ class ValidationSet:
         whole catalogue at each refresh costs users x items, too much at millions of each."""
         if n <= 0 or len(self) <= n:
             return self
-        return self.subset(stable_sample(np.arange(len(self)) if self.users is None else self.users, n, seed))
+        return self.subset(stable_sample(self.keys, n, seed))
 
 
 @dataclass(frozen=True)

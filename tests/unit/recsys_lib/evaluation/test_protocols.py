@@ -172,6 +172,6 @@ def test_words_serve_users_known_by_them_only_where_they_beat_popularity(tiny_tw
     assert kept["interests.used"] == 0.0 and kept["interests.popularity_ndcg_at_1"] == 1.0
     assert search.check_interests(Retriever(tiny_two_tower, ITEMS, retriever.index, 2), validation, words,
                                   popular_e, k=1) == {"interests.used": 0.0}  # no tokenizer: no text path
-    # Many validation users: a seeded sample of MAX_INTEREST_USERS takes part.
+    # Many validation users: a stable sample of MAX_INTEREST_USERS takes part.
     monkeypatch.setattr(search, "MAX_INTEREST_USERS", 2)
     assert search.check_interests(retriever, validation, words, popular_e, k=1)["interests.users"] == 2.0
