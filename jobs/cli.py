@@ -297,9 +297,7 @@ def cmd_versions(args: argparse.Namespace) -> None:
         live = None
     versions = pub.list_versions(store)
     if not versions:
-        raise NothingPublished(
-            f"no published versions at {store.uri('')}; for a `recsys run` location pass the same --output"
-        )
+        raise NothingPublished(f"no published versions at {store.uri('')}")
     for m in versions:
         mark = "*" if live and m["version"] == live["version"] else " "
         rows = m["tables"][OutputTable.USER_TOPN]["rows"]
@@ -653,6 +651,8 @@ def main(argv: list[str] | None = None) -> None:
         message = str(e)
         for uri, path in getattr(args, "landed", {}).items():
             message = message.replace(uri, path)
+        if isinstance(e, NothingPublished) and not (getattr(args, "output", None) or getattr(args, "data_root", None)):
+            message += " (name another with --output or --data-root, or set RECSYS_DATA_ROOT)"
         raise SystemExit(f"recsys {args.command}: {message}") from None
     except KeyboardInterrupt:
         if args.verbose:

@@ -7,6 +7,7 @@ Tests: tests/unit/recsys_lib/test_lake.py (Spark on a local directory).
 
 from __future__ import annotations
 
+import logging
 from functools import reduce
 
 from pyspark.sql import DataFrame, SparkSession
@@ -14,7 +15,9 @@ from pyspark.sql import DataFrame, SparkSession
 from recsys_lib.errors import MissingInput, SchemaError
 from recsys_lib.schema import INTERESTS_COL, SEGMENT_COL, USER_COL
 from recsys_lib.storage import Storage
-from recsys_lib.validate import as_strings
+from recsys_lib.validate import as_strings, csv_separator
+
+log = logging.getLogger(__name__)
 
 RAW_FORMATS = {
     ".csv": "csv",
@@ -105,7 +108,12 @@ def read_raw_drop(
             check_encoding(storage, key, encoding)
         if fmt == "csv":
             # RFC 4180 quoting: a quote inside a quoted field is written twice.
-            df = spark.read.csv(path, header=True, inferSchema=False, escape='"', multiLine=True, encoding=charset)
+            options = dict(header=True, inferSchema=False, escape='"', multiLine=True, encoding=charset)
+            df = spark.read.csv(path, **options)
+            separator = csv_separator(df.columns, entity)
+            if separator:
+                log.info("%s: separated by %r, not commas: read as such", storage.work.uri(key), separator)
+                df = spark.read.csv(path, sep=separator, **options)
         elif fmt == "json":
             df = spark.read.json(path, encoding=charset)
         else:

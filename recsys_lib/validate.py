@@ -7,6 +7,8 @@ Tests: tests/unit/recsys_lib/test_validate.py.
 
 from __future__ import annotations
 
+import difflib
+import logging
 import re
 from dataclasses import dataclass
 
@@ -44,6 +46,8 @@ from recsys_lib.schema import (
 EPOCH_UNITS = ((1e17, 1e9), (1e14, 1e6), (1e11, 1e3))
 _LIST_SPLIT = r"\s*[|,;]\s*"
 ROW_COL = "_row"
+CSV_SEPARATORS = (";", "\t", "|")  # tried, in this order, when a CSV header reads as one column
+log = logging.getLogger(__name__)
 CORRUPT_RECORD = "_corrupt_record"  # Spark's column for JSON lines it cannot parse
 
 
@@ -63,6 +67,19 @@ class RejectSummary:
         return self.rejected / self.total if self.total else 0.0
 
 
+def csv_separator(header: list[str], entity: str) -> str | None:
+    """The separator of a CSV file read as comma-separated whose header came out as one column,
+    when splitting it by ';', a tab or '|' names every required column (a spreadsheet's export
+    in many locales); None when the header is not such a case."""
+    if len(header) != 1:
+        return None
+    for separator in CSV_SEPARATORS:
+        names = [name.strip().strip('"') for name in header[0].split(separator)]
+        if all(column in names for column in ENTITIES[entity].required):
+            return separator
+    return None
+
+
 def check_columns(columns: list[str], entity: str, source: str) -> None:
     """Raise SchemaError naming the file and the missing required columns (or why they look
     missing: an empty file, a header naming one twice, JSON that is not one object per line)."""
@@ -80,9 +97,11 @@ def check_columns(columns: list[str], entity: str, source: str) -> None:
     if twice:
         raise SchemaError(f"{source}: column(s) {', '.join(twice)} appear more than once in the header")
     if missing:
+        unknown = [c for c in columns if c not in ENTITIES[entity].optional]
+        hints = [f"{m}?" for c in missing for m in difflib.get_close_matches(c, unknown, n=1, cutoff=0.6)]
         raise SchemaError(
             f"{source}: missing required {entity} column(s) {', '.join(missing)} "
-            f"(found: {', '.join(columns) or 'none'})"
+            f"(found: {', '.join(columns) or 'none'}{'; misspelt: ' + ', '.join(hints) if hints else ''})"
         )
 
 
@@ -90,10 +109,17 @@ def as_strings(df: DataFrame, entity: str, source: str) -> DataFrame:
     """Project a raw file onto the entity's contract columns, every value as a trimmed string.
 
     Lists (Parquet/JSON arrays) are joined with '|' so that one parser handles every format.
-    Unknown columns are dropped; missing optional columns become null.
+    Unknown columns are dropped, with a warning that names them (and the contract column a
+    misspelt one was probably meant to be); missing optional columns become null.
     """
     check_columns(df.columns, entity, source)
     e = ENTITIES[entity]
+    ignored = [c for c in df.columns if c not in e.required + e.optional and c != CORRUPT_RECORD]
+    if ignored:
+        log.warning("%s: column(s) not in the %s contract, ignored: %s", source, entity, ", ".join(
+            c + "".join(f" (did you mean {m}?)" for m in difflib.get_close_matches(c, e.optional, n=1, cutoff=0.75))
+            for c in ignored
+        ))
     cols = []
     for name in e.required + e.optional:
         if name in df.columns:
@@ -332,11 +358,15 @@ def _reject_repeats(df: DataFrame, key: list[str], order: list[Column], reason: 
 
 def _split_list(name: str) -> Column:
     """A list column from a JSON array (``["Drama", "Thriller"]``) or a '|', ',' or ';'
-    separated string (``Drama|Thriller``)."""
+    separated string (``Drama|Thriller``). A JSON array that does not parse (``["Drama",
+    "Thriller"``, cut short) is read as separated text, its brackets and quotes trimmed from
+    each element."""
     text = F.coalesce(F.col(name), F.lit(""))
-    as_json = F.when(text.startswith("["), F.from_json(text, "array<string>"))
-    parts = F.coalesce(as_json, F.split(text, _LIST_SPLIT))
-    return F.filter(F.transform(parts, lambda x: F.trim(x)), lambda x: x.isNotNull() & (x != ""))
+    as_json = F.transform(F.from_json(text, "array<string>"), lambda x: F.trim(x))
+    unquoted = r"^[\s\[\]\"']+|[\s\[\]\"']+$"
+    separated = F.transform(F.split(text, _LIST_SPLIT), lambda x: F.regexp_replace(x, unquoted, ""))
+    trimmed = F.coalesce(F.when(text.startswith("["), as_json), separated)
+    return F.filter(trimmed, lambda x: x.isNotNull() & (x != ""))
 
 
 def _rejected(df: DataFrame, entity: str, ds: str) -> DataFrame:

@@ -63,7 +63,7 @@ def test_versions_and_rollback_move_the_pointer_and_the_champion(settings, tmp_p
         cli.main(["rollback", "--config", str(config)])  # a user error: one line, no traceback
 
 
-def test_versions_address_a_run_output_and_an_empty_location_is_an_error(tmp_path, capsys):
+def test_versions_address_a_run_output_and_an_empty_location_is_an_error(tmp_path, capsys, monkeypatch):
     out = tmp_path / "published"
     settings = make_settings(tmp_path / "data", **{"storage.publish_root": str(out)})
     mv = register(Tracker(settings), tmp_path, 1)
@@ -75,8 +75,11 @@ def test_versions_address_a_run_output_and_an_empty_location_is_an_error(tmp_pat
 
     cli.main(["versions", "--output", str(out), "--data-root", settings.data_root])
     assert capsys.readouterr().out.startswith(f"* {manifest['version']}")
-    with pytest.raises(SystemExit, match=r"^recsys versions: no published versions at .*elsewhere; for a `recsys run`"):
+    with pytest.raises(SystemExit, match=r"^recsys versions: no published versions at .*elsewhere$"):
         cli.main(["versions", "--output", str(tmp_path / "elsewhere"), "--data-root", settings.data_root])
+    monkeypatch.setenv("RECSYS_DATA_ROOT", str(tmp_path / "empty"))
+    with pytest.raises(SystemExit, match=r"^recsys show: nothing published yet at .*\(name another with --output"):
+        cli.main(["show"])
 
 
 @pytest.mark.spark

@@ -32,6 +32,19 @@ def test_a_drop_of_several_formats_is_one_frame_of_strings(spark, settings):
     assert lake.read_raw_drop(spark, storage, "users", "2026-01-01") is None  # no drop at all
 
 
+def test_a_csv_separated_by_semicolons_or_tabs_is_read_as_such(spark, settings):
+    storage = Storage(settings)
+    storage.replace_raw_drop("items", "2026-01-01", {
+        "semicolons.csv": b'item_id;title;categories\n1;"Up, the film";Animation|Drama\n',
+        "tabs.csv": b"item_id\ttitle\n2\tAmelie\n",
+        "commas.csv": b"item_id,title\n3,Heat\n",
+    })  # fmt: skip
+    rows = lake.read_raw_drop(spark, storage, "items", "2026-01-01").orderBy("item_id").collect()
+    assert [(r.item_id, r.title, r.categories) for r in rows] == [
+        ("1", "Up, the film", "Animation|Drama"), ("2", "Amelie", None), ("3", "Heat", None),
+    ]  # fmt: skip
+
+
 def test_text_drops_must_be_valid_in_their_encoding(spark, settings):
     import gzip
 

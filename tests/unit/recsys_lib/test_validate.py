@@ -28,6 +28,14 @@ def test_missing_required_column_names_file_and_column():
         check_columns(["user_id", "item_id"], "interactions", "raw/x.csv")
 
 
+def test_a_misspelt_column_is_named(spark, caplog):
+    with pytest.raises(SchemaError, match=r"column\(s\) timestamp .*misspelt: timestmp\?"):
+        check_columns(["user_id", "item_id", "timestmp"], "interactions", "raw/x.csv")
+    with caplog.at_level("WARNING", logger="recsys_lib.validate"):
+        strings(spark, [("i1", "T", "A")], ["item_id", "title", "catgories"], "items")
+    assert "column(s) not in the items contract, ignored: catgories (did you mean categories?)" in caplog.text
+
+
 def test_interaction_rules(spark):
     rows = [
         ("u1", "i1", "1767225600", "click", None),  # valid, epoch seconds (2026-01-01)
@@ -170,6 +178,13 @@ def test_list_columns_from_parquet_arrays(spark):
     valid, _ = validate_items(as_strings(df, "items", "items.parquet"), DS)
     (row,) = valid.collect()
     assert (row.categories, row.tags) == (["A", "B"], ["x"])
+
+
+def test_a_json_list_cut_short_is_read_as_separated_text(spark):
+    rows = [("i1", "T", '["Action", "Drama"', '["x"]'), ("i2", "T", "[Comedy]", "it's, 'quoted'")]
+    valid, _ = validate_items(strings(spark, rows, ["item_id", "title", "categories", "tags"], "items"), DS)
+    got = {r.item_id: (r.categories, r.tags) for r in valid.collect()}
+    assert got == {"i1": (["Action", "Drama"], ["x"]), "i2": (["Comedy"], ["it's", "quoted"])}
 
 
 def test_reject_limit_message_names_file_column_and_counts(spark):
