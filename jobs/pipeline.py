@@ -63,8 +63,7 @@ def run_stage(
 
 def _record(settings: Settings, stage: str, ds: str, started: dt.datetime, result: dict[str, Any]) -> None:
     """The stage's seconds and summary beside the run's outputs, for the run report."""
-    from recsys_lib.run_report import STAGES_DIR
-    from recsys_lib.storage import Storage
+    from recsys_lib.storage import STAGES_DIR, Storage
 
     seconds = (dt.datetime.now(dt.timezone.utc) - started).total_seconds()
     record = {"stage": stage, "started_at": started.isoformat(timespec="milliseconds"), "seconds": seconds,

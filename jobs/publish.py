@@ -105,6 +105,10 @@ def run(settings: Settings, ds: str, model_version: str | None = None) -> dict[s
     pruned = pub.prune_versions(storage.published, cfg.keep_versions)
     if pruned:
         log.info("removed %d old published versions: %s", len(pruned), ", ".join(pruned))
+    pruned = storage.prune_work(ds, cfg.keep_work_days)
+    if pruned:
+        log.info("removed the work store's %d folders older than %d days: %s", len(pruned), cfg.keep_work_days,
+                 ", ".join(pruned))  # fmt: skip
     tracker.set_tags(mv.run_id, {"published_version": manifest["version"]})
     location = storage.published.uri(Storage.published_version(manifest["version"]))
     log.info("published %s at %s", manifest["version"], location)

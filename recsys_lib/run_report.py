@@ -23,10 +23,10 @@ import numpy as np
 import pandas as pd
 
 from recsys_lib.evaluation.report import CHAMPION, EvaluationReport, Segment, format_value
+from recsys_lib.storage import STAGES_DIR
 
 REPORT_FILE = "report.html"
 RUN_REPORT = "report"  # the published version's artefact holding REPORT_FILE
-STAGES_DIR = "stages"  # runs/ds=<ds>/stages/<stage>.json: each stage's seconds and summary
 EXAMPLE_USERS = 3
 SHOWN_ITEMS = 10
 TRAINING_CURVES = ("train_loss", "encoder_loss", "search_loss", "interests_loss", "temperature")

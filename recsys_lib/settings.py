@@ -311,12 +311,13 @@ class PublishSettings:
     force: bool
     backfill: bool
     keep_versions: int
+    keep_work_days: int
     min_coverage: float
     max_coverage_drop: float
     min_overlap: float
 
     def __post_init__(self):
-        _positive_count(self, "publish", "keep_versions")
+        _positive_count(self, "publish", "keep_versions", "keep_work_days")
         _share(self, "publish", "min_coverage", "max_coverage_drop", "min_overlap")
         # Negative: the candidate must beat the champion by that share.
         _require("publish", self, "at most 1", lambda v: v <= 1, ("max_ndcg_drop",))

@@ -14,9 +14,11 @@ Tests: tests/unit/recsys_lib/test_storage.py (local and a moto S3 server on loop
 
 from __future__ import annotations
 
+import datetime as dt
 import io
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -34,6 +36,9 @@ import pyarrow.parquet as pq
 from recsys_lib.errors import MissingInput, SettingsError, StorageError
 from recsys_lib.schema import CONTENT_HASH_COL, ENTITIES, ITEM_COL
 from recsys_lib.settings import Settings, StorageSettings
+
+STAGES_DIR = "stages"  # runs/ds=<ds>/stages/<stage>.json: each stage's seconds and summary
+_TIMED_PART = re.compile(r"^part-(\d{20})-")  # an encoder-output part, named by its write time
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -620,6 +625,38 @@ class Storage:
         overwrite the other's."""
         part = f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}"
         self.work.write_table(self.encoder_outputs(fingerprint), table, part=part)
+
+    def prune_work(self, ds: str, keep_days: int, now_ns: int | None = None) -> list[str]:
+        """Delete what the stages derived for days more than ``keep_days`` before ds (features,
+        item embeddings, indexes, staged tables and query encoders, exports: a rerun of such a
+        day derives them again) and the encoder-output caches that no part was added to for
+        ``keep_days`` days of wall-clock time (a cache belongs to an encoder, not to a day; one
+        still in use is only encoded again). Kept at any age: raw drops, the lake and the
+        quarantine (the data itself), and each day's run record (its evaluation, report and
+        stage summaries: small, and the history of the runs). Returns the deleted prefixes."""
+        cutoff = (dt.date.fromisoformat(ds) - dt.timedelta(days=keep_days)).isoformat()
+        old = [
+            f"{base}/ds={day}"
+            for base in ("features", "embeddings", "index")
+            for day in self.partitions(base)
+            if day < cutoff
+        ]
+        for day in self.partitions("runs"):
+            if day < cutoff:
+                old += [f"runs/ds={day}/{name}" for name in self.work.list_dirs(f"runs/ds={day}") if name != STAGES_DIR]
+        old += [
+            f"exports/user_topn/{name}" for name in (os.path.basename(k) for k in self.work.list("exports/user_topn/"))
+            if name[:10] < cutoff
+        ]
+        newest = (now_ns or time.time_ns()) - keep_days * 86_400 * 10**9
+        for name in self.work.list_dirs("encoder_outputs"):
+            parts = (os.path.basename(k) for k in self.work.parquet_parts(f"encoder_outputs/{name}"))
+            written = [int(m[1]) for m in map(_TIMED_PART.search, parts) if m]
+            if written and max(written) < newest:
+                old.append(f"encoder_outputs/{name}")
+        for prefix in old:
+            self.work.delete_prefix(prefix if prefix.startswith("exports/") else prefix + "/")
+        return old
 
     # The FAISS index: the index file, its id map (row -> item id) and its manifest.
     def write_index(self, ds: str, model_version: str, index, item_ids: list[str], manifest: dict[str, Any]) -> str:

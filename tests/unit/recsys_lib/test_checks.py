@@ -14,7 +14,7 @@ CATALOGUE = {"a", "b", "c", "d"}
 
 def bounds(min_coverage: float, max_coverage_drop: float, min_overlap: float) -> PublishSettings:
     return PublishSettings(
-        max_ndcg_drop=0.05, force=False, backfill=False, keep_versions=7, min_coverage=min_coverage,
+        max_ndcg_drop=0.05, force=False, backfill=False, keep_versions=7, keep_work_days=14, min_coverage=min_coverage,
         max_coverage_drop=max_coverage_drop, min_overlap=min_overlap,
     )  # fmt: skip
 

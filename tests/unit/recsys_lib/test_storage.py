@@ -215,3 +215,43 @@ def test_raw_drops_are_replaced_whole_and_text_settings_files_read(settings, tmp
     assert storage.raw_files("items", "2026-01-01") == ["raw/items/ds=2026-01-01/items.parquet"]
     assert uris == [storage.work.uri("raw/items/ds=2026-01-01/items.parquet")]
     assert storage.read_text(str(source)) == "z"
+
+
+def test_old_derived_data_and_idle_encoder_caches_are_pruned_and_the_data_kept(settings, object_store):
+    """What a rerun derives again goes after keep_days; the data, the quarantine and each run's
+    record stay whatever their age."""
+    storage = Storage(settings)
+    storage.work = object_store
+    day = 86_400 * 10**9
+    now = 1_800_000_000 * 10**9
+    kept = []
+    for ds in ("2026-01-01", "2026-01-20"):
+        for key in (f"features/ds={ds}/items/part-00000.parquet", f"embeddings/ds={ds}/model_version=3/p.parquet",
+                    f"index/ds={ds}/model_version=3/index.faiss", f"runs/ds={ds}/user_topn/part-00000.parquet",
+                    f"runs/ds={ds}/query_encoder/model.onnx", f"exports/user_topn/{ds}_abc.jsonl"):  # fmt: skip
+            object_store.write_bytes(key, b"x")
+        for key in (f"raw/items/ds={ds}/a.csv", f"lake/items/ds={ds}/part-00000.parquet",
+                    f"quarantine/items/ds={ds}/part-00000.parquet", f"runs/ds={ds}/evaluation.json",
+                    f"runs/ds={ds}/report.html", f"runs/ds={ds}/stages/train.json"):  # fmt: skip
+            object_store.write_bytes(key, b"x")
+            kept.append(key)
+    idle, busy = "encoder_outputs/encoder=old", "encoder_outputs/encoder=new-texts"
+    object_store.write_bytes(f"{idle}/part-{now - 20 * day:020d}-0a1b2c3d.parquet", b"x")
+    object_store.write_bytes(f"{busy}/part-{now - 20 * day:020d}-0a1b2c3d.parquet", b"x")
+    object_store.write_bytes(f"{busy}/part-{now - 2 * day:020d}-4e5f6a7b.parquet", b"x")
+    object_store.write_bytes("encoder_outputs/encoder=legacy/part-00000.parquet", b"x")  # no write time: kept
+
+    pruned = storage.prune_work("2026-01-20", keep_days=14, now_ns=now)
+    assert sorted(pruned) == [
+        "embeddings/ds=2026-01-01", idle, "exports/user_topn/2026-01-01_abc.jsonl", "features/ds=2026-01-01",
+        "index/ds=2026-01-01", "runs/ds=2026-01-01/query_encoder", "runs/ds=2026-01-01/user_topn",
+    ]
+    left = object_store.list("")
+    assert all(key in left for key in kept)
+    assert not any("2026-01-01" in key for key in left if key not in kept)
+    assert sum("2026-01-20" in key for key in left) == 12  # the night's own, all of it
+    assert sorted(k for k in left if k.startswith("encoder_outputs/")) == [
+        "encoder_outputs/encoder=legacy/part-00000.parquet",
+        f"{busy}/part-{now - 20 * day:020d}-0a1b2c3d.parquet", f"{busy}/part-{now - 2 * day:020d}-4e5f6a7b.parquet",
+    ]
+    assert storage.prune_work("2026-01-20", keep_days=14, now_ns=now) == []  # nothing more to do
