@@ -101,14 +101,14 @@ def _located_settings(args: argparse.Namespace):
 
 def _count(value: str) -> int:
     """A positive whole number (argparse type)."""
-    if not value.isdigit() or int(value) < 1:
+    if not value.isdecimal() or int(value) < 1:
         raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {value!r}")
     return int(value)
 
 
 def _count_or_zero(value: str) -> int:
     """A whole number, 0 or more (argparse type)."""
-    if not value.isdigit():
+    if not value.isdecimal():
         raise argparse.ArgumentTypeError(f"expected a whole number of 0 or more, got {value!r}")
     return int(value)
 
@@ -168,9 +168,11 @@ def cmd_benchmark(args: argparse.Namespace) -> None:
     from recsys_lib.evaluation.protocols import BASELINES
     from recsys_lib.storage import Storage
 
-    base = Path(default_data_root()) / "benchmarks"
-    base.mkdir(parents=True, exist_ok=True)
-    data_root = args.data_root or tempfile.mkdtemp(prefix=f"{args.protocol}-", dir=base)
+    data_root = args.data_root
+    if not data_root:
+        base = Path(default_data_root()) / "benchmarks"
+        base.mkdir(parents=True, exist_ok=True)
+        data_root = tempfile.mkdtemp(prefix=f"{args.protocol}-", dir=base)
     overrides = {"features.split": args.protocol, "features.holdout_fraction": args.holdout_fraction}
     if not args.keep_cold_items:
         overrides["features.cold_item_fraction"] = 0.0  # every item in the protocol, as the benchmarks have it
@@ -179,7 +181,13 @@ def cmd_benchmark(args: argparse.Namespace) -> None:
     env = {**os.environ, "RECSYS_DATA_ROOT": data_root}
     settings = load_settings(config_file=args.config, overrides=overrides, env=env)
     with _landed_files(args, settings):
-        run_all(settings, args.ds, stages=EVALUATION_STAGES)
+        events = run_all(settings, args.ds, stages=("ingest", "features"))["features"]["events"]
+        if not events.get("holdout"):
+            raise SystemExit(
+                f"recsys benchmark: the {args.protocol} split with --holdout-fraction {args.holdout_fraction} holds "
+                f"out none of the {events.get('train', 0):,} events: nothing to score; raise --holdout-fraction"
+            )
+        run_all(settings, args.ds, stages=tuple(s for s in EVALUATION_STAGES if s not in ("ingest", "features")))
     report = Storage(settings).read_evaluation(args.ds)
     print(f"\n{args.protocol} split, holdout {args.holdout_fraction:.0%}, ds {args.ds}\n\n{report.to_text()}")
     print(f"\nReport: {Storage(settings).work.uri(Storage.run_output(Storage.EVALUATION_REPORT, args.ds))}")

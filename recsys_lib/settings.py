@@ -173,6 +173,8 @@ class TrainSettings:
     refresh_every: int
     patience: int
     max_validation_users: int
+    validation_items: int
+    refresh_ranked_only: bool
     learning_rate: float
     head_learning_rate: float
     id_learning_rate: float
@@ -197,7 +199,7 @@ class TrainSettings:
         _positive_count(self, "train", "batch_size", "encoder_batch_size", "refresh_every", "patience",
                         "search_batch_size")  # fmt: skip
         _count(self, "train", "extra_negatives", "frozen_steps", "max_steps", "refit_steps", "max_validation_users",
-               "finetune_every_days", "lora_rank")  # fmt: skip
+               "validation_items", "finetune_every_days", "lora_rank")  # fmt: skip
         _share(self, "train", "id_dropout", "warmup_fraction", "profile_share")
         _require("train", self, "above 0", lambda v: v > 0, ("temperature", "learning_rate", "head_learning_rate",
                                                                "id_learning_rate"))  # fmt: skip

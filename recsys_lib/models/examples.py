@@ -116,7 +116,7 @@ def build_examples(
         history = np.vstack([history, profile_examples(items, start, position, count, chosen, history_length, rng)])
         rows = np.concatenate([rows, chosen])
         target = items[rows]
-    weight = weight[rows] if weight is not None else None
+    weight = weight[rows] if weight is not None and len(rows) else None
     if weight is not None and weight[0] > 0 and (weight == weight[0]).all():
         weight = None  # the plain mean, exactly as without weights
     return TrainingExamples(history, target, None if weight is None else relative_weights(weight))

@@ -169,13 +169,24 @@ class TwoTowerTrainTask(nn.Module):
             self.refresh()
         else:
             self.pooled_cache = pooled.to(self.device)
+            self.pooled_exact = True
             self._encode_queries()
 
-    def refresh(self) -> torch.Tensor:
-        """Re-encode every document's (and query's) pooled transformer output (exact while it is frozen)."""
-        self.pooled_cache = embed_text(
-            self.model, self.documents, max(256, self.batch_size), self.device, pooled=True, cpu_bf16=self.cpu_bf16
-        )
+    def refresh(self, items: np.ndarray | None = None) -> torch.Tensor:
+        """Re-encode the pooled transformer outputs of every document (``items``: of these
+        catalogue indices only, the others keep their earlier outputs) and every query. The
+        cache is a new tensor each time: a checkpoint keeps the one that measured it.
+        ``pooled_exact`` says whether every row is the model's current output."""
+        batch = max(256, self.batch_size)
+        if items is None:
+            self.pooled_cache = embed_text(self.model, self.documents, batch, self.device, pooled=True,
+                                           cpu_bf16=self.cpu_bf16)  # fmt: skip
+        else:
+            fresh = embed_text(self.model, self.documents.subset(items), batch, self.device, pooled=True,
+                               cpu_bf16=self.cpu_bf16)  # fmt: skip
+            self.pooled_cache = self.pooled_cache.clone()
+            self.pooled_cache[torch.as_tensor(items, device=self.device)] = fresh.to(self.pooled_cache.dtype)
+        self.pooled_exact = items is None or len(items) == len(self.documents)
         self._encode_queries()
         return self.pooled_cache
 

@@ -200,19 +200,28 @@ def validation_metrics(
     validation: ValidationSet,
     ks: Sequence[int],
     max_scores: int = 2**26,
+    ranked: np.ndarray | None = None,
 ) -> dict[str, float]:
-    """NDCG@k and Recall@k of each validation user's held-out item, ranked over the catalogue.
+    """NDCG@k and Recall@k of each validation user's held-out item, ranked over the catalogue
+    (``ranked``: over these catalogue indices only, which hold every validation target).
 
     Users are scored in batches of at most ``max_scores`` user-item scores (256 MiB)."""
-    batch_size = max(1, min(1024, max_scores // max(1, len(item_vectors))))
     users = embed_users(model, item_vectors, validation.history)
+    position = np.arange(len(item_vectors))
+    if ranked is not None:
+        position = np.full(len(item_vectors), -1)
+        position[ranked] = np.arange(len(ranked))
+        index = torch.as_tensor(ranked, device=item_vectors.device)
+        item_vectors, item_bias = item_vectors[index], item_bias[index]
+    batch_size = max(1, min(1024, max_scores // max(1, len(item_vectors))))
     ranks = []
     for start in range(0, len(validation), batch_size):
         scores = model.score(users[start : start + batch_size], item_vectors, item_bias)
         rows = torch.arange(len(scores), device=scores.device)
-        target = torch.as_tensor(validation.target[start : start + batch_size], device=scores.device)
+        target = torch.as_tensor(position[validation.target[start : start + batch_size]], device=scores.device)
         for row, excluded in enumerate(validation.exclude[start : start + batch_size]):
-            scores[row, torch.as_tensor(excluded, device=scores.device)] = float("-inf")
+            excluded = position[excluded]
+            scores[row, torch.as_tensor(excluded[excluded >= 0], device=scores.device)] = float("-inf")
         positive = scores[rows, target].unsqueeze(1)
         ranks.append((scores > positive).sum(1).cpu())
     rank = torch.cat(ranks).numpy() if ranks else np.empty(0)
@@ -258,7 +267,8 @@ def train_two_tower(
     """
     if len(examples) < 2:
         raise DataValidationError(
-            f"need at least 2 training examples, got {len(examples)}: too little positive interaction history"
+            f"need at least 2 training examples, got {len(examples)}: too little positive interaction history "
+            "(an example is a user's event with another positive event of the same user to learn it from)"
         )
     seed_everything(cfg.seed)
     model.freeze_encoder_layers(cfg.trainable_layers)
@@ -277,9 +287,11 @@ def train_two_tower(
                              side)  # fmt: skip
     sampler = BatchSampler(examples, task.warm_items, batch_size, cfg)
     stopper = EarlyStopping(f"val_ndcg_at_{ks[0]}", cfg.patience)
+    ranked = None if validation is None else validation_items(examples.target, validation.target, len(documents),
+                                                              cfg.validation_items)  # fmt: skip
     if keep_initial and validation is not None and len(validation):
         # A warm start is a trained model already: training must beat it to replace it.
-        initial = validation_metrics(model, *task.item_vectors(), validation, ks)
+        initial = validation_metrics(model, *task.item_vectors(), validation, ks, ranked=ranked)
         stopper.update(initial, 0, model, task.pooled_cache)
         log.info("warm start: %s", " ".join(f"{k} {v:.4f}" for k, v in initial.items()))
     losses: list[float] = []
@@ -309,16 +321,18 @@ def train_two_tower(
         if not ((cfg.refresh_every > 0 and (step + 1) % cfg.refresh_every == 0) or step + 1 in (frozen, steps)):
             continue
         if fine_tuning:
-            task.refresh()
+            # The last state is the one most often kept: all of the catalogue at once, then.
+            task.refresh(ranked if cfg.refresh_ranked_only and step + 1 < steps else None)
         if validation is None or not len(validation):
             log.info("loss %.4f; %s", losses[-1], progress.line())
             continue
-        metrics = validation_metrics(model, *task.item_vectors(), validation, ks)
+        metrics = validation_metrics(model, *task.item_vectors(), validation, ks, ranked=ranked)
         if on_step is not None:
             on_step(step, metrics)
         log.info("loss %.4f %s; %s", np.mean(losses[-cfg.refresh_every :]),
                  " ".join(f"{k} {v:.4f}" for k, v in metrics.items()), progress.line())  # fmt: skip
-        if stopper.update(metrics, step + 1, model, task.pooled_cache) and step >= frozen:
+        kept = task.pooled_cache if task.pooled_exact else None  # else encoded again if this state wins
+        if stopper.update(metrics, step + 1, model, kept) and step >= frozen:
             stopped_early = True
             log.info("early stop: no gain in %d evaluations; best at step %d", cfg.patience, stopper.best["step"])
             break
@@ -326,6 +340,8 @@ def train_two_tower(
     if cfg.lora_rank > 0:
         # Checkpoints hold a plain encoder: the adapters are folded into its weights.
         model.item_tower.encoder = model.item_tower.encoder.merge_and_unload()
+    if stopper.state is not None and stopper.pooled is None:
+        stopper.pooled = task.refresh()  # the kept state was measured on part of the catalogue
     model.eval()
     tail = losses[-max(1, min(50, len(losses))) :]
     report = {
@@ -346,6 +362,19 @@ def train_two_tower(
         raise FloatingPointError("training diverged: the loss is not finite")
     # Every run ends on a refresh (the last step's, or the best one's), so the cache is exact.
     return report, stopper.pooled if stopper.state is not None else task.pooled_cache
+
+
+def validation_items(targets: np.ndarray, held_out: np.ndarray, n_items: int, limit: int) -> np.ndarray | None:
+    """The catalogue indices validation ranks over when the catalogue has more than ``limit``
+    items (None: all of them): the ``limit`` items most often a training target, and every
+    held-out item. Past that size, scoring every validation user against the whole catalogue and
+    re-encoding all of it at each fine-tuning checkpoint grow with the catalogue, while the
+    items that compete for a top 10 are the popular ones; the numbers are then a little higher
+    than over the whole catalogue, and compare checkpoints of one run with each other only."""
+    if not limit or n_items <= limit:
+        return None
+    counts = np.bincount(targets, minlength=n_items)
+    return np.union1d(np.argsort(-counts, kind="stable")[:limit], held_out)
 
 
 @dataclass

@@ -438,6 +438,10 @@ class TokenizedDocuments:
     def __len__(self) -> int:
         return self.input_ids.shape[0]
 
+    def subset(self, rows) -> "TokenizedDocuments":
+        index = torch.as_tensor(rows, dtype=torch.long)
+        return TokenizedDocuments(self.input_ids[index], self.attention_mask[index])
+
     def batch(self, index: torch.Tensor, device) -> tuple[torch.Tensor, torch.Tensor]:
         mask = self.attention_mask[index]
         width = max(1, int(mask.sum(1).max()))

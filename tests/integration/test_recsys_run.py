@@ -141,3 +141,16 @@ def test_recsys_benchmark_prints_one_table_on_the_random_item_split(tmp_path, ti
     assert rows == ["model", "popularity", "item_knn", "ease", "implicit_als"]
     assert "cold items (n=0, users=0): too few cold items" in table  # every item is in the protocol
     assert not (tmp_path / "root" / "published").exists()  # a benchmark publishes nothing
+
+    # A holdout share too small to hold out one event is refused before training, in one line;
+    # --data-root is where everything goes (nothing under RECSYS_DATA_ROOT).
+    command[command.index("--holdout-fraction") + 1] = "0.001"
+    env = {**os.environ, "RECSYS_DATA_ROOT": str(tmp_path / "root2")}
+    refused = subprocess.run([*command, "--data-root", str(tmp_path / "bench2")], env=env, capture_output=True,
+                             text=True, timeout=900)  # fmt: skip
+    assert refused.returncode != 0, refused.stdout[-2000:]
+    assert refused.stderr.strip().splitlines()[-1].startswith(
+        f"recsys benchmark: the random_item split with --holdout-fraction 0.001 holds out none of the "
+        f"{len(data.interactions)} events"
+    ), refused.stderr[-2000:]
+    assert not (tmp_path / "root2").exists() and (tmp_path / "bench2").is_dir()

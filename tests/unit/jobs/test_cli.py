@@ -117,6 +117,7 @@ def test_a_user_error_is_one_line_naming_your_file_and_the_traceback_waits_for_v
         (["atomic", "--source", "{tmp}/ratings-only", "--dest", "{tmp}/ml"], "no *.inter file"),
         (["land-sample", "--ds", "2026-01-01", "--source", "{tmp}/nowhere"], "--source {tmp}/nowhere: no such folder"),
         (["show", "--users", "-3"], "argument --users: expected a whole number of at least 1"),
+        (["show", "--users", "²"], "argument --users: expected a whole number of at least 1"),  # a digit, not a number
         (["versions", "--output", ""], "recsys versions: --output is empty"),
         (["benchmark", "--protocol", "global_time", "--holdout-fraction", "1.5", "--interactions", "a.csv",
           "--items", "b.csv", "--ds", "2026-01-01"], "argument --holdout-fraction: expected a number between 0 and 1"),

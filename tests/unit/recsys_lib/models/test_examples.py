@@ -72,6 +72,10 @@ def test_examples_weigh_what_their_target_event_weighs():
     assert ex.target.tolist() == [1, 2] and ex.weight.tolist() == pytest.approx([1.5, 0.5])
     uniform = build_examples(interactions.assign(weight=2.0), pd.Index(["a", "b", "c"]), history_length=2)
     assert uniform.weight is None  # the plain mean: uniformly weighted data trains exactly as unweighted
+    # Every user with a single event (a shop's first day, say): no example, and no error here; training
+    # then refuses with one line.
+    single = pd.DataFrame({"user_id": ["u1", "u2"], "item_id": ["a", "b"], "timestamp": [1, 2], "weight": [1.0, 2.0]})
+    assert len(build_examples(single, pd.Index(["a", "b", "c"]), history_length=2, profile_share=0.5)) == 0
     # A finite weight beyond float32 (the contract allows any finite one) keeps its ratio, not inf.
     huge = build_examples(interactions.assign(weight=[1.0, 1e300, 3e299]), pd.Index(["a", "b", "c"]), history_length=2)
     assert huge.weight.dtype == np.float32 and huge.weight.tolist() == pytest.approx([2 / 1.3, 0.6 / 1.3])

@@ -7,7 +7,15 @@ import torch
 
 from recsys_lib.models.examples import build_examples, build_validation, prepare_serving_data, prepare_training_data
 from recsys_lib.models.inference import cpu_bf16
-from recsys_lib.models.training import clip_gradients, train_nightly, train_two_tower, warmup_linear_decay
+from recsys_lib.models.train_task import TwoTowerTrainTask
+from recsys_lib.models.training import (
+    clip_gradients,
+    train_nightly,
+    train_two_tower,
+    validation_items,
+    validation_metrics,
+    warmup_linear_decay,
+)
 from recsys_lib.models.two_tower import TokenizedDocuments, TwoTowerModel, embed_text, embed_users, history_matrix
 
 
@@ -52,6 +60,63 @@ def test_training_reduces_the_loss_and_is_seeded(tiny_encoder, settings):
     assert first["train_loss"] == pytest.approx(second["train_loss"])  # same seed, same run
     assert 0 < first["best_step"] <= first["steps"] and "val_ndcg_at_10" in first
     assert first["val_ndcg_at_10"] == pytest.approx(second["val_ndcg_at_10"])
+
+
+def test_validation_items_are_the_most_popular_and_every_held_out_one():
+    targets = np.array([0, 0, 0, 1, 1, 2, 3])
+    assert validation_items(targets, np.array([5, 1]), 6, limit=2).tolist() == [0, 1, 5]
+    assert validation_items(targets, np.array([5]), 6, limit=6) is None  # the catalogue fits
+    assert validation_items(targets, np.array([5]), 6, limit=0) is None  # 0: always all
+
+
+def test_past_validation_items_checkpoints_encode_part_and_the_kept_state_all_of_the_catalogue(
+    tiny_encoder, settings, monkeypatch
+):
+    """Between fine-tuning checkpoints only the ranked items are encoded again; the outputs handed
+    back are still every document's, from the state kept."""
+    texts, items, interactions = six_item_cycle(events_per_user=5)
+    # Two users held out, both on item 4: the ranked items are the 2 most popular and item 4.
+    held = (interactions["timestamp"] == 4) & interactions["user_id"].isin(["u0", "u6"])
+    events = interactions.assign(is_validation=held)
+    train, validation = build_validation(events, items, 3)
+    examples = build_examples(train, items, 3)
+    model, tokenizer = TwoTowerModel.from_encoder(str(tiny_encoder), 3, 8, 0.1, id_vocab=items, seed=1)
+    docs = TokenizedDocuments.from_texts(tokenizer, texts, 8)
+    cfg = settings.train.__class__(**{**settings.train.__dict__, "frozen_steps": 4, "max_steps": 8, "batch_size": 8,
+                                      "refresh_every": 4, "validation_items": 2, "refresh_ranked_only": True,
+                                      "learning_rate": 1e-3})  # fmt: skip
+    ranked = validation_items(examples.target, validation.target, len(items), 2)
+    assert ranked is not None and 4 in ranked and len(ranked) == 3
+    before = pooled_outputs(model, docs, cfg)
+    refreshed = []  # what each refresh encoded: None, every document
+    refresh = TwoTowerTrainTask.refresh
+
+    def spy(task, rows=None):
+        refreshed.append(rows)
+        return refresh(task, rows)
+
+    monkeypatch.setattr(TwoTowerTrainTask, "refresh", spy)
+    cfg = settings.train.__class__(**{**cfg.__dict__, "patience": 1, "max_steps": 12})
+    report, pooled = train_two_tower(model, docs, model.id_rows(items), examples, cfg, torch.device("cpu"), validation,
+                                     ks=(3,))  # fmt: skip
+    # The task's first encoding (all), the checkpoints at steps 8 and 12 (the ranked items); step 12
+    # brought no gain, so early stopping (patience 1) ended the run there and the state of step 8,
+    # measured on part of the catalogue, was encoded whole.
+    assert refreshed[0] is None and all(np.array_equal(rows, ranked) for rows in refreshed[1:3]), refreshed
+    assert refreshed[3:] == [None] and report["steps"] == 12, (refreshed, report)
+    assert report["best_step"] == 8, report  # a fine-tuned state was kept ...
+    assert not torch.allclose(pooled, before)  # ... whose transformer moved
+    torch.testing.assert_close(pooled, pooled_outputs(model, docs, cfg))
+    text, rows = model.item_tower.project(pooled), torch.as_tensor(model.id_rows(items))
+    vectors, bias = model.item_tower.combine(text, rows), model.item_tower.bias(text, rows)
+    everything = validation_metrics(model, vectors, bias, validation, (3,))
+    assert validation_metrics(model, vectors, bias, validation, (3,), ranked=np.arange(len(items))) == everything
+    # The default: validation ranks the same items, and every checkpoint encodes the catalogue.
+    refreshed.clear()
+    model, _ = TwoTowerModel.from_encoder(str(tiny_encoder), 3, 8, 0.1, id_vocab=items, seed=1)
+    cfg = settings.train.__class__(**{**cfg.__dict__, "refresh_ranked_only": False})
+    train_two_tower(model, docs, model.id_rows(items), examples, cfg, torch.device("cpu"), validation, ks=(3,))
+    assert len(refreshed) >= 3 and all(rows is None for rows in refreshed), refreshed
 
 
 def test_sparse_and_dense_gradients_are_clipped_together_as_torch_clips_dense_ones():
