@@ -156,7 +156,12 @@ def cmd_run(args: argparse.Namespace) -> None:
     published = results["publish"]
     print(json.dumps(results, indent=2, default=str))
     print(f"\nPublished version {published['version']} at {published['location']}")
-    print(f"Latest pointer: {published['latest']}   (work data, MLflow store: {data_root})")
+    if published["live"]:
+        print(f"Latest pointer: {published['latest']}   (work data, MLflow store: {data_root})")
+    else:
+        print(f"Not made live: {args.ds} is older than the live version's ds (a backfill); `recsys rollback --to "
+              f"{published['version']}` makes it live, or rerun with publish.backfill = true in a --config file   "
+              f"(work data, MLflow store: {data_root})")  # fmt: skip
 
 
 def cmd_benchmark(args: argparse.Namespace) -> None:
@@ -213,7 +218,7 @@ def cmd_show(args: argparse.Namespace) -> None:
     if evaluation is not None:
         print("\nEvaluation on the holdout of " + evaluation)
     documents = storage.read_features(FeatureTable.ITEM_DOCUMENTS, ds, columns=[ITEM_COL, TITLE_COL])
-    titles = dict(zip(documents[ITEM_COL], documents[TITLE_COL]))
+    titles = {item: _shortened(title) for item, title in zip(documents[ITEM_COL], documents[TITLE_COL])}
     histories = storage.read_features(FeatureTable.USER_HISTORIES, ds, columns=[USER_COL, HISTORY_COL])
     users = args.user or sorted(
         np.random.default_rng(args.seed)
@@ -251,17 +256,24 @@ def cmd_search(args: argparse.Namespace) -> None:
     manifest = tables.manifest(args.version)
     titles = _titles(settings, manifest["ds"])
     who = f" for user {args.user}" + ("" if results["personalised"].any() else " (no vector: not personalised)")
-    shown = args.text if len(args.text) <= 80 else args.text[:77] + "..."
+    shown = _shortened(args.text)
     print(f"{shown!r}{who if args.user else ''}, version {manifest['version']} ({manifest['model_version']}):")
     for row in results.itertuples():
         title = titles.get(getattr(row, ITEM_COL), "")
         print(f"{getattr(row, RANK_COL):>3}. {getattr(row, ITEM_COL):<12} {getattr(row, SCORE_COL):.3f}  {title[:80]}")
 
 
+def _shortened(text: str, width: int = 80) -> str:
+    """One line of at most ``width`` characters (a title may be a page long)."""
+    text = " ".join(str(text).split())
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
 def cmd_session(args: argparse.Namespace) -> None:
     from recsys_lib.reader import PublishedTables
     from recsys_lib.schema import ITEM_COL, RANK_COL, SCORE_COL
 
+    args.items = [item.strip() for item in args.items]  # as ingest reads ids: spaces trimmed
     settings = _located_settings(args)
     tables = PublishedTables.from_settings(settings)
     results = tables.for_session(args.items, k=args.k, version=args.version)
