@@ -433,7 +433,8 @@ def cmd_rollback(args: argparse.Namespace) -> None:
         version = champion_of(target)
         if version is None:
             return
-        if not Path(settings.data_root).is_dir() or not Tracker(settings).has_version(version):
+        run_id = target.get("model_run_id")  # versions published before it was recorded: the number alone
+        if not Path(settings.data_root).is_dir() or not Tracker(settings).has_version(version, run_id):
             raise RollbackRefused(
                 f"model {target['model_version']} is not in the MLflow store of {settings.data_root}: pass the "
                 "--data-root of the run that published it, or --keep-champion to move the tables alone"

@@ -44,6 +44,13 @@ def run(settings: Settings, ds: str, model_version: str | None = None) -> dict[s
     active = catalogue[~read_rules(settings.rules, storage, ds, pd.Index(catalogue)).blocked]
     histories = storage.read_features(FeatureTable.USER_HISTORIES, ds, columns=[USER_COL, SEEN_COL])
     live = pub.read_latest(storage.published)
+    if live is not None and live.get("model_run_id") and not tracker.has_run(live["model_run_id"]) and not cfg.force:
+        # Its champion is in another store: the gate would compare tonight's model with nothing.
+        raise PublishRefused(
+            f"the live version {live['version']} at {storage.published.uri('')} was published from another MLflow "
+            f"store (its model's run {live['model_run_id']} is not in {settings.tracking.tracking_uri}): run with "
+            "the data root that published it, or set publish.force to replace it ungated"
+        )
     previous = None if live is None else PublishedTables(storage.published).table(OutputTable.USER_TOPN).to_pandas()
     queries = storage.read_features(FeatureTable.TOP_QUERIES, ds, columns=[QUERY_COL])[QUERY_COL].tolist()
     failures = check_tables(tables, histories, active, previous, cfg, queries)
@@ -76,6 +83,7 @@ def run(settings: Settings, ds: str, model_version: str | None = None) -> dict[s
 
     encoder_files = storage.read_output_files(Storage.QUERY_ENCODER, ds)
     metadata = {
+        "model_run_id": mv.run_id,  # version numbers restart in each MLflow store, run ids do not
         "evaluation": report.to_dict() if report else None,
         # Readers that build a user from item vectors score it as user_topn does: cosine / T + bias.
         "temperature": json.loads(encoder_files[QUERY_CONFIG]).get("temperature"),

@@ -254,12 +254,23 @@ class Tracker:
         mv = self.client.get_model_version(self.model_name, str(version))
         return ModelVersion(self.model_name, str(mv.version), mv.run_id, dict(mv.tags))
 
-    def has_version(self, version: str) -> bool:
-        """Whether the registered model has this version (False too when it is not registered)."""
+    def has_version(self, version: str, run_id: str | None = None) -> bool:
+        """Whether the registered model has this version (False too when it is not registered);
+        with ``run_id``, only if that version is this run's model: version numbers restart in each
+        MLflow store, run ids do not."""
         from mlflow.exceptions import MlflowException
 
         try:
-            self.client.get_model_version(self.model_name, str(version))
+            found = self.client.get_model_version(self.model_name, str(version))
+        except MlflowException:
+            return False
+        return run_id is None or found.run_id == run_id
+
+    def has_run(self, run_id: str) -> bool:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.get_run(run_id)
         except MlflowException:
             return False
         return True

@@ -120,6 +120,16 @@ def test_recsys_run_publishes_tables_for_every_user(tmp_path, tiny_encoder, caps
     assert refused.returncode != 0 and "nothing to train on" in refused.stderr, refused.stderr[-2000:]
     assert derived() == before
 
+    # The same output with another data root's MLflow store (a mixed-up --data-root): its gate
+    # would compare with nothing, so the publish is refused and the live version stays.
+    live = tables.manifest()["version"]
+    command[command.index("--interactions") + 1] = str(tmp_path / "events.parquet")
+    command[command.index("--data-root") + 1] = str(tmp_path / "other")
+    foreign = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
+    assert foreign.returncode != 0, foreign.stdout[-2000:]
+    assert "was published from another MLflow store" in foreign.stderr.strip().splitlines()[-1], foreign.stderr[-2000:]
+    assert PublishedTables(LocalStore(str(out))).manifest()["version"] == live
+
 
 def test_recsys_benchmark_prints_one_table_on_the_random_item_split(tmp_path, tiny_encoder):
     data = synthetic.generate_dataset(n_users=40, n_items=30, interactions_per_user=8, seed=6)

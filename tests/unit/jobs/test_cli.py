@@ -39,7 +39,7 @@ def test_versions_and_rollback_move_the_pointer_and_the_champion(settings, tmp_p
             "user_topn": user_topn_table(["u1"], [1], [item], [0.5], mv.label, ds, ["a"]),
             "item_similar": item_similar_table(["a"], [1], [item], [0.5], mv.label, ds),
         }
-        manifests.append(pub.publish_version(store, ds, tables, mv.label, {}))
+        manifests.append(pub.publish_version(store, ds, tables, mv.label, {"model_run_id": mv.run_id}))
         tracker.set_alias(CHAMPION, mv.version)
 
     cli.main(["versions", "--config", str(config)])
@@ -61,6 +61,12 @@ def test_versions_and_rollback_move_the_pointer_and_the_champion(settings, tmp_p
 
     with pytest.raises(SystemExit, match="^recsys rollback: .* is the oldest version kept: nothing to roll back to$"):
         cli.main(["rollback", "--config", str(config)])  # a user error: one line, no traceback
+
+    # A version whose model has this store's version number but came from another store's run (a
+    # --data-root mixed up): version numbers restart in each store, run ids do not.
+    foreign = pub.publish_version(store, "2026-01-03", tables, "recsys_two_tower/2", {"model_run_id": "f" * 32})
+    with pytest.raises(SystemExit, match=r"^recsys rollback: model recsys_two_tower/2 is not in the MLflow store of "):
+        cli.main(["rollback", "--config", str(config), "--to", foreign["version"]])
 
 
 def test_versions_address_a_run_output_and_an_empty_location_is_an_error(tmp_path, capsys, monkeypatch):
