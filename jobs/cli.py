@@ -32,7 +32,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from jobs._cli import logical_date
+from jobs._cli import logical_date, parse_overrides
 from recsys_lib.errors import NothingPublished, NotRetryable
 from recsys_lib.settings import Split, default_data_root, load_settings
 
@@ -89,7 +89,7 @@ def _located_settings(args: argparse.Namespace):
     for flag, value in (("--output", output), ("--data-root", data_root)):
         if value is not None and not value.strip():
             raise SystemExit(f"recsys {args.command}: {flag} is empty: give a directory or an s3:// URI")
-    overrides, env = {}, dict(os.environ)
+    overrides, env = parse_overrides(getattr(args, "set", None) or []), dict(os.environ)
     if output:
         output = output if "://" in output else str(Path(output).expanduser().resolve())
         overrides["storage.publish_root"] = output
@@ -132,6 +132,11 @@ _positive = _number("a number above 0", lambda v: v > 0)
 _share = _number("a number between 0 and 1 (both excluded)", lambda v: 0 < v < 1)
 
 
+def _add_set(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override one setting (after --config); repeatable")  # fmt: skip
+
+
 def _add_location(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output", help="the published location `recsys run --output` wrote (a directory or s3:// URI)")
     p.add_argument("--data-root", help="the work data and MLflow store (default: as `recsys run` chose it)")
@@ -160,7 +165,7 @@ def cmd_run(args: argparse.Namespace) -> None:
         print(f"Latest pointer: {published['latest']}   (work data, MLflow store: {data_root})")
     else:
         print(f"Not made live: {args.ds} is older than the live version's ds (a backfill); `recsys rollback --to "
-              f"{published['version']}` makes it live, or rerun with publish.backfill = true in a --config file   "
+              f"{published['version']}` makes it live, or rerun with --set publish.backfill=true   "
               f"(work data, MLflow store: {data_root})")  # fmt: skip
 
 
@@ -178,7 +183,9 @@ def cmd_benchmark(args: argparse.Namespace) -> None:
         base = Path(default_data_root()) / "benchmarks"
         base.mkdir(parents=True, exist_ok=True)
         data_root = tempfile.mkdtemp(prefix=f"{args.protocol}-", dir=base)
-    overrides = {"features.split": args.protocol, "features.holdout_fraction": args.holdout_fraction}
+    # The protocol's own settings win over --set.
+    overrides = {**parse_overrides(args.set), "features.split": args.protocol,
+                 "features.holdout_fraction": args.holdout_fraction}  # fmt: skip
     if not args.keep_cold_items:
         overrides["features.cold_item_fraction"] = 0.0  # every item in the protocol, as the benchmarks have it
     if args.baselines:
@@ -539,6 +546,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="settings TOML file (see recsys_lib/conf/base.toml)")
     p.add_argument("--data-root", help="work data and MLflow store (default: one per output under RECSYS_DATA_ROOT)")
     p.add_argument("--full-retrain", action="store_true", help="train from the pretrained encoder")
+    _add_set(p)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("benchmark", help="the model and every baseline on one split of your files, one table")
@@ -555,6 +563,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", help="work data and MLflow store (default: a new folder under RECSYS_DATA_ROOT)")
     p.add_argument("--keep-cold-items", action="store_true", help="keep the cold-item protocol's share of items")
     p.add_argument("--baselines", help="comma-separated (evaluate.baselines), or 'all'")
+    _add_set(p)
     p.set_defaults(func=cmd_benchmark)
 
     p = sub.add_parser("land-sample", help="stage the bundled MovieLens sample as a raw drop")

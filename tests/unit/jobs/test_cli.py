@@ -129,6 +129,10 @@ def test_a_user_error_is_one_line_naming_your_file_and_the_traceback_waits_for_v
           "--items", "b.csv", "--ds", "2026-01-01"], "argument --holdout-fraction: expected a number between 0 and 1"),
         (["run", "--interactions", "{tmp}/ratings-only/events", "--items", "{tmp}/ratings-only/ratings.csv",
           "--output", "{tmp}/out", "--ds", "2026-01-01"], "events: the name must end in one of .csv"),
+        (["run", "--interactions", "a.csv", "--items", "b.csv", "--output", "{tmp}/out", "--set", "nonsense"],
+         "recsys run: --set expects section.key=value, got 'nonsense'"),
+        (["benchmark", "--interactions", "a.csv", "--items", "b.csv", "--ds", "2026-01-01", "--set",
+          "train.max_steps=-1"], "recsys benchmark: train.max_steps must be 0 or more, got -1"),
     ],
 )
 def test_bad_arguments_are_one_line_before_any_work(tmp_path, monkeypatch, capsys, argv, message):
