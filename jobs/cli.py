@@ -178,11 +178,6 @@ def cmd_benchmark(args: argparse.Namespace) -> None:
     from recsys_lib.evaluation.protocols import BASELINES
     from recsys_lib.storage import Storage
 
-    data_root = args.data_root
-    if not data_root:
-        base = Path(default_data_root()) / "benchmarks"
-        base.mkdir(parents=True, exist_ok=True)
-        data_root = tempfile.mkdtemp(prefix=f"{args.protocol}-", dir=base)
     # The protocol's own settings win over --set.
     overrides = {**parse_overrides(args.set), "features.split": args.protocol,
                  "features.holdout_fraction": args.holdout_fraction}  # fmt: skip
@@ -190,6 +185,12 @@ def cmd_benchmark(args: argparse.Namespace) -> None:
         overrides["features.cold_item_fraction"] = 0.0  # every item in the protocol, as the benchmarks have it
     if args.baselines:
         overrides["evaluate.baselines"] = ",".join(BASELINES) if args.baselines == "all" else args.baselines
+    load_settings(config_file=args.config, overrides=overrides)  # bad settings: one line, before any folder
+    data_root = args.data_root
+    if not data_root:
+        base = Path(default_data_root()) / "benchmarks"
+        base.mkdir(parents=True, exist_ok=True)
+        data_root = tempfile.mkdtemp(prefix=f"{args.protocol}-", dir=base)
     env = {**os.environ, "RECSYS_DATA_ROOT": data_root}
     settings = load_settings(config_file=args.config, overrides=overrides, env=env)
     with _landed_files(args, settings):

@@ -146,6 +146,7 @@ def test_bad_arguments_are_one_line_before_any_work(tmp_path, monkeypatch, capsy
     said = str(code) if code not in (None, 2) else capsys.readouterr().err.strip().splitlines()[-1]  # argparse: 2
     assert message.replace("{tmp}", str(tmp_path)) in said
     assert not (tmp_path / "out").exists() and not list((tmp_path / "data").glob("**/raw/*/*/*"))
+    assert not (tmp_path / "data" / "benchmarks").exists()  # no benchmark's folder either
 
 
 def test_a_job_refuses_a_set_without_a_value_in_one_line(tmp_path):
