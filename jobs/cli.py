@@ -268,7 +268,8 @@ def cmd_search(args: argparse.Namespace) -> None:
     print(f"{shown!r}{who if args.user else ''}, version {manifest['version']} ({manifest['model_version']}):")
     for row in results.itertuples():
         title = titles.get(getattr(row, ITEM_COL), "")
-        print(f"{getattr(row, RANK_COL):>3}. {getattr(row, ITEM_COL):<12} {getattr(row, SCORE_COL):.3f}  {title[:80]}")
+        print(f"{getattr(row, RANK_COL):>3}. {getattr(row, ITEM_COL):<12} {getattr(row, SCORE_COL):.3f}  "
+              f"{_shortened(title)}")  # fmt: skip
 
 
 def _shortened(text: str, width: int = 80) -> str:

@@ -267,6 +267,7 @@ class Tracker:
         return run_id is None or found.run_id == run_id
 
     def has_run(self, run_id: str) -> bool:
+        """Whether this MLflow store holds the run (a run id of another store is not found)."""
         from mlflow.exceptions import MlflowException
 
         try:

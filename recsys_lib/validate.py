@@ -67,6 +67,11 @@ class RejectSummary:
         return self.rejected / self.total if self.total else 0.0
 
 
+def _outside_contract(columns: list[str], entity: str) -> list[str]:
+    e = ENTITIES[entity]
+    return [c for c in columns if c not in e.required + e.optional and c != CORRUPT_RECORD]
+
+
 def csv_separator(header: list[str], entity: str) -> str | None:
     """The separator of a CSV file read as comma-separated whose header came out as one column,
     when splitting it by ';', a tab or '|' names every required column (a spreadsheet's export
@@ -97,7 +102,7 @@ def check_columns(columns: list[str], entity: str, source: str) -> None:
     if twice:
         raise SchemaError(f"{source}: column(s) {', '.join(twice)} appear more than once in the header")
     if missing:
-        unknown = [c for c in columns if c not in ENTITIES[entity].optional]
+        unknown = _outside_contract(columns, entity)
         hints = [f"{m}?" for c in missing for m in difflib.get_close_matches(c, unknown, n=1, cutoff=0.6)]
         raise SchemaError(
             f"{source}: missing required {entity} column(s) {', '.join(missing)} "
@@ -114,7 +119,7 @@ def as_strings(df: DataFrame, entity: str, source: str) -> DataFrame:
     """
     check_columns(df.columns, entity, source)
     e = ENTITIES[entity]
-    ignored = [c for c in df.columns if c not in e.required + e.optional and c != CORRUPT_RECORD]
+    ignored = _outside_contract(df.columns, entity)
     if ignored:
         log.warning("%s: column(s) not in the %s contract, ignored: %s", source, entity, ", ".join(
             c + "".join(f" (did you mean {m}?)" for m in difflib.get_close_matches(c, e.optional, n=1, cutoff=0.75))

@@ -367,10 +367,11 @@ def train_two_tower(
 def validation_items(targets: np.ndarray, held_out: np.ndarray, n_items: int, limit: int) -> np.ndarray | None:
     """The catalogue indices validation ranks over when the catalogue has more than ``limit``
     items (None: all of them): the ``limit`` items most often a training target, and every
-    held-out item. Past that size, scoring every validation user against the whole catalogue and
-    re-encoding all of it at each fine-tuning checkpoint grow with the catalogue, while the
-    items that compete for a top 10 are the popular ones; the numbers are then a little higher
-    than over the whole catalogue, and compare checkpoints of one run with each other only."""
+    held-out item. Past that size, scoring every validation user against the whole catalogue at
+    each checkpoint grows with the catalogue (and so does re-encoding it, which
+    ``refresh_ranked_only`` limits to these items), while the items that compete for a top 10
+    are the popular ones; the numbers are then a little higher than over the whole catalogue,
+    and compare checkpoints of one run with each other only."""
     if not limit or n_items <= limit:
         return None
     counts = np.bincount(targets, minlength=n_items)
